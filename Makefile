@@ -1,0 +1,31 @@
+# The two commands a new user runs on a fresh machine: `make demo`, `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed-$(shell cat setup.py | md5sum | cut -c1-12)
+GIN ?= gin_configs/lifecycle/default.gin
+PYTEST_ARGS ?=
+
+.PHONY: install demo test bench clean
+
+$(STAMP): setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install -e ".[test]"
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	JAX_PLATFORMS=$${JAX_PLATFORMS:-cpu} $(PY) -m lifejax.main --gin_file=$(GIN)
+
+test: $(STAMP)
+	JAX_PLATFORMS=cpu $(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	JAX_PLATFORMS=cpu $(PY) tools/bench_train_step.py --model=cpu10m --peer
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,120 @@
+"""Model configuration: shapes, precision policy and rematerialization policy."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+# Named remat policies. `none` means no jax.checkpoint at all; every other name
+# wraps each layer in jax.checkpoint with the given policy.
+REMAT_POLICIES: dict[str, Any] = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": (
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable),
+    # Keep only the named layer outputs (attention and MLP outputs): a middle
+    # ground between `full` and `dots_saveable` in memory and recompute.
+    "save_attn_mlp_out": jax.checkpoint_policies.save_only_these_names(
+        "attn_out", "mlp_out"),
+    "everything_saveable": jax.checkpoint_policies.everything_saveable,
+}
+
+_DTYPES = {
+    "float32": jnp.float32,
+    "bfloat16": jnp.bfloat16,
+    "float16": jnp.float16,
+}
+
+
+def to_dtype(name: str) -> jnp.dtype:
+  if name not in _DTYPES:
+    raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(_DTYPES)}")
+  return _DTYPES[name]
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """A Llama-style decoder.
+
+  Precision policy: parameters are stored in `param_dtype`; activations and
+  matmul inputs are cast to `compute_dtype`; every matmul accumulates in f32
+  (`preferred_element_type`), norms and softmax run in f32, and logits are
+  returned in `output_dtype`.
+  """
+
+  vocab_size: int = 256
+  d_model: int = 64
+  num_layers: int = 2
+  num_heads: int = 4
+  num_kv_heads: int = 2
+  head_dim: int | None = None
+  mlp_dim: int = 256
+  max_seq_len: int = 2048
+  rope_theta: float = 10000.0
+  # Llama-3 style frequency scaling: a dict with keys factor, low_freq_factor,
+  # high_freq_factor, original_max_position_embeddings; None = plain RoPE.
+  rope_scaling: Any = None
+  rms_eps: float = 1e-5
+  tie_embeddings: bool = False
+  init_std: float = 0.02
+  param_dtype: str = "float32"
+  compute_dtype: str = "float32"
+  output_dtype: str = "float32"
+  remat_policy: str = "none"
+
+  def __post_init__(self):
+    if isinstance(self.rope_scaling, dict):  # gin binds dicts; keep it hashable
+      object.__setattr__(self, "rope_scaling",
+                         tuple(sorted(self.rope_scaling.items())))
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(
+          f"num_heads={self.num_heads} must be a multiple of "
+          f"num_kv_heads={self.num_kv_heads} (grouped-query attention)")
+    if self.num_kv_heads > self.num_heads:
+      raise ValueError(
+          f"num_kv_heads={self.num_kv_heads} > num_heads={self.num_heads}")
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f"unknown remat_policy {self.remat_policy!r}; expected "
+                       f"one of {sorted(REMAT_POLICIES)}")
+    if self.head_dim is None and self.d_model % self.num_heads:
+      raise ValueError(f"d_model={self.d_model} is not divisible by "
+                       f"num_heads={self.num_heads}; set head_dim explicitly")
+    if (self.head_dim or self.d_model // self.num_heads) % 2:
+      raise ValueError("rotary embeddings need an even head_dim")
+    for f in ("param_dtype", "compute_dtype", "output_dtype"):
+      to_dtype(getattr(self, f))
+
+  @property
+  def resolved_head_dim(self) -> int:
+    return self.head_dim or self.d_model // self.num_heads
+
+  @property
+  def rope_scaling_dict(self) -> dict[str, float] | None:
+    return dict(self.rope_scaling) if self.rope_scaling else None
+
+  def _layer_matmul_params(self) -> int:
+    d, e, f = self.d_model, self.resolved_head_dim, self.mlp_dim
+    return d * e * (2 * self.num_heads + 2 * self.num_kv_heads) + 3 * d * f
+
+  def num_params(self) -> int:
+    """Number of stored parameters."""
+    per_layer = self._layer_matmul_params() + 2 * self.d_model
+    embeddings = self.vocab_size * self.d_model * (
+        1 if self.tie_embeddings else 2)
+    return self.num_layers * per_layer + self.d_model + embeddings
+
+  def flops_per_token(self, seq_len: int) -> float:
+    """Training FLOPs per token (forward + backward = 3x forward).
+
+    Counts matmul FLOPs only: 6 * (params used in matmuls) plus the
+    attention score/value matmuls (12 * layers * heads * head_dim * T, the
+    PaLM-appendix convention without causal halving).
+    """
+    matmul_params = (self.num_layers * self._layer_matmul_params()
+                     + self.vocab_size * self.d_model)  # + the output head
+    attn = 12 * self.num_layers * self.num_heads * self.resolved_head_dim * seq_len
+    return 6.0 * matmul_params + attn

@@ -1,0 +1,90 @@
+"""Run-directory metrics: metrics.jsonl, TensorBoard events, PNG curves."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+
+
+class MetricsWriter:
+  """Appends one JSON object per logged step; mirrors scalars to TensorBoard."""
+
+  def __init__(self, run_dir: str, tensorboard: bool = True):
+    os.makedirs(run_dir, exist_ok=True)
+    self.path = os.path.join(run_dir, "metrics.jsonl")
+    self._f = open(self.path, "a", encoding="utf-8")
+    self._tb = None
+    if tensorboard:
+      from tensorboardX import SummaryWriter  # lazy: only for real runs
+      self._tb = SummaryWriter(os.path.join(run_dir, "tensorboard"))
+
+  def write(self, step: int, metrics: Mapping[str, float]) -> None:
+    row = {"step": int(step)}
+    for k, v in metrics.items():
+      v = float(np.asarray(v))
+      row[k] = v if math.isfinite(v) else str(v)
+      if self._tb is not None and math.isfinite(v):
+        self._tb.add_scalar(k, v, int(step))
+    self._f.write(json.dumps(row) + "\n")
+    self._f.flush()
+
+  def close(self) -> None:
+    self._f.close()
+    if self._tb is not None:
+      self._tb.close()
+
+
+def read_metrics(path: str) -> list[dict]:
+  """Rows of metrics.jsonl; a restarted run's repeated steps keep the last."""
+  by_step: dict[tuple[int, frozenset], dict] = {}
+  rows = []
+  with open(path, encoding="utf-8") as f:
+    for i, line in enumerate(f, 1):
+      line = line.strip()
+      if not line:
+        continue
+      try:
+        rows.append(json.loads(line))
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+  for r in rows:
+    by_step[(r["step"], frozenset(k for k in r if k != "step"))] = r
+  return sorted(by_step.values(), key=lambda r: r["step"])
+
+
+def series(rows: Iterable[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
+  pts = [(r["step"], r[key]) for r in rows
+         if key in r and isinstance(r[key], (int, float))]
+  if not pts:
+    return np.zeros(0), np.zeros(0)
+  s, v = zip(*pts)
+  return np.asarray(s), np.asarray(v, dtype=float)
+
+
+def plot_curves(metrics_path: str, out_png: str,
+                keys: Sequence[str] = ("loss", "eval/loss"),
+                title: str = "") -> str:
+  """Writes a PNG with one line per key found in metrics.jsonl."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  rows = read_metrics(metrics_path)
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for key in keys:
+    s, v = series(rows, key)
+    if len(s):
+      ax.plot(s, v, label=key, marker="o" if len(s) < 30 else None)
+  ax.set_xlabel("step")
+  ax.set_ylabel("loss")
+  ax.set_title(title or os.path.basename(os.path.dirname(metrics_path)))
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(out_png, dpi=100)
+  plt.close(fig)
+  return out_png

@@ -1,0 +1,111 @@
+"""The train state pytree, created directly into its shardings."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from lifejax import sharding
+
+TrainState = dict[str, Any]
+"""Keys: step (int32), params, opt_state, rng (uint32[2] raw key),
+loss_scale ({"scale": f32, "good_steps": int32} or absent)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LossScaleConfig:
+  """Dynamic loss scaling for fp16: halve on overflow (and skip the update),
+  double after `growth_interval` finite steps."""
+
+  initial_scale: float = 2.0 ** 15
+  growth_interval: int = 2000
+  min_scale: float = 1.0
+
+
+def opt_state_specs(abstract_opt_state: Any, param_specs: Any) -> Any:
+  """Give each optimizer-state leaf the spec of the parameter it mirrors.
+
+  Adam moments (and masked/chained wrappers around them) hold leaves whose
+  key path ends with a parameter's key path; those inherit its spec. Others
+  (step counts, scalars) are replicated.
+  """
+  by_path = {}
+  for path, spec in jax.tree_util.tree_flatten_with_path(
+      param_specs, is_leaf=lambda x: isinstance(x, P))[0]:
+    by_path[tuple(_key(k) for k in path)] = spec
+
+  def one(path, leaf):
+    keys = tuple(_key(k) for k in path)
+    for start in range(len(keys)):
+      spec = by_path.get(keys[start:])
+      if spec is not None and len(spec) <= len(leaf.shape):
+        return spec
+    return P()
+
+  return jax.tree_util.tree_map_with_path(one, abstract_opt_state)
+
+
+def _key(k: Any) -> Any:
+  for attr in ("key", "name", "idx"):
+    if hasattr(k, attr):
+      return getattr(k, attr)
+  return k
+
+
+def state_specs(abstract_state: TrainState, param_specs: Any) -> TrainState:
+  specs = {k: jax.tree.map(lambda _: P(), v) for k, v in abstract_state.items()}
+  specs["params"] = param_specs
+  specs["opt_state"] = opt_state_specs(abstract_state["opt_state"],
+                                       param_specs)
+  return specs
+
+
+def create_train_state(
+    init_params: Callable[[], Any],
+    optimizer: optax.GradientTransformation,
+    param_specs: Any,
+    mesh: Mesh,
+    seed: int,
+    loss_scale: LossScaleConfig | None = None,
+) -> tuple[TrainState, TrainState]:
+  """Initializes the state directly into its shardings.
+
+  `init_params()` must return the params pytree (it is traced, never run
+  eagerly, so full-size params are never materialized on one device).
+  Returns (state, shardings).
+  """
+
+  def init() -> TrainState:
+    params = init_params()
+    state = {
+        "step": jnp.zeros((), jnp.int32),
+        "params": params,
+        "opt_state": optimizer.init(params),
+        "rng": jax.random.PRNGKey(seed),
+    }
+    if loss_scale is not None:
+      state["loss_scale"] = {
+          "scale": jnp.asarray(loss_scale.initial_scale, jnp.float32),
+          "good_steps": jnp.zeros((), jnp.int32)}
+    return state
+
+  abstract = jax.eval_shape(init)
+  shardings = sharding.named(mesh, state_specs(abstract, param_specs))
+  with jax.set_mesh(mesh):
+    state = jax.jit(init, out_shardings=shardings)()
+  return state, shardings
+
+
+def abstract_with_shardings(state_shardings: TrainState,
+                            abstract_state: TrainState) -> TrainState:
+  """ShapeDtypeStructs carrying shardings (targets for checkpoint restore)."""
+  return jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      abstract_state, state_shardings,
+      is_leaf=lambda x: isinstance(x, NamedSharding))
