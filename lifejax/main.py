@@ -1,0 +1,61 @@
+"""CLI entry: python -m lifejax.main --gin_file=... [--gin_param=...].
+
+Intentionally short: parse gin, then run whatever stage `run.stage` names.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import gin
+from absl import app, flags
+
+GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), "gin_configs")
+
+_GIN_FILES = flags.DEFINE_multi_string(
+    "gin_file", [], "Gin config files (searched in cwd and gin_configs/).")
+_GIN_PARAMS = flags.DEFINE_multi_string(
+    "gin_param", [], "Gin bindings, e.g. --gin_param='pretrain.seed=1'.")
+
+
+@gin.configurable
+def run(stage: Callable[[], Any] = gin.REQUIRED) -> Any:
+  """Runs the configured stage (e.g. `run.stage = @pretrain`)."""
+  return stage()
+
+
+def parse_gin(files: Sequence[str], params: Sequence[str]) -> None:
+  """Parses gin files and bindings; unknown names fail here, before any work.
+
+  Raises ValueError naming the file/binding gin could not parse.
+  """
+  import lifejax.stages  # noqa: F401  (registers the configurables)
+
+  for path in (os.getcwd(), GIN_DIR, os.path.dirname(GIN_DIR)):
+    gin.add_config_file_search_path(path)
+  missing = [f for f in files if not (
+      os.path.exists(f) or os.path.exists(os.path.join(GIN_DIR, f)))]
+  if missing:
+    raise FileNotFoundError(f"gin file(s) not found: {missing} (looked in "
+                            f"{os.getcwd()} and {GIN_DIR})")
+  files = [f if os.path.exists(f) else os.path.join(GIN_DIR, f) for f in files]
+  gin.parse_config_files_and_bindings(files, params, finalize_config=False)
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  try:
+    parse_gin(_GIN_FILES.value, _GIN_PARAMS.value)
+  except (ValueError, FileNotFoundError, KeyError, TypeError) as e:
+    print(f"lifejax: bad gin configuration: {e}", file=sys.stderr)
+    sys.exit(2)
+  run()
+
+
+if __name__ == "__main__":
+  app.run(main)
