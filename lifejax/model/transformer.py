@@ -53,7 +53,8 @@ class RMSNorm(nnx.Module):
   def __call__(self, x: jax.Array, out_dtype: jnp.dtype) -> jax.Array:
     x32 = x.astype(F32)
     ms = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
-    y = x32 * jax.lax.rsqrt(ms + self.eps) * self.scale[...].astype(F32)
+    scale = self.scale[...].astype(F32).reshape((1,) * (x.ndim - 1) + (-1,))
+    y = x32 * jax.lax.rsqrt(ms + self.eps) * scale
     return y.astype(out_dtype)
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, PartitionSpec as P
 
 from lifejax import sharding
 
@@ -66,22 +66,22 @@ def state_specs(abstract_state: TrainState, param_specs: Any) -> TrainState:
   return specs
 
 
-def create_train_state(
+def plan_train_state(
     init_params: Callable[[], Any],
     optimizer: optax.GradientTransformation,
     param_specs: Any,
     mesh: Mesh,
     seed: int,
     loss_scale: LossScaleConfig | None = None,
-) -> tuple[TrainState, TrainState]:
-  """Initializes the state directly into its shardings.
+) -> tuple[Callable[[], TrainState], TrainState, TrainState]:
+  """Returns (init, abstract_state, shardings) without allocating anything.
 
-  `init_params()` must return the params pytree (it is traced, never run
-  eagerly, so full-size params are never materialized on one device).
-  Returns (state, shardings).
+  `init()` creates the state directly into its shardings (a jit with
+  `out_shardings`), so full-size params never land on one device.
+  `init_params()` must return the params pytree; it is traced, not run.
   """
 
-  def init() -> TrainState:
+  def init_fn() -> TrainState:
     params = init_params()
     state = {
         "step": jnp.zeros((), jnp.int32),
@@ -95,11 +95,24 @@ def create_train_state(
           "good_steps": jnp.zeros((), jnp.int32)}
     return state
 
-  abstract = jax.eval_shape(init)
+  abstract = jax.eval_shape(init_fn)
   shardings = sharding.named(mesh, state_specs(abstract, param_specs))
+  return jax.jit(init_fn, out_shardings=shardings), abstract, shardings
+
+
+def create_train_state(
+    init_params: Callable[[], Any],
+    optimizer: optax.GradientTransformation,
+    param_specs: Any,
+    mesh: Mesh,
+    seed: int,
+    loss_scale: LossScaleConfig | None = None,
+) -> tuple[TrainState, TrainState]:
+  """Initializes the state directly into its shardings; (state, shardings)."""
+  init, _, shardings = plan_train_state(init_params, optimizer, param_specs,
+                                        mesh, seed, loss_scale)
   with jax.set_mesh(mesh):
-    state = jax.jit(init, out_shardings=shardings)()
-  return state, shardings
+    return init(), shardings
 
 
 def abstract_with_shardings(state_shardings: TrainState,
@@ -107,5 +120,4 @@ def abstract_with_shardings(state_shardings: TrainState,
   """ShapeDtypeStructs carrying shardings (targets for checkpoint restore)."""
   return jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      abstract_state, state_shardings,
-      is_leaf=lambda x: isinstance(x, NamedSharding))
+      abstract_state, state_shardings)

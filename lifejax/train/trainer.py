@@ -51,27 +51,41 @@ def example_lm_batch(batch_size: int, seq_len: int) -> dict[str, np.ndarray]:
           "segment_ids": z, "positions": z}
 
 
-def build_trainer(
+@dataclasses.dataclass
+class Plan:
+  """Abstract shapes, shardings and jitted steps; no array is allocated."""
+
+  mesh: Mesh
+  rules: sharding.Rules
+  graphdef: nnx.GraphDef
+  init_state: Callable[[], state_lib.TrainState]
+  abstract_state: state_lib.TrainState
+  state_shardings: state_lib.TrainState
+  batch_shardings: Any
+  train_step: Callable
+  eval_step: Callable
+  schedule: optax.Schedule
+
+
+def plan_training(
     *,
-    run_dir: str,
     model_cfg: TransformerConfig,
     make_loss: Callable[[nnx.GraphDef], LossFn],
     optimizer_cfg: optim.OptimizerConfig,
     mesh: Mesh,
     rules: sharding.Rules,
-    example_batch: dict[str, np.ndarray],
-    checkpoint_cfg: CheckpointConfig,
+    example_batch: dict[str, Any],
     seed: int = 0,
     num_microbatches: int = 1,
     loss_scale: state_lib.LossScaleConfig | None = None,
     init_params: Callable[[], Any] | None = None,
     make_eval_loss: Callable[[nnx.GraphDef], LossFn] | None = None,
-    resume: bool = True,
-) -> Trainer:
-  """Creates (or restores) the sharded state and the jitted step functions.
+) -> Plan:
+  """Derives shardings from abstract shapes and builds the jitted steps.
 
-  init_params: optional traced initializer returning the params pytree (e.g.
-  params loaded from an earlier stage); defaults to a fresh model from `seed`.
+  `example_batch` may hold numpy arrays or ShapeDtypeStructs (only shapes are
+  read). Nothing is materialized: use it to plan memory or AOT-compile
+  published shapes on any mesh.
   """
   batch_size = next(iter(example_batch.values())).shape[0]
   sharding.check_batch_divisible(batch_size, mesh, rules)
@@ -83,8 +97,8 @@ def build_trainer(
 
   abstract_model = transformer.abstract_model(model_cfg)
   graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
-  param_specs = sharding.param_specs(abstract_params, mesh, rules)
-  param_specs = nnx.to_pure_dict(param_specs)
+  param_specs = nnx.to_pure_dict(
+      sharding.param_specs(abstract_params, mesh, rules))
 
   if init_params is None:
     def init_params():
@@ -94,18 +108,8 @@ def build_trainer(
 
   optimizer = optim.make_optimizer(optimizer_cfg)
   schedule = optim.make_schedule(optimizer_cfg)
-  state, state_shardings = state_lib.create_train_state(
+  init_state, abstract_state, state_shardings = state_lib.plan_train_state(
       init_params, optimizer, param_specs, mesh, seed, loss_scale)
-  abstract_state = jax.eval_shape(lambda s: s, state)
-
-  checkpointer = Checkpointer(run_dir, checkpoint_cfg)
-  restored_extra = restored_data = None
-  latest = checkpointer.latest_step() if resume else None
-  if latest is not None:
-    logging.info("resuming from %s step %d", checkpointer.dir, latest)
-    del state  # free the fresh state before loading the saved one
-    state, restored_data, restored_extra = checkpointer.restore(
-        latest, abstract_state, state_shardings)
 
   batch_sh = sharding.batch_shardings(example_batch, mesh, rules)
   step_fn = step_lib.build_train_step(
@@ -116,10 +120,42 @@ def build_trainer(
   eval_loss = (make_eval_loss or make_loss)(graphdef)
   eval_step = step_lib.build_eval_step(eval_loss, state_shardings["params"],
                                        batch_sh, mesh, rules)
-  return Trainer(mesh=mesh, rules=rules, graphdef=graphdef, state=state,
-                 state_shardings=state_shardings,
-                 abstract_state=abstract_state, train_step=train_step,
-                 eval_step=eval_step, batch_shardings=batch_sh,
-                 checkpointer=checkpointer, schedule=schedule,
+  return Plan(mesh=mesh, rules=rules, graphdef=graphdef, init_state=init_state,
+              abstract_state=abstract_state, state_shardings=state_shardings,
+              batch_shardings=batch_sh, train_step=train_step,
+              eval_step=eval_step, schedule=schedule)
+
+
+def build_trainer(
+    *,
+    run_dir: str,
+    checkpoint_cfg: CheckpointConfig,
+    resume: bool = True,
+    **plan_kwargs: Any,
+) -> Trainer:
+  """Plans, then creates (or restores) the sharded state.
+
+  plan_kwargs: see `plan_training` (model_cfg, make_loss, optimizer_cfg, mesh,
+  rules, example_batch, seed, num_microbatches, loss_scale, init_params,
+  make_eval_loss). `init_params` is a traced initializer returning the params
+  pytree (e.g. params of an earlier stage); default: a fresh model.
+  """
+  plan = plan_training(**plan_kwargs)
+  checkpointer = Checkpointer(run_dir, checkpoint_cfg)
+  restored_extra = restored_data = None
+  latest = checkpointer.latest_step() if resume else None
+  if latest is not None:
+    logging.info("resuming from %s step %d", checkpointer.dir, latest)
+    state, restored_data, restored_extra = checkpointer.restore(
+        latest, plan.abstract_state, plan.state_shardings)
+  else:
+    with jax.set_mesh(plan.mesh):
+      state = plan.init_state()
+  return Trainer(mesh=plan.mesh, rules=plan.rules, graphdef=plan.graphdef,
+                 state=state, state_shardings=plan.state_shardings,
+                 abstract_state=plan.abstract_state,
+                 train_step=plan.train_step, eval_step=plan.eval_step,
+                 batch_shardings=plan.batch_shardings,
+                 checkpointer=checkpointer, schedule=plan.schedule,
                  restored_extra=restored_extra,
                  restored_data_state=restored_data)
