@@ -26,6 +26,7 @@ INSTALL_REQUIRES = [
     "pyyaml>=6,<7",
     "safetensors>=0.4,<1",
     "absl-py>=2,<3",
+    "importlib_resources>=6",  # TFDS builders defined in a module need it
 ]
 
 EXTRAS = {

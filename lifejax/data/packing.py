@@ -91,7 +91,8 @@ def pack_documents(docs: grain.IterDataset, *, seq_len: int,
   """
   if num_packing_bins < 1:
     raise ValueError(f"num_packing_bins must be >= 1, got {num_packing_bins}")
-  pieces = grain.experimental.FlatMapIterDataset(docs, _DocumentToPairs(seq_len))
+  pieces = grain.experimental.FlatMapIterDataset(
+      docs, _DocumentToPairs(seq_len))
   packed = grain.experimental.BestFitPackIterDataset(
       pieces, length_struct={_PAIR: seq_len},
       num_packing_bins=num_packing_bins, seed=seed, shuffle_bins=shuffle_bins)

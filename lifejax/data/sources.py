@@ -51,7 +51,10 @@ class RecordError(ValueError):
 def _normalize_fields(fields: FieldSpec) -> dict[str, type]:
   if isinstance(fields, str):
     raise TypeError(f"fields must be a sequence of names, got {fields!r}")
-  spec = dict(fields) if isinstance(fields, Mapping) else {f: str for f in fields}
+  if isinstance(fields, Mapping):
+    spec = dict(fields)
+  else:
+    spec = {f: str for f in fields}
   if not spec:
     raise ValueError("a source needs at least one field")
   for key, typ in spec.items():
@@ -70,8 +73,17 @@ def _plain(value: Any) -> Any:
   return value
 
 
+class _Bad(Exception):
+  """A bad record, before its location is known: reason + detail."""
+
+  def __init__(self, reason: str, detail: str):
+    super().__init__(reason, detail)
+    self.reason = reason
+    self.detail = detail
+
+
 def _check_fields(obj: Any, spec: Mapping[str, type]) -> Record:
-  """Returns {field: value} or raises (reason, detail) as a ValueError pair."""
+  """{field: value} for the declared fields, type-checked; raises _Bad."""
   if not isinstance(obj, Mapping):
     raise _Bad("not_an_object", f"expected an object, got {type(obj).__name__}")
   out = {}
@@ -92,14 +104,6 @@ def _check_fields(obj: Any, spec: Mapping[str, type]) -> Record:
                  f"got {type(value).__name__}")
     out[key] = value
   return out
-
-
-class _Bad(Exception):
-
-  def __init__(self, reason: str, detail: str):
-    super().__init__(reason, detail)
-    self.reason = reason
-    self.detail = detail
 
 
 def expand_paths(paths: PathLike | Sequence[PathLike]) -> list[str]:
@@ -369,7 +373,8 @@ class ArrayRecordSource(_RowSource):
                                     list(self.fields.values()) != [str]):
       raise ValueError("record_format='text' needs exactly one str field")
     self._data_source = grain.sources.ArrayRecordDataSource(self.paths)
-    from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+    # pylint: disable-next=g-import-not-at-top
+    from array_record.python import array_record_module
     self._starts = [0]
     for p in self.paths:
       reader = array_record_module.ArrayRecordReader(p)
@@ -403,7 +408,8 @@ class ArrayRecordSource(_RowSource):
 def write_array_record(path: PathLike, records: Iterable[Mapping[str, Any]]
                        ) -> int:
   """Writes records as UTF-8 JSON ArrayRecord rows; returns the row count."""
-  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from array_record.python import array_record_module
   # group_size:1 keeps single-row random reads cheap (what shuffling does).
   writer = array_record_module.ArrayRecordWriter(os.fspath(path),
                                                  "group_size:1")

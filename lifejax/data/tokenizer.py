@@ -159,7 +159,8 @@ class SentencePieceTokenizer:
             f"vocab_size={self.vocab_size})")
 
 
-def load_tokenizer(model_path: str | os.PathLike[str]) -> SentencePieceTokenizer:
+def load_tokenizer(model_path: str | os.PathLike[str]
+                   ) -> SentencePieceTokenizer:
   """Loads an existing `.model` file."""
   return SentencePieceTokenizer(model_path)
 
@@ -240,7 +241,8 @@ def train_sentencepiece(
     The trained tokenizer, loaded from `{model_prefix}.model`.
   """
   if model_type not in ("unigram", "bpe"):
-    raise ValueError(f"model_type must be 'unigram' or 'bpe', got {model_type!r}")
+    raise ValueError(
+        f"model_type must be 'unigram' or 'bpe', got {model_type!r}")
   special_tokens = list(special_tokens)
   if len(set(special_tokens)) != len(special_tokens):
     raise ValueError(f"duplicate special tokens: {special_tokens}")
