@@ -81,6 +81,62 @@ def _texts(srcs: Sequence[sources_lib.Source], field: str):
       yield r[field]
 
 
+def load_initial_params(init_from: str, model: TransformerConfig,
+                        best: bool = False):
+  """`initial_params(plan)` for build_trainer: params of an earlier run.
+
+  `init_from` is a lifejax run directory (its latest, or best, checkpoint)
+  or a HuggingFace Llama checkpoint directory (config.json + safetensors).
+  The saved model shape must equal `model` (dtypes and remat may differ).
+  """
+  from lifejax.model import hf  # safetensors only; no torch
+  from lifejax.train.checkpoint import restore_params
+
+  def check_shape(saved: TransformerConfig) -> None:
+    keys = ("vocab_size", "d_model", "num_layers", "num_heads",
+            "num_kv_heads", "resolved_head_dim", "mlp_dim", "tie_embeddings")
+    diff = {k: (getattr(saved, k), getattr(model, k)) for k in keys
+            if getattr(saved, k) != getattr(model, k)}
+    if diff:
+      raise ValueError(f"init_from={init_from}: saved model shape differs "
+                       f"from the configured model (saved, configured): {diff}")
+
+  def initial_params(plan):
+    shardings = plan.state_shardings["params"]
+    if os.path.exists(os.path.join(init_from, "config.json")):
+      saved_cfg, params = hf.load_hf_checkpoint(init_from, shardings=shardings)
+      check_shape(saved_cfg)
+      return params
+    lineage = os.path.join(init_from, "lineage.json")
+    if os.path.exists(lineage):
+      with open(lineage) as f:
+        saved = json.load(f).get("model")
+      if saved:
+        check_shape(TransformerConfig(**{
+            k: v for k, v in saved.items()
+            if k in {f.name for f in dataclasses.fields(TransformerConfig)}}))
+    return restore_params(init_from, plan.abstract_state["params"], shardings,
+                          best=best)
+
+  return initial_params
+
+
+def tokenizer_of(run_or_hf_dir: str):
+  """The tokenizer saved with an earlier run or a HF checkpoint directory."""
+  from lifejax.data import hf_tokenizer
+  path = os.path.join(run_or_hf_dir, "tokenizer.model")
+  lineage = os.path.join(run_or_hf_dir, "lineage.json")
+  if os.path.exists(lineage):
+    with open(lineage) as f:
+      tok = json.load(f).get("tokenizer", {}).get("path")
+    if tok and os.path.exists(tok):
+      path = tok
+  if os.path.exists(path) and not os.path.exists(
+      os.path.join(run_or_hf_dir, "tokenizer.json")):
+    return tok_lib.load_tokenizer(path)
+  return hf_tokenizer.load_tokenizer_dir(run_or_hf_dir)
+
+
 def _write_json(path: str, obj: Any) -> None:
   with open(path, "w", encoding="utf-8") as f:
     json.dump(obj, f, indent=2, default=str)
@@ -122,15 +178,19 @@ def pretrain(
     loss_scale: LossScaleConfig | None = None,
     eval_holdout: float = 0.02,
     seed: int = 0,
+    init_from: str | None = None,
+    stage_name: str = "pretrain",
 ) -> dict[str, Any]:
-  """Next-token pretraining (also continued pretraining from `init_from`).
+  """Next-token pretraining, or continued pretraining with `init_from`.
 
-  Trains a SentencePiece tokenizer on the training files into the run
-  directory unless `tokenizer_path` is given. Without `eval_files`, a
+  init_from: an earlier run directory or a HF Llama checkpoint directory;
+  its params start the run (fresh optimizer) and its tokenizer is used.
+  Otherwise a SentencePiece tokenizer is trained on the training files into
+  the run directory unless `tokenizer_path` is given. Without `eval_files`, a
   deterministic `eval_holdout` share of the training documents is held out.
   """
   os.makedirs(run_dir, exist_ok=True)
-  _write_json(os.path.join(run_dir, "stage.json"), {"stage": "pretrain"})
+  _write_json(os.path.join(run_dir, "stage.json"), {"stage": stage_name})
   with open(os.path.join(run_dir, "config.gin"), "w") as f:
     f.write(gin.config_str())
 
@@ -139,6 +199,9 @@ def pretrain(
   if not eval_srcs:
     train_srcs, eval_srcs = _holdout_split(train_srcs, text_field, eval_holdout)
 
+  if tokenizer_path is None and init_from is not None:
+    tokenizer = tokenizer_of(init_from)
+    tokenizer_path = getattr(tokenizer, "model_path", init_from)
   if tokenizer_path is None:
     tokenizer_path = os.path.join(run_dir, "tokenizer.model")
     if not os.path.exists(tokenizer_path):
@@ -147,7 +210,8 @@ def pretrain(
       tok_lib.train_sentencepiece(
           _texts(train_srcs, text_field), tokenizer_path[:-len(".model")],
           vocab_size=model.vocab_size, model_type=tokenizer_type)
-  tokenizer = tok_lib.load_tokenizer(tokenizer_path)
+  tokenizer = (tokenizer_of(init_from) if init_from is not None
+               else tok_lib.load_tokenizer(tokenizer_path))
   if tokenizer.vocab_size > model.vocab_size:
     raise ValueError(
         f"tokenizer {tokenizer_path} has {tokenizer.vocab_size} pieces but "
@@ -161,7 +225,9 @@ def pretrain(
       optimizer_cfg=optimizer, mesh=jax_mesh, rules=mesh.rules,
       example_batch=example_lm_batch(batch_size, seq_len),
       checkpoint_cfg=checkpoint, seed=seed,
-      num_microbatches=num_microbatches, loss_scale=loss_scale)
+      num_microbatches=num_microbatches, loss_scale=loss_scale,
+      initial_params=(load_initial_params(init_from, model)
+                      if init_from else None))
 
   n_proc, idx = jax.process_count(), jax.process_index()
   train_ds = pipeline.lm_dataset(
@@ -178,10 +244,12 @@ def pretrain(
         text_field=text_field, shard_index=idx, shard_count=n_proc))
 
   _write_json(os.path.join(run_dir, "lineage.json"), {
-      "stage": "pretrain",
+      "stage": stage_name,
+      "init_from": os.path.abspath(init_from) if init_from else None,
       "model": dataclasses.asdict(model),
       "tokenizer": {"path": os.path.abspath(tokenizer_path),
-                    "sha256_16": _file_digest(tokenizer_path),
+                    "sha256_16": (_file_digest(tokenizer_path)
+                                  if os.path.isfile(tokenizer_path) else None),
                     "vocab_size": tokenizer.vocab_size},
       "train_files": {os.path.abspath(p): _file_digest(p)
                       for p in train_files},

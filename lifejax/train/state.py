@@ -79,10 +79,11 @@ def plan_train_state(
   `init()` creates the state directly into its shardings (a jit with
   `out_shardings`), so full-size params never land on one device.
   `init_params()` must return the params pytree; it is traced, not run.
+  `init(params)` instead builds the state around given (already placed)
+  params, e.g. those of an earlier stage; they are donated.
   """
 
-  def init_fn() -> TrainState:
-    params = init_params()
+  def make_state(params) -> TrainState:
     state = {
         "step": jnp.zeros((), jnp.int32),
         "params": params,
@@ -95,9 +96,23 @@ def plan_train_state(
           "good_steps": jnp.zeros((), jnp.int32)}
     return state
 
-  abstract = jax.eval_shape(init_fn)
+  abstract = jax.eval_shape(lambda: make_state(init_params()))
   shardings = sharding.named(mesh, state_specs(abstract, param_specs))
-  return jax.jit(init_fn, out_shardings=shardings), abstract, shardings
+  fresh = jax.jit(lambda: make_state(init_params()), out_shardings=shardings)
+  around = jax.jit(make_state, in_shardings=(shardings["params"],),
+                   out_shardings=shardings, donate_argnums=(0,))
+
+  def init(params: Any = None) -> TrainState:
+    if params is None:
+      return fresh()
+    want = jax.tree.structure(abstract["params"])
+    if jax.tree.structure(params) != want:
+      raise ValueError("initial params do not match the model's parameter "
+                       f"tree:\n got  {jax.tree.structure(params)}\n want "
+                       f"{want}")
+    return around(params)
+
+  return init, abstract, shardings
 
 
 def create_train_state(

@@ -131,6 +131,7 @@ def build_trainer(
     run_dir: str,
     checkpoint_cfg: CheckpointConfig,
     resume: bool = True,
+    initial_params: Callable[[Plan], Any] | None = None,
     **plan_kwargs: Any,
 ) -> Trainer:
   """Plans, then creates (or restores) the sharded state.
@@ -138,7 +139,9 @@ def build_trainer(
   plan_kwargs: see `plan_training` (model_cfg, make_loss, optimizer_cfg, mesh,
   rules, example_batch, seed, num_microbatches, loss_scale, init_params,
   make_eval_loss). `init_params` is a traced initializer returning the params
-  pytree (e.g. params of an earlier stage); default: a fresh model.
+  pytree; default: a fresh model. `initial_params(plan)` instead returns
+  concrete params placed in `plan.state_shardings["params"]` (e.g. an earlier
+  stage's checkpoint); it is only called when there is nothing to resume.
   """
   plan = plan_training(**plan_kwargs)
   checkpointer = Checkpointer(run_dir, checkpoint_cfg)
@@ -149,8 +152,9 @@ def build_trainer(
     state, restored_data, restored_extra = checkpointer.restore(
         latest, plan.abstract_state, plan.state_shardings)
   else:
+    params = initial_params(plan) if initial_params is not None else None
     with jax.set_mesh(plan.mesh):
-      state = plan.init_state()
+      state = plan.init_state(params)
   return Trainer(mesh=plan.mesh, rules=plan.rules, graphdef=plan.graphdef,
                  state=state, state_shardings=plan.state_shardings,
                  abstract_state=plan.abstract_state,
