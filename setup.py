@@ -27,6 +27,7 @@ INSTALL_REQUIRES = [
     "safetensors>=0.4,<1",
     "absl-py>=2,<3",
     "importlib_resources>=6",  # TFDS builders defined in a module need it
+    "jinja2>=3.1,<4",  # exporting chat templates in the HF (Jinja) format
 ]
 
 EXTRAS = {
