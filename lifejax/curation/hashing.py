@@ -2,9 +2,11 @@
 
 Every hash here is a pure function of the text (no Python `hash`, no process
 seed), so signatures computed in different processes, machines or runners are
-bit-identical. A batch of documents is hashed at once: the texts are joined,
-turned into one byte array, and each word's polynomial hash is read off prefix
-sums (uint64 arithmetic wraps, i.e. everything is mod 2^64).
+bit-identical. A batch of documents is hashed at once: the texts are joined
+into one byte array (separators mapped to NUL by a single bytes.translate),
+and every word's polynomial hash is one segment sum (np.add.reduceat) of
+byte * BASE^position, shifted back by BASE^-start. uint64 arithmetic wraps,
+i.e. everything is mod 2^64.
 
 Legend: D documents, W words, S n-grams (shingles), B bytes.
 """
@@ -32,9 +34,10 @@ _POSITION_MULTIPLIERS = np.array(
      for i in range(64)],
     dtype=np.uint64)
 
-_powers_cache: dict[str, np.ndarray] = {
-    "pow": np.ones(1, dtype=np.uint64),
-    "inv": np.ones(1, dtype=np.uint64),
+# (BASE^i, BASE^-i) tables, replaced as one tuple so that concurrent readers
+# (Beam's DirectRunner uses threads) never pair tables of different lengths.
+_powers_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {
+    "tables": (np.ones(1, dtype=np.uint64), np.ones(1, dtype=np.uint64)),
 }
 
 
@@ -45,11 +48,14 @@ def canonical_words(text: str) -> list[str]:
 
 def fmix64(x: np.ndarray) -> np.ndarray:
   """splitmix64 finalizer: an avalanching bijection on uint64 arrays."""
-  x = x ^ (x >> np.uint64(30))
-  x = x * _MIX1
-  x = x ^ (x >> np.uint64(27))
-  x = x * _MIX2
-  return x ^ (x >> np.uint64(31))
+  x = x.copy()
+  tmp = np.empty_like(x)
+  for shift, mult in ((30, _MIX1), (27, _MIX2), (31, None)):
+    np.right_shift(x, np.uint64(shift), out=tmp)
+    np.bitwise_xor(x, tmp, out=x)
+    if mult is not None:
+      np.multiply(x, mult, out=x)
+  return x
 
 
 def position_multipliers(n: int) -> np.ndarray:
@@ -59,16 +65,16 @@ def position_multipliers(n: int) -> np.ndarray:
 
 def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
   """BASE^i and BASE^-i (mod 2^64) for i < n, grown and cached."""
-  have = _powers_cache["pow"].shape[0]
-  if have < n:
-    size = max(n, 2 * have)
+  pw, inv = _powers_cache["tables"]
+  if pw.shape[0] < n:
+    size = max(n, 2 * pw.shape[0])
     pw = np.full(size, _BASE, dtype=np.uint64)
     pw[0] = 1
     inv = np.full(size, _BASE_INV, dtype=np.uint64)
     inv[0] = 1
-    _powers_cache["pow"] = np.cumprod(pw, dtype=np.uint64)
-    _powers_cache["inv"] = np.cumprod(inv, dtype=np.uint64)
-  return _powers_cache["pow"][:n], _powers_cache["inv"][:n]
+    pw, inv = np.cumprod(pw, dtype=np.uint64), np.cumprod(inv, dtype=np.uint64)
+    _powers_cache["tables"] = (pw, inv)
+  return pw[:n], inv[:n]
 
 
 def _separator_table() -> bytes:
@@ -161,24 +167,32 @@ def ngram_hashes(hashes_W: np.ndarray, offsets: np.ndarray, n: int,
   if not 1 <= n <= _POSITION_MULTIPLIERS.shape[0]:
     raise ValueError(f"n-gram length must be in [1, 64], got {n}")
   counts = np.diff(offsets)
-  per_doc = np.maximum(counts - n + 1, 0)
-  if short_docs:
-    per_doc = np.where((counts > 0) & (counts < n), 1, per_doc)
-  ng_offsets = np.zeros(counts.shape[0] + 1, dtype=np.int64)
+  num_docs = counts.shape[0]
+  full = np.maximum(counts - n + 1, 0)
+  short = (counts > 0) & (counts < n) if short_docs else np.zeros(num_docs,
+                                                                 dtype=bool)
+  per_doc = np.where(short, 1, full)
+  ng_offsets = np.zeros(num_docs + 1, dtype=np.int64)
   np.cumsum(per_doc, out=ng_offsets[1:])
-  total = int(ng_offsets[-1])
-  if total == 0:
-    return np.zeros(0, dtype=np.uint64), ng_offsets
-  doc_of = np.repeat(np.arange(counts.shape[0]), per_doc)
-  starts = offsets[:-1][doc_of] + (np.arange(total) - ng_offsets[:-1][doc_of])
-  ends = offsets[1:][doc_of]
-  last = hashes_W.shape[0] - 1
-  acc = np.zeros(total, dtype=np.uint64)
-  for j in range(n):
-    idx = starts + j
-    term = hashes_W[np.minimum(idx, last)] * _POSITION_MULTIPLIERS[j]
-    acc += np.where(idx < ends, term, np.uint64(0))
-  return fmix64(acc), ng_offsets
+  out = np.zeros(int(ng_offsets[-1]), dtype=np.uint64)
+  if out.shape[0] == 0:
+    return out, ng_offsets
+  num_words = hashes_W.shape[0]
+  if num_words >= n:
+    # Every window of the concatenated word array, by shifted slices; then
+    # keep the windows that start and end inside one document.
+    acc = hashes_W[:num_words - n + 1] * _POSITION_MULTIPLIERS[0]
+    for j in range(1, n):
+      acc += hashes_W[j:num_words - n + 1 + j] * _POSITION_MULTIPLIERS[j]
+    doc_of = np.repeat(np.arange(num_docs), counts)[:num_words - n + 1]
+    inside = np.arange(num_words - n + 1) + n <= offsets[1:][doc_of]
+    slots = np.repeat(~short, per_doc)
+    out[slots] = acc[inside]
+  for d in np.flatnonzero(short).tolist():
+    words = hashes_W[offsets[d]:offsets[d + 1]]
+    out[ng_offsets[d]] = np.sum(words * _POSITION_MULTIPLIERS[:words.shape[0]],
+                                dtype=np.uint64)
+  return fmix64(out), ng_offsets
 
 
 def text_ngram_hashes(texts: Sequence[str], n: int,

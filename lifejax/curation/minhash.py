@@ -34,10 +34,15 @@ class MinHashConfig:
   ngram: int = 5
   bands: int = 14
   rows: int = 8
+  # If set, a candidate pair (from a shared band) only counts as duplicate
+  # if its signature-estimated Jaccard is at least this. Lets a low-threshold
+  # banding (many bands, few rows) find pairs down to ~0.5 without merging
+  # the unrelated documents it also proposes.
+  verify_threshold: float | None = None
   seed: int = 1
   # Shingles per vectorized block; bounds temporary memory to
-  # block * bands * rows * 8 bytes (~1.8 MB at the defaults).
-  block: int = 2048
+  # block * bands * rows * 8 bytes (~3.7 MB at the defaults).
+  block: int = 4096
 
   @property
   def num_perm(self) -> int:
@@ -88,9 +93,24 @@ def signatures_from_shingles(shingles_S: np.ndarray, offsets: np.ndarray,
 
 
 def signatures(texts: Sequence[str], config: MinHashConfig) -> np.ndarray:
-  """MinHash signatures [D, P] uint32 over word `config.ngram`-shingles."""
-  shingles, offsets = hashing.text_ngram_hashes(texts, config.ngram)
-  return signatures_from_shingles(shingles, offsets, config)
+  """MinHash signatures [D, P] uint32 over word `config.ngram`-shingles.
+
+  Texts are processed in groups of about `_GROUP_CHARS` characters so that
+  every intermediate array stays cache-sized.
+  """
+  out = np.empty((len(texts), config.num_perm), dtype=np.uint32)
+  start, size = 0, 0
+  for i, text in enumerate(texts):
+    size += len(text)
+    if size >= _GROUP_CHARS or i == len(texts) - 1:
+      shingles, offsets = hashing.text_ngram_hashes(texts[start:i + 1],
+                                                    config.ngram)
+      out[start:i + 1] = signatures_from_shingles(shingles, offsets, config)
+      start, size = i + 1, 0
+  return out
+
+
+_GROUP_CHARS = 1 << 16
 
 
 def estimate_jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> float:
@@ -132,6 +152,19 @@ def star_edges(keys_DxN: np.ndarray, valid_D: np.ndarray | None = None
   if not us:
     return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
   return np.concatenate(us), np.concatenate(vs)
+
+
+def verify_edges(sig_DxP: np.ndarray, u_E: np.ndarray, v_E: np.ndarray,
+                 config: MinHashConfig) -> tuple[np.ndarray, np.ndarray]:
+  """Edges whose signature-estimated Jaccard passes `verify_threshold`."""
+  if config.verify_threshold is None or u_E.shape[0] == 0:
+    return u_E, v_E
+  keep = np.empty(u_E.shape[0], dtype=bool)
+  for lo in range(0, u_E.shape[0], 65536):
+    hi = lo + 65536
+    agree = sig_DxP[u_E[lo:hi]] == sig_DxP[v_E[lo:hi]]
+    keep[lo:hi] = agree.mean(axis=1) >= config.verify_threshold
+  return u_E[keep], v_E[keep]
 
 
 def bucket_pairs(keys_DxN: np.ndarray) -> set[tuple[int, int]]:
