@@ -1,0 +1,26 @@
+"""Stage entry points. With main.py, the only place that reads gin.
+
+Each stage takes typed arguments (bound from gin files), builds its data,
+model and loss, and runs the generic trainer into its own run directory.
+Importing this package registers every configurable with gin.
+"""
+
+import gin
+
+from lifejax import sharding
+from lifejax.model.config import TransformerConfig
+from lifejax.train.checkpoint import CheckpointConfig
+from lifejax.train.loop import LoopConfig
+from lifejax.train.optim import OptimizerConfig
+from lifejax.train.state import LossScaleConfig
+
+# Configurable dataclasses: gin files bind their fields by these names.
+for _cls in (TransformerConfig, OptimizerConfig, sharding.MeshConfig,
+             LoopConfig, CheckpointConfig, LossScaleConfig):
+  gin.external_configurable(_cls, module="lifejax")
+
+from lifejax.stages.common import load_initial_params, tokenizer_of  # noqa: E402
+from lifejax.stages.pretrain import pretrain, world_corpus_files  # noqa: E402
+
+__all__ = ["pretrain", "world_corpus_files", "load_initial_params",
+           "tokenizer_of"]
