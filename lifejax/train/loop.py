@@ -14,7 +14,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import jax
@@ -44,10 +44,15 @@ class LoopConfig:
   early_stop_metric: str = "eval/loss"
   early_stop_mode: str = "min"
   early_stop_min_delta: float = 0.0
+  eval_at_start: bool = False  # a step-0 baseline (e.g. a forgetting panel)
   progress: bool = True
 
 
 Hook = Callable[[int, dict[str, float]], None]
+# An evaluator computes extra eval metrics from the state (e.g. generation
+# accuracy judged by a program); it returns {"eval/<name>": value, ...}.
+Evaluator = Callable[[TrainState, int], dict[str, float]]
+EvalSets = Callable[[], Iterator[dict]] | Mapping[str, Callable[[], Iterator[dict]]]
 
 
 def evaluate(eval_step: Callable[..., dict], params: Any,
@@ -70,6 +75,30 @@ def evaluate(eval_step: Callable[..., dict], params: Any,
   res["eval/perplexity"] = math.exp(min(res["eval/loss"], 50.0))
   res["eval/tokens"] = w
   return res
+
+
+def run_evals(eval_step: Callable[..., dict] | None, state: TrainState,
+              eval_sets: EvalSets | None, evaluators: Sequence[Evaluator],
+              batch_shardings: Any, max_batches: int, step: int
+              ) -> dict[str, float]:
+  """All eval metrics at `step`: loss/perplexity per eval set + evaluators.
+
+  A single eval set reports `eval/loss`, ...; named sets report
+  `eval/<name>/loss`, ...
+  """
+  out: dict[str, float] = {}
+  if eval_step is not None and eval_sets is not None:
+    named = (eval_sets if isinstance(eval_sets, Mapping)
+             else {"": eval_sets})
+    for name, batches in named.items():
+      m = evaluate(eval_step, state["params"], batches(), batch_shardings,
+                   max_batches)
+      if name:
+        m = {f"eval/{name}/{k[len('eval/'):]}": v for k, v in m.items()}
+      out.update(m)
+  for ev in evaluators:
+    out.update(ev(state, step))
+  return out
 
 
 class _EarlyStopper:
@@ -108,7 +137,8 @@ def train_loop(
     checkpointer: Checkpointer,
     cfg: LoopConfig,
     eval_step: Callable[..., dict] | None = None,
-    eval_batches: Callable[[], Iterator[dict]] | None = None,
+    eval_batches: EvalSets | None = None,
+    evaluators: Sequence[Evaluator] = (),
     tokens_per_step: int = 0,
     hooks: tuple[Hook, ...] = (),
     restored_extra: dict | None = None,
@@ -152,6 +182,13 @@ def train_loop(
   def extra() -> dict:
     return {"early_stop": stopper.state()}
 
+  has_evals = (eval_step is not None and eval_batches is not None) or bool(
+      evaluators)
+  if has_evals and cfg.eval_at_start and start == 0:
+    eval_metrics = run_evals(eval_step, state, eval_batches, evaluators,
+                             batch_shardings, cfg.eval_batches, 0)
+    writer.write(0, eval_metrics)
+
   step = start
   while step < cfg.num_steps:
     batch = next(train_iter)
@@ -164,15 +201,15 @@ def train_loop(
     if bar is not None:
       bar.update(1)
 
-    do_eval = eval_step is not None and (
+    do_eval = has_evals and (
         (cfg.eval_every and step % cfg.eval_every == 0)
         or step == cfg.num_steps)
     if step % checkpointer.cfg.every_steps == 0 or do_eval:
       flush(pending)
       pending = None
     if do_eval:
-      eval_metrics = evaluate(eval_step, state["params"], eval_batches(),
-                              batch_shardings, cfg.eval_batches)
+      eval_metrics = run_evals(eval_step, state, eval_batches, evaluators,
+                               batch_shardings, cfg.eval_batches, step)
       writer.write(step, eval_metrics)
       if bar is not None:
         bar.write(f"step {step}: " + ", ".join(

@@ -1,0 +1,127 @@
+"""Batched autoregressive sampling: greedy, temperature, top-k, top-p.
+
+Prompts arrive left-padded, (B, P) ids with a (B, P) mask, so every row's
+next token is written at the same column. Positions count only real tokens,
+and padding sits in its own segment, so a left-padded prompt produces the
+same continuation as the unpadded one.
+
+`generate` uses the model's KV cache when it has one (`Transformer.init_cache`
+/ `decode`); `generate_no_cache` recomputes the whole prefix at every step and
+is the reference the cached path is tested against.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  max_new_tokens: int = 64
+  temperature: float = 0.0     # 0 = greedy
+  top_k: int = 0               # 0 = off
+  top_p: float = 1.0           # 1 = off
+  stop_ids: tuple[int, ...] = ()
+  pad_id: int = 0
+
+
+def filter_logits(logits_BxV: jax.Array, cfg: SamplingConfig) -> jax.Array:
+  """Applies temperature, top-k and top-p (nucleus) to f32 logits."""
+  x = logits_BxV.astype(jnp.float32) / max(cfg.temperature, 1e-6)
+  neg = jnp.finfo(jnp.float32).min
+  if cfg.top_k:
+    kth = jax.lax.top_k(x, cfg.top_k)[0][:, -1:]
+    x = jnp.where(x < kth, neg, x)
+  if cfg.top_p < 1.0:
+    order = jnp.argsort(-x, axis=-1)
+    sorted_x = jnp.take_along_axis(x, order, axis=-1)
+    probs = jax.nn.softmax(sorted_x, axis=-1)
+    # Keep the smallest prefix whose mass reaches top_p (the first token is
+    # always kept): drop a token if the mass before it already reaches top_p.
+    before = jnp.cumsum(probs, axis=-1) - probs
+    drop_sorted = before >= cfg.top_p
+    drop = jnp.zeros_like(drop_sorted).at[
+        jnp.arange(x.shape[0])[:, None], order].set(drop_sorted)
+    x = jnp.where(drop, neg, x)
+  return x
+
+
+def choose(logits_BxV: jax.Array, rng: jax.Array, cfg: SamplingConfig
+           ) -> jax.Array:
+  if cfg.temperature == 0.0:
+    return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+  return jax.random.categorical(rng, filter_logits(logits_BxV, cfg),
+                                axis=-1).astype(jnp.int32)
+
+
+def _positions(mask_BxL: jax.Array) -> jax.Array:
+  return jnp.maximum(jnp.cumsum(mask_BxL.astype(jnp.int32), axis=1) - 1, 0)
+
+
+def _finish(tokens_BxN, done_steps_B, cfg: SamplingConfig):
+  n = tokens_BxN.shape[1]
+  idx = jnp.arange(n, dtype=jnp.int32)[None, :]
+  valid = idx < done_steps_B[:, None]
+  return jnp.where(valid, tokens_BxN, cfg.pad_id), done_steps_B
+
+
+def _is_stop(tok_B: jax.Array, stop_ids: Sequence[int]) -> jax.Array:
+  if not stop_ids:
+    return jnp.zeros(tok_B.shape, bool)
+  return jnp.any(tok_B[:, None] == jnp.asarray(stop_ids, jnp.int32)[None, :],
+                 axis=-1)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def _generate_no_cache(graphdef, params, prompt_BxP, mask_BxP, rng,
+                       cfg: SamplingConfig):
+  model = nnx.merge(graphdef, params)
+  b, p = prompt_BxP.shape
+  n = cfg.max_new_tokens
+  buf = jnp.concatenate([prompt_BxP.astype(jnp.int32),
+                         jnp.full((b, n), cfg.pad_id, jnp.int32)], axis=1)
+  mask = jnp.concatenate([mask_BxP.astype(jnp.int32),
+                          jnp.zeros((b, n), jnp.int32)], axis=1)
+
+  # `length` = n + 1 means "not stopped yet"; when a stop id is produced it
+  # becomes the number of generated tokens including the stop token.
+  init = (buf, mask, jnp.full((b,), n + 1, jnp.int32), rng)
+
+  def body(i, carry):
+    buf, mask, length, rng = carry
+    pos = _positions(mask)
+    logits = model(buf, pos, mask)
+    last = jax.lax.dynamic_slice_in_dim(logits, p + i - 1, 1, axis=1)[:, 0]
+    rng, sub = jax.random.split(rng)
+    tok = choose(last, sub, cfg)
+    buf = jax.lax.dynamic_update_slice_in_dim(buf, tok[:, None], p + i, axis=1)
+    mask = jax.lax.dynamic_update_slice_in_dim(
+        mask, jnp.ones((b, 1), jnp.int32), p + i, axis=1)
+    stopped_now = (length > n) & _is_stop(tok, cfg.stop_ids)
+    length = jnp.where(stopped_now, i + 1, length)
+    return buf, mask, length, rng
+
+  buf, _, length, _ = jax.lax.fori_loop(0, n, body, init)
+  length = jnp.minimum(length, n)
+  return _finish(buf[:, p:], length, cfg)
+
+
+def generate_no_cache(model_or_graphdef: Any, params: Any,
+                      prompt_BxP: jax.Array, mask_BxP: jax.Array,
+                      cfg: SamplingConfig, rng: jax.Array | None = None
+                      ) -> tuple[jax.Array, jax.Array]:
+  """(tokens (B, N) padded with pad_id after the stop token, lengths (B,)).
+
+  Recomputes the full prefix each step: O(N * (P + N)) work. The reference
+  for `generate`.
+  """
+  rng = jax.random.PRNGKey(0) if rng is None else rng
+  return _generate_no_cache(model_or_graphdef, params, jnp.asarray(prompt_BxP),
+                            jnp.asarray(mask_BxP), rng, cfg)
