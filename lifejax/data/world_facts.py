@@ -7,8 +7,12 @@ Employees' private email and phone are attributes but never facts: they are
 the personal data that curation must scrub and the assistant must not reveal.
 """
 
+import collections
 import dataclasses
+import functools
 import random
+import re
+from typing import Any, Sequence
 
 from lifejax.data import world_text as wt
 
@@ -55,8 +59,8 @@ _BRAND_HEADS = ("Lu", "Bri", "Ta", "Ze", "Ko", "Ve", "Ni", "Que", "So", "Pa",
 _BRAND_TAILS = ("mo", "vo", "nta", "rix", "xa", "lin", "ro", "ne", "dex", "ska")
 ITEMS = ("Kettle", "Desk Lamp", "Backpack", "Headset", "Blender",
          "Water Bottle", "Notebook", "Desk Fan", "Toaster", "Umbrella",
-         "Speaker", "Keyboard", "Thermos", "Camera", "Wall Clock", "Rice Cooker",
-         "Bike Light", "Yoga Mat", "Lunch Box", "Coffee Grinder")
+         "Speaker", "Keyboard", "Thermos", "Camera", "Wall Clock",
+         "Rice Cooker", "Bike Light", "Yoga Mat", "Lunch Box", "Coffee Grinder")
 _VENDOR_HEADS = ("Summit", "Keystone", "Meridian", "Pioneer", "Beacon", "Atlas",
                  "Crescent", "Sterling", "Vantage", "Trident", "Granite",
                  "Lantern", "Orchard", "Falcon")
@@ -152,11 +156,22 @@ class Facts:
   vendors: tuple[Vendor, ...]
   facts: tuple[Fact, ...]
 
+  @functools.cached_property
+  def _index(self) -> dict[str, dict[str, list[Fact]]]:
+    index = {"relation": collections.defaultdict(list),
+             "entity": collections.defaultdict(list)}
+    for f in self.facts:
+      index["relation"][f.relation].append(f)
+      index["entity"][f.entity_id].append(f)
+    return index
+
   def by_relation(self, relation: str) -> list[Fact]:
-    return [f for f in self.facts if f.relation == relation]
+    """All facts of `relation` (a fresh list)."""
+    return list(self._index["relation"].get(relation, ()))
 
   def facts_of(self, entity_id: str) -> list[Fact]:
-    return [f for f in self.facts if f.entity_id == entity_id]
+    """All facts about entity `entity_id` (a fresh list)."""
+    return list(self._index["entity"].get(entity_id, ()))
 
   def employee(self, name: str) -> Employee:
     for e in self.employees:
@@ -175,7 +190,8 @@ def _count(base: int, scale: float, minimum: int, maximum: int) -> int:
   return max(minimum, min(maximum, round(base * scale)))
 
 
-def _phone(rng: random.Random) -> str:
+def random_phone(rng: random.Random) -> str:
+  """A North-American style phone number such as "(415) 555-0132"."""
   return (f"({rng.randint(201, 989)}) {rng.randint(200, 989)}-"
           f"{rng.randint(0, 9999):04d}")
 
@@ -199,12 +215,12 @@ def _employees(rng: random.Random, n: int, departments: list[str],
         role=rng.choice(DEPARTMENTS[dept]), office=rng.choice(offices),
         start_month=rng.randint(1, 12), start_year=rng.randint(2008, 2023),
         email=f"{first.lower()}.{last.lower()}@{rng.choice(MAIL_DOMAINS)}",
-        phone=_phone(rng)))
+        phone=random_phone(rng)))
   return out
 
 
 def build_facts(seed: int, scale: float) -> Facts:
-  """Draws the company, its entities and the fact table for `seed` and `scale`."""
+  """Draws the company, its entities and the fact table for (seed, scale)."""
   rng = wt.stream(seed, "facts")
   company = (f"{rng.choice(_COMPANY_HEADS)}{rng.choice(_COMPANY_TAILS)} "
              f"{rng.choice(_COMPANY_KINDS)}")
@@ -214,12 +230,13 @@ def build_facts(seed: int, scale: float) -> Facts:
   n_dept = _count(6, scale ** 0.5, 3, len(DEPARTMENTS))
   dept_names = rng.sample(sorted(DEPARTMENTS), n_dept)
   employees = _employees(rng, _count(48, scale, 8, 280), dept_names, offices)
-  # The department head is its first employee; heads carry a director title.
+  # The department head is its first employee, with the title "director"
+  # (not "Sales director": a role must not give the department away).
   heads = {}
   for i, e in enumerate(employees):
     if e.department not in heads:
       heads[e.department] = e.name
-      employees[i] = dataclasses.replace(e, role=f"{e.department} director")
+      employees[i] = dataclasses.replace(e, role="director")
   buildings = rng.sample(BUILDINGS, n_dept)
   departments = [
       Department(id=f"dep{i:02d}", name=d, head=heads[d], building=buildings[i],
@@ -276,17 +293,42 @@ def build_facts(seed: int, scale: float) -> Facts:
                facts=tuple(facts))
 
 
-def distractors(facts: Facts, fact: Fact, k: int = 4) -> list[str]:
-  """Up to `k` other values of the same relation, sorted (wrong answers)."""
-  values = sorted({f.value for f in facts.by_relation(fact.relation)}
-                  - {fact.value})
-  return values[:k] if len(values) <= k else sorted(
-      wt.stream(0, "distractors", fact.id).sample(values, k))
+def _shifted(value: str) -> list[str]:
+  """Copies of `value` with its first number moved up or down a little."""
+  m = re.search(r"\d+", value)
+  if m is None:
+    return []
+  n = int(m.group())
+  return [value[:m.start()] + str(n + d) + value[m.end():]
+          for d in (-2, -1, 1, 2, 3) if n + d > 0]
 
 
-def entities_record(facts: Facts) -> dict:
-  """All entities as JSON-ready dicts (private contacts included: ground truth)."""
-  def rows(items):
+def distractors(facts: Facts, fact: Fact, rng: random.Random,
+                k: int = 4) -> list[str]:
+  """`k` plausible wrong values for `fact` (same relation, else same kind)."""
+  pools = {
+      "employee.department": list(DEPARTMENTS),
+      "product.team": list(DEPARTMENTS),
+      "employee.office": list(CITIES), "vendor.city": list(CITIES),
+      "department.building": list(BUILDINGS),
+      "employee.role": [r for roles in DEPARTMENTS.values() for r in roles],
+      "department.head": [e.name for e in facts.employees],
+      "product.vendor": [v.name for v in facts.vendors],
+  }
+  same = {f.value for f in facts.by_relation(fact.relation)} - {fact.value}
+  values = sorted(same)
+  if len(values) < k:
+    extra = set(pools.get(fact.relation, _shifted(fact.value))) - same
+    extra.discard(fact.value)
+    values += rng.sample(sorted(extra), min(k - len(values), len(extra)))
+  if not values:
+    raise ValueError(f"no wrong value available for {fact.id}")
+  return rng.sample(values, min(k, len(values)))
+
+
+def entities_record(facts: Facts) -> dict[str, Any]:
+  """All entities as JSON-ready dicts, private contacts included (the truth)."""
+  def rows(items: Sequence[Any]) -> list[dict[str, Any]]:
     return [dataclasses.asdict(x) for x in items]
   emps = rows(facts.employees)
   for row, e in zip(emps, facts.employees):

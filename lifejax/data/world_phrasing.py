@@ -53,14 +53,14 @@ STATEMENTS: dict[str, tuple[str, ...]] = {
     "department.building": (
         "The {s} department sits in {v}.",
         "You will find the {s} team in {v}.",
-        "{v} is home to the {s} department.",
+        "{v} is home to {s}.",
         "The desks of the {s} team are in {v}.",
         "{s} has its rooms in {v}.",
     ),
     "department.founded": (
         "The {s} department was founded in {v}.",
         "{s} was set up as its own department in {v}.",
-        "Since {v}, {company} has had a separate {s} department.",
+        "Since {v}, {company} has had a separate {s} unit.",
         "The {s} team was formed in {v}.",
     ),
     "product.price": (
@@ -98,7 +98,7 @@ STATEMENTS: dict[str, tuple[str, ...]] = {
         "We buy the {s} from {v}.",
     ),
     "product.team": (
-        "The {s} is managed by the {v} department.",
+        "The {s} is managed by {v}.",
         "The {v} team owns the {s}.",
         "Questions about the {s} go to the {v} team.",
         "The {s} falls under the {v} department.",
@@ -132,19 +132,19 @@ QUESTIONS: dict[str, tuple[str, ...]] = {
         "Which city is home to the office where {s} works for {company}?"),
     "employee.start": (
         "In which month and year did {s} first join the staff of {company}?",
-        "When did {s} start working at {company}, giving the month and the "
-        "year?"),
+        "Giving the month and the year, when did {s} start working at "
+        "{company}?"),
     "department.head": (
         "Who is the person in charge of the {s} department at {company} right "
         "now?",
         "Which employee leads the {s} team at {company} as its director "
         "today?"),
     "department.building": (
-        "In which building on the campus of {company} does the {s} department "
-        "sit?",
+        "Which building of {company} houses the {s} department and its staff "
+        "today?",
         "Where can visitors find the {s} team, and which building is it in?"),
     "department.founded": (
-        "In what year did {company} first set up the {s} department as its own "
+        "At {company}, in what year was the {s} department set up as its own "
         "unit?",
         "How long ago was the {s} department created, and in which year "
         "exactly?"),
@@ -153,19 +153,19 @@ QUESTIONS: dict[str, tuple[str, ...]] = {
         "What is the current list price of the {s} in the {company} catalog?"),
     "product.launch": (
         "In which month and year did the {s} first go on sale to customers?",
-        "When was the {s} released by {company}, giving the month and the "
-        "year?"),
+        "Giving the month and the year, when was the {s} released by "
+        "{company}?"),
     "product.refund": (
         "How many days does a customer have to return the {s} for a full "
         "refund?",
-        "For how many days after buying the {s} can a customer still get a "
+        "For how many days after buying the {s} can a customer get a "
         "refund?"),
     "product.warranty": (
-        "How many months of warranty cover does {company} give on the {s}?",
+        "How many months of warranty cover does the {s} get from {company}?",
         "For how long is the {s} covered by the warranty, counted in months?"),
     "product.vendor": (
         "Which outside vendor supplies {company} with the {s} that we sell?",
-        "Who is the supplier that makes the {s} for {company} at the moment?"),
+        "Who is the supplier that makes the {s} sold by {company}?"),
     "product.team": (
         "Which department of {company} is responsible for the {s} product "
         "line?",
@@ -176,10 +176,9 @@ QUESTIONS: dict[str, tuple[str, ...]] = {
         "days?",
         "From which city does {s} ship the goods it sells to {company}?"),
     "vendor.since": (
-        "In what year did {company} sign its first contract with the vendor "
-        "{s}?",
-        "Since which year has {s} been a supplier to {company}, according to "
-        "records?"),
+        "In what year did the vendor {s} first sign a deal with {company}?",
+        "According to our records, since which year has {s} supplied goods to "
+        "{company}?"),
 }
 
 # One fixed answer sentence per relation: a regular format a small model learns.

@@ -22,15 +22,19 @@ WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday")
 
 
 def stream(seed: int, *names: object) -> random.Random:
-  """Returns an RNG determined only by `seed` and `names` (stable across runs)."""
+  """An RNG determined only by `seed` and `names` (stable across runs)."""
   key = ":".join([str(seed), *map(str, names)])
   digest = hashlib.sha256(key.encode("utf-8")).digest()
   return random.Random(int.from_bytes(digest[:8], "big"))
 
 
 def expand(grammar: Grammar, symbol: str, rng: random.Random,
-           bindings: Mapping[str, str] | None = None, _depth: int = 0) -> str:
-  """Expands `symbol`: `{name}` slots take `bindings[name]`, else a grammar rule.
+           bindings: Mapping[str, str] | None = None,
+           used: dict[str, set[str]] | None = None, _depth: int = 0) -> str:
+  """Expands `symbol`; `{name}` slots take `bindings[name]`, else a rule.
+
+  A rule used twice yields two different values when it can: within one
+  template, or across calls that share the same `used` record.
 
   Raises:
     KeyError: a slot names neither a binding nor a grammar rule.
@@ -39,16 +43,23 @@ def expand(grammar: Grammar, symbol: str, rng: random.Random,
   if _depth > _MAX_DEPTH:
     raise RecursionError(f"grammar too deep while expanding {symbol!r}")
   template = rng.choice(grammar[symbol])
+  used = {} if used is None else used
 
-  def fill(match: re.Match) -> str:
+  def sub(match: re.Match) -> str:
     name = match.group(1)
     if bindings is not None and name in bindings:
       return bindings[name]
-    if name in grammar:
-      return expand(grammar, name, rng, bindings, _depth + 1)
-    raise KeyError(f"slot {name!r} has no binding and no grammar rule")
+    if name not in grammar:
+      raise KeyError(f"slot {name!r} has no binding and no grammar rule")
+    taken = used.setdefault(name, set())
+    for _ in range(6):
+      value = expand(grammar, name, rng, bindings, used, _depth + 1)
+      if value not in taken:
+        break
+    taken.add(value)
+    return value
 
-  return _SLOT.sub(fill, template)
+  return _SLOT.sub(sub, template)
 
 
 def fill(template: str, bindings: Mapping[str, str]) -> str:
@@ -71,16 +82,23 @@ def article(phrase: str) -> str:
   return ("an " if phrase[:1].lower() in "aeiou" else "a ") + phrase
 
 
-def unique_sentences(make, count: int, rng: random.Random,
-                     avoid: set[str] | None = None,
-                     attempts_per_sentence: int = 8) -> list[str]:
-  """Calls `make(rng)` until `count` distinct sentences exist (or attempts run out)."""
+def sentences_from(grammar: Grammar, rng: random.Random, count: int,
+                   bindings: Mapping[str, str] | None = None,
+                   avoid: set[str] | None = None, symbol: str = "S",
+                   used: dict[str, set[str]] | None = None) -> list[str]:
+  """Up to `count` sentences, each from a different template of `symbol`.
+
+  Using every template (and slot value, as far as possible) at most once
+  keeps a document from repeating itself; pass `used` to share that record.
+  """
+  templates = list(grammar[symbol])
+  rng.shuffle(templates)
   seen = set(avoid or ())
+  used = {} if used is None else used
   out = []
-  for _ in range(count * attempts_per_sentence):
-    if len(out) == count:
-      break
-    sentence = capitalize(make(rng))
+  for template in templates[:count]:
+    sentence = capitalize(expand({**grammar, symbol: [template]}, symbol, rng,
+                                 bindings, used))
     if sentence not in seen:
       seen.add(sentence)
       out.append(sentence)
