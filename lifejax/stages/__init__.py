@@ -8,6 +8,7 @@ Importing this package registers every configurable with gin.
 import gin
 
 from lifejax import sharding
+from lifejax.eval.instruct import GenerationSpec
 from lifejax.model.config import TransformerConfig
 from lifejax.train.checkpoint import CheckpointConfig
 from lifejax.train.loop import LoopConfig
@@ -16,11 +17,13 @@ from lifejax.train.state import LossScaleConfig
 
 # Configurable dataclasses: gin files bind their fields by these names.
 for _cls in (TransformerConfig, OptimizerConfig, sharding.MeshConfig,
-             LoopConfig, CheckpointConfig, LossScaleConfig):
+             LoopConfig, CheckpointConfig, LossScaleConfig, GenerationSpec):
   gin.external_configurable(_cls, module="lifejax")
 
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from lifejax.stages.common import load_initial_params, tokenizer_of  # noqa: E402
 from lifejax.stages.pretrain import pretrain, world_corpus_files  # noqa: E402
+from lifejax.stages.sft import sft  # noqa: E402
 
-__all__ = ["pretrain", "world_corpus_files", "load_initial_params",
+__all__ = ["pretrain", "sft", "world_corpus_files", "load_initial_params",
            "tokenizer_of"]

@@ -139,6 +139,7 @@ def train_loop(
     eval_step: Callable[..., dict] | None = None,
     eval_batches: EvalSets | None = None,
     evaluators: Sequence[Evaluator] = (),
+    eval_hooks: Sequence[Callable[[int, dict], dict]] = (),
     tokens_per_step: int = 0,
     hooks: tuple[Hook, ...] = (),
     restored_extra: dict | None = None,
@@ -187,6 +188,8 @@ def train_loop(
   if has_evals and cfg.eval_at_start and start == 0:
     eval_metrics = run_evals(eval_step, state, eval_batches, evaluators,
                              batch_shardings, cfg.eval_batches, 0)
+    for h in eval_hooks:
+      eval_metrics.update(h(0, eval_metrics))
     writer.write(0, eval_metrics)
 
   step = start
@@ -210,10 +213,16 @@ def train_loop(
     if do_eval:
       eval_metrics = run_evals(eval_step, state, eval_batches, evaluators,
                                batch_shardings, cfg.eval_batches, step)
+      for h in eval_hooks:  # hooks see every eval metric of this step
+        eval_metrics.update(h(step, eval_metrics))
       writer.write(step, eval_metrics)
       if bar is not None:
         bar.write(f"step {step}: " + ", ".join(
             f"{k}={v:.4f}" for k, v in eval_metrics.items()))
+      if cfg.early_stop_metric not in eval_metrics:
+        raise KeyError(
+            f"LoopConfig.early_stop_metric={cfg.early_stop_metric!r} is not "
+            f"among this run's eval metrics {sorted(eval_metrics)}")
       stop = stopper.update(eval_metrics[cfg.early_stop_metric])
       checkpointer.save_best(step, state, eval_metrics,
                              data_state=train_iter.get_state(), extra=extra())
