@@ -5,6 +5,7 @@ Intentionally short: parse gin, then run whatever stage `run.stage` names.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -35,7 +36,7 @@ def parse_gin(files: Sequence[str], params: Sequence[str]) -> None:
   """
   import lifejax.stages  # noqa: F401  (registers the configurables)
 
-  for path in (os.getcwd(), GIN_DIR, os.path.dirname(GIN_DIR)):
+  for path in (GIN_DIR, os.getcwd(), os.path.dirname(GIN_DIR)):
     gin.add_config_file_search_path(path)
   missing = [f for f in files if not (
       os.path.exists(f) or os.path.exists(os.path.join(GIN_DIR, f)))]
@@ -43,7 +44,20 @@ def parse_gin(files: Sequence[str], params: Sequence[str]) -> None:
     raise FileNotFoundError(f"gin file(s) not found: {missing} (looked in "
                             f"{os.getcwd()} and {GIN_DIR})")
   files = [f if os.path.exists(f) else os.path.join(GIN_DIR, f) for f in files]
-  gin.parse_config_files_and_bindings(files, params, finalize_config=False)
+  # gin first tries every `include` as a Python package resource and logs an
+  # ERROR when that fails, before finding the file on the search path.
+  quiet = _DropGinResourceMisses()
+  logging.getLogger().addFilter(quiet)
+  try:
+    gin.parse_config_files_and_bindings(files, params, finalize_config=False)
+  finally:
+    logging.getLogger().removeFilter(quiet)
+
+
+class _DropGinResourceMisses(logging.Filter):
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Path not found")
 
 
 def main(argv: Sequence[str]) -> None:
