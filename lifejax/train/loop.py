@@ -24,6 +24,7 @@ from lifejax import sharding
 from lifejax.train.checkpoint import Checkpointer
 from lifejax.train.metrics import MetricsWriter, plot_curves
 from lifejax.train.state import TrainState
+from lifejax.train.step import loss_params
 
 
 class DataIterator(Protocol):
@@ -91,7 +92,7 @@ def run_evals(eval_step: Callable[..., dict] | None, state: TrainState,
     named = (eval_sets if isinstance(eval_sets, Mapping)
              else {"": eval_sets})
     for name, batches in named.items():
-      m = evaluate(eval_step, state["params"], batches(), batch_shardings,
+      m = evaluate(eval_step, loss_params(state), batches(), batch_shardings,
                    max_batches)
       if name:
         m = {f"eval/{name}/{k[len('eval/'):]}": v for k, v in m.items()}

@@ -59,10 +59,16 @@ def _key(k: Any) -> Any:
 
 
 def state_specs(abstract_state: TrainState, param_specs: Any) -> TrainState:
+  """Specs for the whole state. With frozen params (LoRA), the frozen base is
+  sharded like the model and the small trainable adapters are replicated."""
   specs = {k: jax.tree.map(lambda _: P(), v) for k, v in abstract_state.items()}
-  specs["params"] = param_specs
+  if "frozen" in abstract_state:
+    specs["frozen"] = param_specs
+    trainable_specs = specs["params"]
+  else:
+    specs["params"] = trainable_specs = param_specs
   specs["opt_state"] = opt_state_specs(abstract_state["opt_state"],
-                                       param_specs)
+                                       trainable_specs)
   return specs
 
 
@@ -73,6 +79,7 @@ def plan_train_state(
     mesh: Mesh,
     seed: int,
     loss_scale: LossScaleConfig | None = None,
+    make_trainable: Callable[[Any], Any] | None = None,
 ) -> tuple[Callable[[], TrainState], TrainState, TrainState]:
   """Returns (init, abstract_state, shardings) without allocating anything.
 
@@ -81,15 +88,21 @@ def plan_train_state(
   `init_params()` must return the params pytree; it is traced, not run.
   `init(params)` instead builds the state around given (already placed)
   params, e.g. those of an earlier stage; they are donated.
+  `make_trainable(params)`, if given, returns the trainable params (e.g. LoRA
+  adapters); `params` are then kept frozen under state["frozen"] and only the
+  trainable ones get gradients and optimizer state.
   """
 
   def make_state(params) -> TrainState:
+    trainable = params if make_trainable is None else make_trainable(params)
     state = {
         "step": jnp.zeros((), jnp.int32),
-        "params": params,
-        "opt_state": optimizer.init(params),
+        "params": trainable,
+        "opt_state": optimizer.init(trainable),
         "rng": jax.random.PRNGKey(seed),
     }
+    if make_trainable is not None:
+      state["frozen"] = params
     if loss_scale is not None:
       state["loss_scale"] = {
           "scale": jnp.asarray(loss_scale.initial_scale, jnp.float32),
@@ -99,13 +112,15 @@ def plan_train_state(
   abstract = jax.eval_shape(lambda: make_state(init_params()))
   shardings = sharding.named(mesh, state_specs(abstract, param_specs))
   fresh = jax.jit(lambda: make_state(init_params()), out_shardings=shardings)
-  around = jax.jit(make_state, in_shardings=(shardings["params"],),
+  base_shardings = shardings["frozen" if make_trainable else "params"]
+  around = jax.jit(make_state, in_shardings=(base_shardings,),
                    out_shardings=shardings, donate_argnums=(0,))
 
   def init(params: Any = None) -> TrainState:
     if params is None:
       return fresh()
-    want = jax.tree.structure(abstract["params"])
+    want = jax.tree.structure(
+        abstract["frozen" if make_trainable else "params"])
     if jax.tree.structure(params) != want:
       raise ValueError("initial params do not match the model's parameter "
                        f"tree:\n got  {jax.tree.structure(params)}\n want "

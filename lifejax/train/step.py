@@ -22,6 +22,15 @@ from lifejax.losses.lm import LossFn
 from lifejax.train.state import LossScaleConfig, TrainState
 
 Batch = dict[str, Any]
+
+
+def loss_params(state: TrainState, params: Any = None) -> Any:
+  """What a loss_fn receives: the params, or, when the state holds frozen
+  params (adapters over a frozen base), {"trainable": ..., "frozen": ...}."""
+  params = state["params"] if params is None else params
+  if "frozen" in state:
+    return {"trainable": params, "frozen": state["frozen"]}
+  return params
 StepFn = Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]
 
 
@@ -55,9 +64,9 @@ def build_train_step(
 ) -> StepFn:
   """Returns the pure (unjitted) `train_step(state, batch)`."""
 
-  def weighted_grads(params, batch, rng, scale):
+  def weighted_grads(state, params, batch, rng, scale):
     def scaled_loss(p):
-      loss, metrics = loss_fn(p, batch, rng)
+      loss, metrics = loss_fn(loss_params(state, p), batch, rng)
       w = jax.lax.stop_gradient(metrics.get("weight", jnp.float32(1.0)))
       return loss * w * scale, (loss, w, metrics)
     grads, (loss, w, metrics) = jax.grad(scaled_loss, has_aux=True)(params)
@@ -70,7 +79,8 @@ def build_train_step(
              else jnp.float32(1.0))
 
     if num_microbatches == 1:
-      grads, loss, w, metrics = weighted_grads(params, batch, rng, scale)
+      grads, loss, w, metrics = weighted_grads(state, params, batch, rng,
+                                               scale)
       metrics = {k: v * w for k, v in metrics.items() if k != "weight"}
     else:
       micro = _split_microbatches(batch, num_microbatches)
@@ -78,15 +88,15 @@ def build_train_step(
       def body(carry, xs):
         g_acc, l_acc, w_acc, m_acc = carry
         i, mb = xs
-        g, l, w, m = weighted_grads(params, mb, jax.random.fold_in(rng, i),
-                                    scale)
+        g, l, w, m = weighted_grads(state, params, mb,
+                                    jax.random.fold_in(rng, i), scale)
         m = {k: v * w for k, v in m.items() if k != "weight"}
         return (jax.tree.map(jnp.add, g_acc, g), l_acc + l * w, w_acc + w,
                 jax.tree.map(jnp.add, m_acc, m)), None
 
       first = jax.tree.map(lambda x: x[0], micro)
       m_shape = jax.eval_shape(
-          lambda: weighted_grads(params, first, rng, scale)[3])
+          lambda: weighted_grads(state, params, first, rng, scale)[3])
       zeros_m = {k: jnp.zeros((), jnp.float32) for k in m_shape
                  if k != "weight"}
       zeros_g = jax.tree.map(jnp.zeros_like, params)
@@ -158,7 +168,8 @@ def build_eval_step(loss_fn: LossFn, param_shardings: Any,
                     batch_shardings: Any, mesh: Mesh,
                     rules: sharding.Rules) -> Callable[..., dict[str, jax.Array]]:
   """jitted `eval_step(params, batch) -> metrics` (weighted sums; the caller
-  divides by the summed weight over all eval batches)."""
+  divides by the summed weight over all eval batches). `params` is what the
+  loss_fn takes (see `loss_params`), placed like `param_shardings`."""
 
   def traced(params, batch):
     with sharding.activation_sharding(mesh, rules):

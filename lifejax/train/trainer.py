@@ -19,7 +19,7 @@ from jax.sharding import Mesh
 
 from lifejax import sharding
 from lifejax.losses.lm import LossFn
-from lifejax.model import transformer
+from lifejax.model import lora, transformer
 from lifejax.model.config import TransformerConfig
 from lifejax.train import optim, state as state_lib, step as step_lib
 from lifejax.train.checkpoint import Checkpointer, CheckpointConfig
@@ -80,12 +80,15 @@ def plan_training(
     loss_scale: state_lib.LossScaleConfig | None = None,
     init_params: Callable[[], Any] | None = None,
     make_eval_loss: Callable[[nnx.GraphDef], LossFn] | None = None,
+    lora_cfg: lora.LoraConfig | None = None,
 ) -> Plan:
   """Derives shardings from abstract shapes and builds the jitted steps.
 
   `example_batch` may hold numpy arrays or ShapeDtypeStructs (only shapes are
   read). Nothing is materialized: use it to plan memory or AOT-compile
-  published shapes on any mesh.
+  published shapes on any mesh. With `lora_cfg`, the model params are frozen
+  and only LoRA adapters are trained (and have optimizer state); losses are
+  wrapped to see the merged weights.
   """
   batch_size = next(iter(example_batch.values())).shape[0]
   sharding.check_batch_divisible(batch_size, mesh, rules)
@@ -108,8 +111,19 @@ def plan_training(
 
   optimizer = optim.make_optimizer(optimizer_cfg)
   schedule = optim.make_schedule(optimizer_cfg)
+  make_trainable = None
+  if lora_cfg is not None:
+    make_trainable = lambda p: lora.init_lora(  # noqa: E731
+        p, lora_cfg, jax.random.PRNGKey(seed + 1))
+    base_make_loss = make_loss
+    make_loss = lambda g: lora.lora_loss_fn(  # noqa: E731
+        base_make_loss(g), lora_cfg)
+    if make_eval_loss is not None:
+      base_eval = make_eval_loss
+      make_eval_loss = lambda g: lora.lora_loss_fn(base_eval(g), lora_cfg)  # noqa: E731
   init_state, abstract_state, state_shardings = state_lib.plan_train_state(
-      init_params, optimizer, param_specs, mesh, seed, loss_scale)
+      init_params, optimizer, param_specs, mesh, seed, loss_scale,
+      make_trainable)
 
   batch_sh = sharding.batch_shardings(example_batch, mesh, rules)
   step_fn = step_lib.build_train_step(
@@ -118,8 +132,10 @@ def plan_training(
   train_step = step_lib.jit_train_step(step_fn, state_shardings, batch_sh,
                                        mesh, rules)
   eval_loss = (make_eval_loss or make_loss)(graphdef)
-  eval_step = step_lib.build_eval_step(eval_loss, state_shardings["params"],
-                                       batch_sh, mesh, rules)
+  eval_param_sh = (step_lib.loss_params(state_shardings)
+                   if lora_cfg is not None else state_shardings["params"])
+  eval_step = step_lib.build_eval_step(eval_loss, eval_param_sh, batch_sh,
+                                       mesh, rules)
   return Plan(mesh=mesh, rules=rules, graphdef=graphdef, init_state=init_state,
               abstract_state=abstract_state, state_shardings=state_shardings,
               batch_shardings=batch_sh, train_step=train_step,
