@@ -23,7 +23,8 @@ for _cls in (TransformerConfig, OptimizerConfig, sharding.MeshConfig,
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from lifejax.stages.common import load_initial_params, tokenizer_of  # noqa: E402
 from lifejax.stages.pretrain import pretrain, world_corpus_files  # noqa: E402
+from lifejax.stages.preference import dpo, reward  # noqa: E402
 from lifejax.stages.sft import sft  # noqa: E402
 
-__all__ = ["pretrain", "sft", "world_corpus_files", "load_initial_params",
-           "tokenizer_of"]
+__all__ = ["pretrain", "sft", "reward", "dpo", "world_corpus_files",
+           "load_initial_params", "tokenizer_of"]

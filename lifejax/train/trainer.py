@@ -81,6 +81,7 @@ def plan_training(
     init_params: Callable[[], Any] | None = None,
     make_eval_loss: Callable[[nnx.GraphDef], LossFn] | None = None,
     lora_cfg: lora.LoraConfig | None = None,
+    model_cls: type[nnx.Module] = transformer.Transformer,
 ) -> Plan:
   """Derives shardings from abstract shapes and builds the jitted steps.
 
@@ -88,9 +89,10 @@ def plan_training(
   read). Nothing is materialized: use it to plan memory or AOT-compile
   published shapes on any mesh. With `lora_cfg`, the model params are frozen
   and only LoRA adapters are trained (and have optimizer state); losses are
-  wrapped to see the merged weights.
+  wrapped to see the merged weights. `model_cls(cfg, rngs)` builds the
+  model (the decoder LM by default; a reward or value model for RL stages).
   """
-  batch_size = next(iter(example_batch.values())).shape[0]
+  batch_size = jax.tree.leaves(example_batch)[0].shape[0]
   sharding.check_batch_divisible(batch_size, mesh, rules)
   if batch_size % num_microbatches:
     raise ValueError(f"batch size {batch_size} is not divisible by "
@@ -98,7 +100,9 @@ def plan_training(
   sharding.check_batch_divisible(batch_size // num_microbatches, mesh, rules,
                                  what="microbatch size")
 
-  abstract_model = transformer.abstract_model(model_cfg)
+  with nnx.use_eager_sharding(False):
+    abstract_model = nnx.eval_shape(
+        lambda: model_cls(model_cfg, nnx.Rngs(params=0)))
   graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
   param_specs = nnx.to_pure_dict(
       sharding.param_specs(abstract_params, mesh, rules))
@@ -106,7 +110,7 @@ def plan_training(
   if init_params is None:
     def init_params():
       with nnx.use_eager_sharding(False):
-        model = transformer.Transformer(model_cfg, nnx.Rngs(params=seed))
+        model = model_cls(model_cfg, nnx.Rngs(params=seed))
       return nnx.to_pure_dict(nnx.state(model, nnx.Param))
 
   optimizer = optim.make_optimizer(optimizer_cfg)

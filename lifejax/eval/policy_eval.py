@@ -1,0 +1,120 @@
+"""Evaluation of a tuned policy against its reference (the SFT model).
+
+Judge win rate vs the reference's answers, KL to the reference on the
+policy's own samples, verbosity and refusal rate, and (with a reward model)
+the reward-vs-judge gap that flags reward hacking.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from lifejax.data import chat, judge as judge_lib
+from lifejax.eval import instruct
+from lifejax.model import sampling
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _response_kl(graphdef, params, ref_params, tokens_BxL, mask_BxL,
+                 resp_BxL):
+  """sum over response positions of KL(pi(.|prefix) || pi_ref(.|prefix)),
+  the exact per-position KL over the vocabulary (always >= 0), (B,)."""
+  pos = jnp.maximum(jnp.cumsum(mask_BxL, axis=1) - 1, 0)
+  args = (tokens_BxL[:, :-1], pos[:, :-1], mask_BxL[:, :-1])
+  logp = jax.nn.log_softmax(
+      nnx.merge(graphdef, params)(*args).astype(jnp.float32), axis=-1)
+  logq = jax.nn.log_softmax(
+      nnx.merge(graphdef, ref_params)(*args).astype(jnp.float32), axis=-1)
+  kl_BxT = jnp.sum(jnp.exp(logp) * (logp - logq), axis=-1)
+  return jnp.sum(kl_BxT * resp_BxL[:, 1:].astype(jnp.float32), axis=-1)
+
+
+class PolicyEvaluator:
+  """Scores a policy on fixed held-out prompts against a fixed reference.
+
+  The reference's answers are generated once (greedy) and cached; each call
+  generates the policy's greedy answers and returns metrics.
+  """
+
+  def __init__(self, graphdef: Any, ref_params: Any, tokenizer: Any,
+               template: chat.ChatTemplate,
+               records: Sequence[Mapping[str, Any]],
+               spec: instruct.GenerationSpec,
+               judge_config: judge_lib.JudgeConfig = judge_lib.DEFAULT,
+               reward_fn: Callable[[Sequence[str]], np.ndarray] | None = None):
+    self.graphdef, self.ref_params = graphdef, ref_params
+    self.tokenizer, self.template = tokenizer, template
+    self.records, self.spec = list(records), spec
+    self.judge_config, self.reward_fn = judge_config, reward_fn
+    self.sampling = sampling.SamplingConfig(
+        max_new_tokens=spec.max_new_tokens,
+        stop_ids=tuple(chat.stop_ids(template, tokenizer)),
+        pad_id=tokenizer.pad_id)
+    self.ref_answers = self._answers(ref_params)
+
+  def _generate(self, params):
+    def gen(ids, mask):
+      return sampling.generate_no_cache(self.graphdef, params, ids, mask,
+                                        self.sampling)
+    return gen
+
+  def _answers(self, params) -> list[str]:
+    return instruct.generate_responses(self._generate(params), self.tokenizer,
+                                       self.template, self.records, self.spec)
+
+  def kl_to_reference(self, params, answers: Sequence[str]) -> float:
+    """Mean over prompts of the summed per-token KL(pi || pi_ref) along the
+    policy's own answers (exact over the vocabulary at each position)."""
+    rows, resp = [], []
+    for rec, ans in zip(self.records, answers):
+      p = chat.render_prompt(self.template, self.tokenizer,
+                             instruct.prompt_messages(rec))
+      r = chat.render_response(self.template, self.tokenizer, ans)
+      rows.append(p + r)
+      resp.append([0] * len(p) + [1] * len(r))
+    length = self.spec.prompt_len + self.spec.max_new_tokens + 2
+    toks = np.zeros((len(rows), length), np.int32)
+    mask = np.zeros_like(toks)
+    rmask = np.zeros_like(toks)
+    for i, (r, m) in enumerate(zip(rows, resp)):
+      r, m = r[-length:], m[-length:]
+      toks[i, :len(r)], mask[i, :len(r)], rmask[i, :len(r)] = r, 1, m
+    kl = _response_kl(self.graphdef, params, self.ref_params, toks, mask,
+                      rmask)
+    return float(np.mean(np.asarray(kl)))
+
+  def __call__(self, params) -> dict[str, float]:
+    answers = self._answers(params)
+    wins = ties = 0
+    judge_scores = []
+    for rec, ans, ref in zip(self.records, answers, self.ref_answers):
+      c = judge_lib.compare(rec, ans, ref, self.judge_config)
+      wins += c.winner == "a"
+      ties += c.winner == "tie"
+      judge_scores.append(c.a.total)
+    n = len(self.records)
+    out = {
+        "win_rate_vs_ref": (wins + 0.5 * ties) / n,
+        "judge_score": float(np.mean(judge_scores)),
+        "kl_to_ref": self.kl_to_reference(params, answers),
+        "response_words": float(np.mean([len(a.split()) for a in answers])),
+        "refusal_rate": float(np.mean([instruct.looks_like_refusal(a)
+                                       for a in answers])),
+    }
+    out.update({f"instruct/{k}": v for k, v in
+                instruct.judge_responses(self.records, answers).items()})
+    if self.reward_fn is not None:
+      rewards = np.asarray(self.reward_fn(answers))
+      out["reward"] = float(np.mean(rewards))
+      # Reward hacking shows as the reward rising while the judge does not.
+      out["reward_judge_gap"] = float(
+          np.mean(rewards) - np.mean(judge_scores))
+    self.last_answers = answers
+    return out
