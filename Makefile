@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed-$(shell cat setup.py | md5sum | cut -c1-12)
-GIN ?= gin_configs/stages/pretrain.gin
+GIN ?= gin_configs/lifecycle/default.gin
 PYTEST_ARGS ?=
 
 .PHONY: install demo test bench clean

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -81,6 +82,15 @@ def pretrain(
   eval_srcs = [source_from_path(p, text_field) for p in eval_files]
   if not eval_srcs:
     train_srcs, eval_srcs = holdout_split(train_srcs, text_field, eval_holdout)
+    # Keep the held-out documents beside the run: later evaluations
+    # (per-source perplexity) must use exactly these.
+    held_dir = os.path.join(run_dir, "heldout")
+    os.makedirs(held_dir, exist_ok=True)
+    for src in eval_srcs:
+      with open(os.path.join(held_dir, f"{src.name}.jsonl"), "w",
+                encoding="utf-8") as f:
+        for r in src:
+          f.write(json.dumps({text_field: r[text_field]}) + "\n")
 
   if tokenizer_path is None and init_from is not None:
     tokenizer = tokenizer_of(init_from)
