@@ -74,8 +74,17 @@ class MeshConfig:
 
 
 def make_mesh(cfg: MeshConfig, devices: Sequence[Any] | None = None) -> Mesh:
-  """A (data, fsdp, model) mesh with Auto axis types (GSPMD propagation)."""
+  """A (data, fsdp, model) mesh with Auto axis types (GSPMD propagation).
+
+  A fully specified mesh (no -1) smaller than the device count uses the
+  first devices (e.g. `MeshConfig(1, 1, 1)` is a one-device run).
+  """
   devices = list(devices) if devices is not None else jax.devices()
+  sizes = (cfg.data, cfg.fsdp, cfg.model)
+  if -1 not in sizes and 0 < math.prod(sizes) < len(devices):
+    logging.info("mesh %s uses %d of %d devices", sizes, math.prod(sizes),
+                 len(devices))
+    devices = devices[:math.prod(sizes)]
   shape = cfg.shape(len(devices))
   return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3,
                        devices=devices)
