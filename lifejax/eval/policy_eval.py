@@ -61,8 +61,8 @@ class PolicyEvaluator:
 
   def _generate(self, params):
     def gen(ids, mask):
-      return sampling.generate_no_cache(self.graphdef, params, ids, mask,
-                                        self.sampling)
+      return sampling.generate(self.graphdef, params, ids, mask,
+                               self.sampling)
     return gen
 
   def _answers(self, params) -> list[str]:

@@ -70,10 +70,8 @@ def _generator(graphdef, params, tokenizer, stops: Sequence[int],
                max_new: int):
   cfg = sampling.SamplingConfig(max_new_tokens=max_new, stop_ids=tuple(stops),
                                 pad_id=tokenizer.pad_id)
-  gen = getattr(sampling, "generate", sampling.generate_no_cache)
-
   def run(ids, mask):
-    return gen(graphdef, params, ids, mask, cfg)
+    return sampling.generate(graphdef, params, ids, mask, cfg)
   return run
 
 

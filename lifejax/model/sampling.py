@@ -5,9 +5,10 @@ next token is written at the same column. Positions count only real tokens,
 and padding sits in its own segment, so a left-padded prompt produces the
 same continuation as the unpadded one.
 
-`generate` uses the model's KV cache when it has one (`Transformer.init_cache`
-/ `decode`); `generate_no_cache` recomputes the whole prefix at every step and
-is the reference the cached path is tested against.
+`generate` prefills a KV cache with the prompt and then decodes one token
+per step against it (`kv_cache.py`); `generate_no_cache` recomputes the
+whole prefix at every step and is the reference the cached path is tested
+against.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from lifejax.model import kv_cache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,3 +128,49 @@ def generate_no_cache(model_or_graphdef: Any, params: Any,
   rng = jax.random.PRNGKey(0) if rng is None else rng
   return _generate_no_cache(model_or_graphdef, params, jnp.asarray(prompt_BxP),
                             jnp.asarray(mask_BxP), rng, cfg)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def _generate(graphdef, params, prompt_BxP, mask_BxP, rng, cfg: SamplingConfig):
+  mcfg = nnx.merge(graphdef, params).cfg
+  b, p = prompt_BxP.shape
+  n = cfg.max_new_tokens
+  cache = kv_cache.init_cache(mcfg, b, p + n)
+  mask = mask_BxP.astype(jnp.int32)
+  pos_BxP = _positions(mask)
+  logits, cache = kv_cache.forward(mcfg, params, cache,
+                                   prompt_BxP.astype(jnp.int32), pos_BxP, mask)
+  # Left padding: the last column holds every row's last prompt token.
+  last = logits[:, -1]
+  next_pos = pos_BxP[:, -1] + 1
+
+  def body(i, carry):
+    out, last, next_pos, length, cache, rng = carry
+    rng, sub = jax.random.split(rng)
+    tok = choose(last, sub, cfg)
+    out = jax.lax.dynamic_update_slice_in_dim(out, tok[:, None], i, axis=1)
+    stopped_now = (length > n) & _is_stop(tok, cfg.stop_ids)
+    length = jnp.where(stopped_now, i + 1, length)
+    logits, cache = kv_cache.forward(mcfg, params, cache, tok[:, None],
+                                     next_pos[:, None],
+                                     jnp.ones((b, 1), jnp.int32))
+    return out, logits[:, 0], next_pos + 1, length, cache, rng
+
+  out = jnp.full((b, n), cfg.pad_id, jnp.int32)
+  init = (out, last, next_pos, jnp.full((b,), n + 1, jnp.int32), cache, rng)
+  out, _, _, length, _, _ = jax.lax.fori_loop(0, n, body, init)
+  return _finish(out, jnp.minimum(length, n), cfg)
+
+
+def generate(graphdef: Any, params: Any, prompt_BxP: jax.Array,
+             mask_BxP: jax.Array, cfg: SamplingConfig,
+             rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """(tokens (B, N) padded with pad_id after the stop token, lengths (B,)).
+
+  Prompts are left-padded (B, P) with a (B, P) mask. One prefill over the
+  prompt, then N single-token steps against the KV cache; prefill and step
+  are compiled once per (B, P, N) shape.
+  """
+  rng = jax.random.PRNGKey(0) if rng is None else rng
+  return _generate(graphdef, params, jnp.asarray(prompt_BxP),
+                   jnp.asarray(mask_BxP), rng, cfg)

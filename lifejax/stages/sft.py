@@ -70,7 +70,7 @@ def make_generate(graphdef, cfg: sampling.SamplingConfig):
   """generate(params) -> fn(prompt_ids, mask) with the model's sampler."""
   def for_params(params):
     def gen(ids, mask):
-      return sampling.generate_no_cache(graphdef, params, ids, mask, cfg)
+      return sampling.generate(graphdef, params, ids, mask, cfg)
     return gen
   return for_params
 
