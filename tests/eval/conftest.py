@@ -1,0 +1,79 @@
+"""A tiny but real lifecycle root, built once per test session.
+
+It is the lifecycle's own tiny configuration (gin_configs/lifecycle/tiny.gin:
+world at scale 0.2, a 2-layer d_model-32 model, a few steps per stage; PPO
+off), run as `python -m lifejax.main` runs it, so the report, card and
+notebook tests read exactly the layout `make demo` writes. The root is
+shared: a test that changes files works on a copy (`lifecycle_copy`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))))
+HEAVY = ("checkpoints", "best", "tensorboard")
+
+
+def run_tiny_lifecycle(root: str, run_ppo: bool = False) -> str:
+  """Runs the tiny lifecycle into `root`.
+
+  PPO is off by default: these tests read the layout every stage shares
+  (a PPO run's own rows are covered by a layout test in
+  test_report_lifecycle.py), and it keeps the suite within its time budget.
+  """
+  params = [f"lifecycle.root={root!r}", f"lifecycle.run_ppo={run_ppo}"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  # One device is all a 32-wide model needs; 8 simulated ones only add
+  # collectives (the sharded paths have their own tests).
+  env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace(
+      "--xla_force_host_platform_device_count=8", "").strip()
+  log = os.path.join(os.path.dirname(root), "lifecycle.log")
+  with open(log, "w") as f:
+    proc = subprocess.run(
+        [sys.executable, "-m", "lifejax.main",
+         "--gin_file=lifecycle/tiny.gin"]
+        + [f"--gin_param={p}" for p in params],
+        cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT, check=False)
+  if proc.returncode:
+    with open(log) as f:
+      tail = f.read()[-4000:]
+    raise RuntimeError(f"tiny lifecycle failed ({proc.returncode}):\n{tail}")
+  return root
+
+
+def copy_root(src: str, dst: str, heavy: bool = True) -> str:
+  """Copies a lifecycle root (without checkpoints unless `heavy`) and points
+  its lifecycle.json at the copy's run directories."""
+  ignore = None if heavy else shutil.ignore_patterns(*HEAVY)
+  shutil.copytree(src, dst, ignore=ignore)
+  path = os.path.join(dst, "lifecycle.json")
+  with open(path) as f:
+    ledger = json.load(f)
+  for s in ledger["stages"]:
+    s["run_dir"] = os.path.join(dst, os.path.relpath(s["run_dir"], src))
+  with open(path, "w") as f:
+    json.dump(ledger, f, indent=2)
+  return dst
+
+
+@pytest.fixture(scope="session")
+def tiny_lifecycle(tmp_path_factory) -> str:
+  """Path of the shared tiny lifecycle root (treat as read-only)."""
+  base = tmp_path_factory.mktemp("tiny_lifecycle")
+  return run_tiny_lifecycle(str(base / "root"))
+
+
+@pytest.fixture
+def lifecycle_copy(tiny_lifecycle, tmp_path):
+  """copy(heavy=True) -> a private copy of the tiny root to change."""
+  def copy(heavy: bool = True) -> str:
+    return copy_root(tiny_lifecycle, str(tmp_path / "copy"), heavy=heavy)
+  return copy

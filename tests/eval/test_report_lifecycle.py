@@ -1,0 +1,154 @@
+"""report.md of a real tiny lifecycle: a row per stage with the runs' own
+numbers, the failure -> fix chain computed from them, plots, curation."""
+
+import json
+import os
+
+from lifejax.eval import report, runs
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _eval(run_dir: str) -> dict:
+  with open(os.path.join(run_dir, "eval.json")) as f:
+    return json.load(f)
+
+
+def _write_eval(run_dir: str, **updates: float) -> None:
+  ev = _eval(run_dir)
+  ev.update(updates)
+  with open(os.path.join(run_dir, "eval.json"), "w") as f:
+    json.dump(ev, f)
+
+
+def _ledger(root: str) -> dict:
+  with open(os.path.join(root, "lifecycle.json")) as f:
+    return json.load(f)
+
+
+def _stage_rows(md: str) -> dict[str, str]:
+  section = md.split("## Stages", 1)[1].split("\n## ", 1)[0]
+  rows = [l for l in section.splitlines() if l.startswith("| `")]
+  return {r.split("`")[1]: r for r in rows}
+
+
+def _is_png(path: str) -> bool:
+  with open(path, "rb") as f:
+    return f.read(8) == PNG_MAGIC and os.path.getsize(path) > 2000
+
+
+def test_one_row_per_stage_with_the_runs_numbers(tiny_lifecycle):
+  path = report.write_report(tiny_lifecycle)
+  assert path == os.path.join(tiny_lifecycle, "report.md")
+  with open(path, encoding="utf-8") as f:
+    md = f.read()
+  stages = _ledger(tiny_lifecycle)["stages"]
+  rows = _stage_rows(md)
+  assert list(rows) == [s["name"] for s in stages]
+  expected = {  # label in the row -> (eval.json key, format)
+      "pretrain": [("held-out ppl", "perplexity", "num"),
+                   ("fact-probe acc", "fact_probe_accuracy", "pct"),
+                   ("instruction acc", "instruct/accuracy", "pct")],
+      "sft": [("instruction acc", "instruct/accuracy", "pct"),
+              ("format", "instruct/format", "pct"),
+              ("refusal correct", "instruct/refusal", "pct")],
+      "reward": [("pair acc", "pair_accuracy", "pct"), ("ECE", "ece", "num")],
+      "dpo": [("win rate vs SFT", "win_rate_vs_ref", "pct"),
+              ("KL to ref", "kl_to_ref", "num"),
+              ("words/answer", "response_words", "num"),
+              ("refusal rate", "refusal_rate", "pct")],
+  }
+  for s in stages:
+    ev = _eval(s["run_dir"])
+    row = rows[s["name"]]
+    for label, key, kind in expected.get(s["kind"], []):
+      assert f"{label} {report.fmt(ev[key], kind)}" in row, (label, row)
+    for key in ev:
+      if s["kind"] == "pretrain" and key.startswith("perplexity/"):
+        name = key.split("/", 1)[1]
+        assert f"ppl {name} {report.fmt(ev[key])}" in row
+    with open(os.path.join(s["run_dir"], "summary.json")) as f:
+      steps = json.load(f).get("final_step")
+    if steps is not None:
+      assert f"| {steps} |" in row
+  assert "reward-judge gap —" in rows["dpo"]  # DPO has no reward model
+
+
+def test_plots_and_curation_summary(tiny_lifecycle):
+  report.write_report(tiny_lifecycle)
+  plots = os.path.join(tiny_lifecycle, "plots")
+  assert _is_png(os.path.join(plots, "loss_curves.png"))
+  assert _is_png(os.path.join(plots, "forgetting.png"))
+  with open(os.path.join(tiny_lifecycle, "report.md"), encoding="utf-8") as f:
+    md = f.read()
+  assert "![Loss curves](plots/loss_curves.png)" in md
+  assert "![Forgetting panel](plots/forgetting.png)" in md
+  with open(os.path.join(tiny_lifecycle, "curated",
+                         "curation_report.json")) as f:
+    cur = json.load(f)
+  t = cur["totals"]
+  assert f"Documents in {t['docs_in']:,} → out {t['docs_out']:,}" in md
+  for r in cur["mix"]:
+    assert f"| {r['source']} | {r['docs']:,} | {r['words']:,} |" in md
+
+
+def test_chain_is_built_from_the_numbers(lifecycle_copy):
+  root = lifecycle_copy(heavy=False)
+  dirs = {s["name"]: s["run_dir"] for s in _ledger(root)["stages"]}
+  base_ppl = _eval(dirs["pretrain"])["perplexity/general_holdout"]
+  _write_eval(dirs["pretrain"], **{"instruct/accuracy": 0.03})
+  _write_eval(dirs["sft"], **{"instruct/accuracy": 0.85,
+                              "perplexity/general_holdout": 1.01 * base_ppl})
+  _write_eval(dirs["dpo"], win_rate_vs_ref=0.68)
+  with open(report.write_report(root), encoding="utf-8") as f:
+    md = f.read()
+  assert ("**base model: instruction accuracy 3.0% → SFT 85.0% → DPO win "
+          "rate 68.0% vs SFT**") in md
+  assert "(+82.0 pts): fixed by SFT" in md
+  assert "dpo: beats SFT under the judge (68.0%)" in md
+  assert "(+1.0%) from pretrain to sft" in md
+  assert "no forgetting beyond 10%" in md
+
+  _write_eval(dirs["sft"], **{"instruct/accuracy": 0.03,
+                              "perplexity/general_holdout": 1.5 * base_ppl})
+  _write_eval(dirs["dpo"], win_rate_vs_ref=0.25)
+  with open(report.write_report(root), encoding="utf-8") as f:
+    md = f.read()
+  assert "→ SFT 3.0% → DPO win rate 25.0% vs SFT" in md
+  assert "not fixed by SFT" in md and "dpo: loses to SFT" in md
+  assert "(+50.0%) from pretrain to sft (perplexity/general_holdout): " \
+      "forgetting." in md
+
+
+def test_missing_metrics_show_a_dash_and_a_ppo_run_is_plotted(lifecycle_copy):
+  root = lifecycle_copy(heavy=False)
+  ledger = _ledger(root)
+  dirs = {s["name"]: s["run_dir"] for s in ledger["stages"]}
+  os.remove(os.path.join(dirs["reward"], "eval.json"))
+  os.remove(os.path.join(dirs["reward"], "reward_eval.json"))
+  with open(os.path.join(dirs["reward"], "summary.json"), "w") as f:
+    json.dump({"final_step": 3, "eval": {}}, f)
+  # A PPO run directory as lifejax.rl writes it: rollout rows per iteration.
+  ppo = os.path.join(root, "ppo_layout")
+  os.makedirs(ppo)
+  with open(os.path.join(ppo, "metrics.jsonl"), "w") as f:
+    for it in range(1, 5):
+      f.write(json.dumps({"step": it, "reward": 0.1 * it, "kl": 0.5 * it,
+                          "true_judge": 0.3, "loss": 1.0 / it}) + "\n")
+  with open(os.path.join(ppo, "eval.json"), "w") as f:
+    json.dump({"win_rate_vs_ref": 0.6, "kl_to_ref": 1.5,
+               "reward_judge_gap": 0.25}, f)
+  ledger["stages"].append({"name": "ppo", "kind": "ppo", "run_dir": ppo,
+                           "status": "done", "seconds": 1.0})
+  with open(os.path.join(root, "lifecycle.json"), "w") as f:
+    json.dump(ledger, f)
+  with open(report.write_report(root), encoding="utf-8") as f:
+    md = f.read()
+  rows = _stage_rows(md)
+  assert "pair acc —" in rows["reward"] and "ECE —" in rows["reward"]
+  assert "win rate vs SFT 60.0%" in rows["ppo"]
+  assert "reward-judge gap 0.250" in rows["ppo"]
+  assert "PPO win rate 60.0% vs SFT" in md
+  assert _is_png(os.path.join(root, "plots", "reward_vs_kl.png"))
+  series = runs.reward_kl_series(ppo)
+  assert series["kl"] == [0.5, 1.0, 1.5, 2.0]
