@@ -88,7 +88,8 @@ class PolicyEvaluator:
       toks[i, :len(r)], mask[i, :len(r)], rmask[i, :len(r)] = r, 1, m
     kl = _response_kl(self.graphdef, params, self.ref_params, toks, mask,
                       rmask)
-    return float(np.mean(np.asarray(kl)))
+    # Exact KL is >= 0; clip float round-off around identical policies.
+    return max(0.0, float(np.mean(np.asarray(kl))))
 
   def __call__(self, params) -> dict[str, float]:
     answers = self._answers(params)

@@ -1,1 +1,14 @@
+"""Reinforcement learning from a fine-tuned policy.
 
+  rollout.py  prompts -> sampled responses -> fixed-shape LM rows with policy
+              and reference log-probs, values and a score (reward model or
+              programmatic judge); the per-iteration sample metrics.
+  learner.py  the sharded train state over policy (+ critic), the jitted
+              update, and the resumable iteration loop PPO and GRPO share.
+  ppo.py      PPO: KL-shaped rewards, GAE, the KL controller.
+  grpo.py     GRPO: group-relative advantages, no critic.
+  rlaif.py    on-policy preference pairs labelled by a judge, for DPO.
+
+The losses themselves are the registered ones in `lifejax.losses`; the
+gin-configured entry points are `lifejax.stages.rl.{ppo, grpo, rlaif}`.
+"""

@@ -25,7 +25,9 @@ from lifejax.stages.common import load_initial_params, tokenizer_of  # noqa: E40
 from lifejax.stages.pretrain import pretrain, world_corpus_files  # noqa: E402
 from lifejax.stages.preference import dpo, reward  # noqa: E402
 from lifejax.stages.sft import sft  # noqa: E402
+from lifejax.stages.rl import grpo, ppo, rlaif  # noqa: E402
 from lifejax.stages.lifecycle import lifecycle  # noqa: E402
 
-__all__ = ["pretrain", "sft", "reward", "dpo", "lifecycle", "world_corpus_files",
+__all__ = ["pretrain", "sft", "reward", "dpo", "ppo", "grpo", "rlaif",
+           "lifecycle", "world_corpus_files",
            "load_initial_params", "tokenizer_of"]

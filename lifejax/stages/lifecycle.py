@@ -28,6 +28,7 @@ from lifejax.model.config import TransformerConfig
 from lifejax.stages import common
 from lifejax.stages.preference import dpo, lm_params_from, reward
 from lifejax.stages.pretrain import pretrain
+from lifejax.stages.rl import ppo
 from lifejax.stages.sft import sft
 from lifejax.train.optim import OptimizerConfig
 from lifejax.train.trainer import example_lm_batch, plan_training
@@ -179,14 +180,22 @@ def lifecycle(
                                                "validation.jsonl")),
           lambda: policy_eval_fn(run_dir("dpo")))
   if run_ppo:
-    from lifejax.stages.rl import ppo  # pylint: disable=g-import-not-at-top
     stage("ppo", "ppo",
           lambda: ppo(run_dir=run_dir("ppo"), model=model, mesh=mesh,
-                      init_from=run_dir("sft"),
-                      reward_from=run_dir("reward"),
-                      prompt_file=os.path.join(world, "instructions",
-                                               "train.jsonl")),
-          lambda: policy_eval_fn(run_dir("ppo")))
+                      sft_run=run_dir("sft"), reward_run=run_dir("reward"),
+                      prompt_files=[os.path.join(world, "instructions",
+                                                 "train.jsonl")]),
+          lambda: policy_eval_fn(_lm_dir(run_dir("ppo"))))
+
+  candidates = [s for s in ("sft", "dpo", "ppo") if s in results]
+  best = max(candidates, key=lambda s: results[s].get("instruct/judge", -1.0))
+  stage("release", "release",
+        lambda: common.write_json(
+            os.path.join(_mkdir(run_dir("release")), "stage.json"),
+            {"stage": "release", "candidate": best}),
+        lambda: {"candidate": best, **_release_eval(
+            best, run_dir(best), model, jax_mesh, mesh.rules,
+            run_dir("sft"), tests, generation)})
 
   ledger.save()
   _write_outputs(root, [s for s in ("sft", "dpo", "ppo")
@@ -278,13 +287,33 @@ class _PolicyEval:
         chat.load_template(self.sft_run), self.records, self.spec)
 
 
+def _lm_dir(run_dir: str) -> str:
+  """The LM run directory of a stage: PPO exports its policy to policy/."""
+  policy = os.path.join(run_dir, "policy")
+  return policy if os.path.isdir(policy) else run_dir
+
+
 def _policy_params(run_dir: str, model, mesh, rules):
-  """The LM params of a tuned run (PPO runs may store {"policy": ...})."""
-  try:
-    return lm_params_from(run_dir, model, mesh, rules)
-  except (KeyError, ValueError):
-    from lifejax.rl import ppo as rl_ppo  # pylint: disable=g-import-not-at-top
-    return rl_ppo.policy_params_from(run_dir, model, mesh, rules)
+  return lm_params_from(_lm_dir(run_dir), model, mesh, rules)
+
+
+def _mkdir(path: str) -> str:
+  os.makedirs(path, exist_ok=True)
+  return path
+
+
+def _release_eval(name: str, cand_dir: str, model: TransformerConfig,
+                  mesh: Any, rules: Any, sft_run: str, golden, spec
+                  ) -> dict[str, float]:
+  """Golden-set pass rate, generation speed and footprint of a candidate."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from lifejax.model import transformer  # pylint: disable=g-import-not-at-top
+  del name
+  graphdef, _ = nnx.split(transformer.abstract_model(model), nnx.Param)
+  params = _policy_params(cand_dir, model, mesh, rules)
+  return stage_eval.eval_release(
+      graphdef, params, model, common.tokenizer_of(sft_run),
+      chat.load_template(sft_run), golden, spec)
 
 
 def _reward_metrics(run_dir: str) -> dict[str, float]:

@@ -312,6 +312,9 @@ def dpo(
                     "vocab_size": tokenizer.vocab_size},
       "chat_template": template.to_dict(),
       "train_files": {os.path.abspath(p): file_digest(p) for p in train_files},
+      "eval_file": {os.path.abspath(eval_file): file_digest(eval_file)},
+      "prompt_file": ({os.path.abspath(prompt_file): file_digest(prompt_file)}
+                      if prompt_file else None),
       "train_pairs": len(train_records),
   })
   summary = loop_lib.train_loop(

@@ -191,8 +191,11 @@ def sft(
                     "vocab_size": tokenizer.vocab_size},
       "chat_template": tmpl.to_dict(),
       "train_files": {os.path.abspath(p): file_digest(p) for p in train_files},
+      "eval_files": {os.path.abspath(p): file_digest(p) for p in eval_files},
       "general_files": {os.path.abspath(p): file_digest(p)
                         for p in general_files},
+      "general_eval_files": {os.path.abspath(p): file_digest(p)
+                             for p in general_eval_files},
       "general_share": general_share,
   })
   summary = loop_lib.train_loop(

@@ -1,0 +1,445 @@
+"""Rollouts: prompt records -> sampled responses -> fixed-shape LM rows with
+the policy's and the reference's log-probs, the critic's values and a score.
+
+Row layout (one row per sample; P prompt columns, N = max_new_tokens,
+T = P + N - 1): the left-padded prompt followed by the response (padded
+after its stop token) is the sequence s (B, P + N);
+
+  tokens = s[:, :-1], targets = s[:, 1:] (int32);
+  loss_mask (f32) = 1 where targets[t] is a generated token, the stop token
+    included (columns P - 1 .. P - 2 + length);
+  segment_ids = 1 on real tokens, 0 on padding; positions count real tokens.
+
+That is exactly what the sampler attends to, so teacher-forced log-probs of
+a row are the sampling log-probs, and every shape is fixed by
+(prompt_len, max_new_tokens): each jitted function compiles once.
+
+A score per row comes from a `Scorer`: the programmatic judge on the decoded
+response (`JudgeScorer`) or a reward model read at the last response token
+and normalized with the reward run's statistics (`RewardModelScorer`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+import jax
+import numpy as np
+from flax import nnx
+
+from lifejax import sharding
+from lifejax.data import chat, judge as judge_lib
+from lifejax.eval import instruct
+from lifejax.losses import common
+from lifejax.model import heads, sampling
+from lifejax.model.config import TransformerConfig
+from lifejax.train.checkpoint import restore_params
+
+Record = Mapping[str, Any]
+Rows = dict[str, np.ndarray]
+# generate(graphdef, params, prompt_BxP, mask_BxP, cfg, rng) ->
+#   (tokens_BxN padded after the stop token, lengths_B)
+Generate = Callable[..., tuple[jax.Array, jax.Array]]
+# The inputs a forward pass reads (and the targets its log-probs need).
+FORWARD_KEYS = ("tokens", "targets", "positions", "segment_ids")
+
+JUDGES: dict[str, judge_lib.JudgeConfig] = {
+    "default": judge_lib.DEFAULT,
+    "length_hackable": judge_lib.LENGTH_HACKABLE,
+    "safety_hackable": judge_lib.SAFETY_HACKABLE,
+}
+
+
+def default_generate() -> Generate:
+  """The KV-cache sampler when the model package has it, else the reference
+  sampler (same signature and outputs)."""
+  return getattr(sampling, "generate", sampling.generate_no_cache)
+
+
+def judge_config(name: str) -> judge_lib.JudgeConfig:
+  if name not in JUDGES:
+    raise KeyError(f"unknown judge {name!r}; choose one of {sorted(JUDGES)}")
+  return JUDGES[name]
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutConfig:
+  """Sampling shapes and knobs.
+
+  prompt_len: P, prompts are left-padded to it (longer prompts are an
+    error: filter them with `fits`). chunk_size: rows per sampler / forward
+    call (0 = the whole rollout batch at once); bounds memory on big models.
+  """
+
+  prompt_len: int = 256
+  max_new_tokens: int = 64
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+  chunk_size: int = 0
+
+  @property
+  def seq_len(self) -> int:
+    return self.prompt_len + self.max_new_tokens - 1
+
+  def sampling_config(self, stop_ids: Sequence[int], pad_id: int
+                      ) -> sampling.SamplingConfig:
+    return sampling.SamplingConfig(
+        max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+        top_k=self.top_k, top_p=self.top_p, stop_ids=tuple(stop_ids),
+        pad_id=pad_id)
+
+
+@dataclasses.dataclass(frozen=True)
+class Codec:
+  """How records become prompt ids and response ids become text.
+
+  decode is None for token-level toys (no judge, no refusal metrics).
+  """
+
+  encode: Callable[[Record], list[int]]
+  decode: Callable[[Sequence[int]], str] | None
+  stop_ids: tuple[int, ...]
+  pad_id: int
+
+
+def prompt_messages(record: Record) -> list[dict[str, str]]:
+  """A record's prompt: a preference record's "prompt" messages, or an
+  instruction record's messages without the final assistant answer."""
+  if isinstance(record.get("prompt"), list):
+    return list(record["prompt"])
+  return instruct.prompt_messages(record)
+
+
+def chat_codec(template: chat.ChatTemplate, tokenizer: chat.Tokenizer
+               ) -> Codec:
+  """Prompts rendered with a run's saved chat template; generation stops at
+  the end-of-turn marker (or EOS)."""
+  stops = tuple(chat.stop_ids(template, tokenizer))
+
+  def encode(record: Record) -> list[int]:
+    return chat.render_prompt(template, tokenizer, prompt_messages(record))
+
+  def decode(ids: Sequence[int]) -> str:
+    return tokenizer.decode([int(t) for t in ids if int(t) not in stops])
+
+  return Codec(encode=encode, decode=decode, stop_ids=stops,
+               pad_id=tokenizer.pad_id)
+
+
+def fits(records: Sequence[Record], codec: Codec, prompt_len: int
+         ) -> tuple[list[Record], int]:
+  """(records whose prompt fits in prompt_len tokens, number dropped)."""
+  kept = [r for r in records if len(codec.encode(r)) <= prompt_len]
+  return kept, len(records) - len(kept)
+
+
+def build_rows(prompt_BxP: np.ndarray, mask_BxP: np.ndarray,
+               response_BxN: np.ndarray, lengths_B: np.ndarray) -> Rows:
+  """LM rows (B, P + N - 1) of left-padded prompts + responses (see the
+  module docstring)."""
+  b, p = prompt_BxP.shape
+  n = response_BxN.shape[1]
+  resp_mask_BxN = np.arange(n)[None, :] < np.asarray(lengths_B)[:, None]
+  seq = np.concatenate([prompt_BxP, response_BxN], axis=1).astype(np.int32)
+  real = np.concatenate([np.asarray(mask_BxP) > 0, resp_mask_BxN], axis=1)
+  positions = np.maximum(np.cumsum(real, axis=1) - 1, 0).astype(np.int32)
+  loss_mask = np.zeros((b, p + n - 1), np.float32)
+  loss_mask[:, p - 1:] = resp_mask_BxN
+  return {"tokens": seq[:, :-1], "targets": seq[:, 1:],
+          "loss_mask": loss_mask,
+          "positions": positions[:, :-1],
+          "segment_ids": real[:, :-1].astype(np.int32)}
+
+
+def map_chunks(fn: Callable[..., Any], tree: Any, size: int) -> Any:
+  """fn(chunk, i) over leading-axis chunks of `size` rows (0 = one call),
+  outputs concatenated on the host. The row count must divide evenly."""
+  b = jax.tree.leaves(tree)[0].shape[0]
+  size = size or b
+  if b % size:
+    raise ValueError(f"{b} rows are not a multiple of chunk_size={size}")
+  outs = [jax.device_get(fn(jax.tree.map(lambda x: x[s:s + size], tree),
+                            s // size)) for s in range(0, b, size)]
+  return jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *outs)
+
+
+def make_sampler(generate: Generate, graphdef: nnx.GraphDef, params: Any,
+                 cfg: sampling.SamplingConfig, chunk_size: int = 0
+                 ) -> Callable[[np.ndarray, np.ndarray, jax.Array],
+                               tuple[np.ndarray, np.ndarray]]:
+  """sample(prompt_BxP, mask_BxP, rng) with `generate` on fixed-size chunks
+  (chunk i uses fold_in(rng, i))."""
+
+  def sample(prompt_BxP, mask_BxP, rng):
+    def one(chunk, i):
+      return generate(graphdef, params, chunk["prompt"], chunk["mask"], cfg,
+                      jax.random.fold_in(rng, i))
+    return map_chunks(one, {"prompt": prompt_BxP, "mask": mask_BxP},
+                      chunk_size)
+
+  return sample
+
+
+@dataclasses.dataclass
+class Rollout:
+  """One batch of samples, host arrays. Rows b*G .. b*G + G - 1 share a
+  prompt when sampled with group_size G."""
+
+  records: list[Record]
+  rows: Rows
+  response_BxN: np.ndarray
+  lengths_B: np.ndarray
+  stopped_B: np.ndarray
+  texts: list[str] | None = None
+  old_logp: np.ndarray | None = None
+  ref_logp: np.ndarray | None = None
+  values: np.ndarray | None = None
+  score_B: np.ndarray | None = None
+
+  @property
+  def batch_size(self) -> int:
+    return len(self.records)
+
+
+class Scorer(Protocol):
+  """rollout -> (B,) f32 scores (the reward of each sample)."""
+
+  def __call__(self, rollout: Rollout) -> np.ndarray: ...
+
+
+def collect(
+    records: Sequence[Record],
+    *,
+    codec: Codec,
+    cfg: RolloutConfig,
+    sample: Callable[[np.ndarray, np.ndarray, jax.Array],
+                     tuple[Any, Any]],
+    rng: jax.Array,
+    group_size: int = 1,
+    stats: Callable[[Rows], tuple[np.ndarray, np.ndarray | None]] | None = None,
+    ref_logp: Callable[[Rows], np.ndarray] | None = None,
+    scorer: Scorer | None = None,
+) -> Rollout:
+  """Samples `group_size` responses per record and fills a `Rollout`.
+
+  sample(prompt_BxP, mask_BxP, rng) -> (tokens_BxN, lengths_B);
+  stats(rows) -> (policy log-probs, values or None); ref_logp(rows) ->
+  reference log-probs; each (B, T).
+  """
+  prompts = [codec.encode(r) for r in records]
+  too_long = [len(p) for p in prompts if len(p) > cfg.prompt_len]
+  if too_long:
+    raise ValueError(f"{len(too_long)} prompt(s) exceed prompt_len="
+                     f"{cfg.prompt_len} tokens (longest {max(too_long)}); "
+                     "filter them with rollout.fits")
+  rows_records = [r for r in records for _ in range(group_size)]
+  prompt_BxP, mask_BxP = instruct.left_pad(
+      [p for p in prompts for _ in range(group_size)], cfg.prompt_len,
+      codec.pad_id)
+  tokens_BxN, lengths_B = sample(prompt_BxP, mask_BxP, rng)
+  tokens_BxN = np.asarray(tokens_BxN, np.int32)
+  lengths_B = np.asarray(lengths_B, np.int32)
+  last_B = tokens_BxN[np.arange(len(lengths_B)), np.maximum(lengths_B - 1, 0)]
+  stopped_B = (lengths_B > 0) & np.isin(last_B, codec.stop_ids)
+  out = Rollout(records=rows_records,
+                rows=build_rows(prompt_BxP, mask_BxP, tokens_BxN, lengths_B),
+                response_BxN=tokens_BxN, lengths_B=lengths_B,
+                stopped_B=stopped_B)
+  if codec.decode is not None:
+    out.texts = [codec.decode(tokens_BxN[i, :lengths_B[i]])
+                 for i in range(len(lengths_B))]
+  forward_rows = {k: out.rows[k] for k in FORWARD_KEYS}
+  if stats is not None:
+    out.old_logp, out.values = stats(forward_rows)
+  if ref_logp is not None:
+    out.ref_logp = ref_logp(forward_rows)
+  if scorer is not None:
+    out.score_B = np.asarray(scorer(out), np.float32)
+  return out
+
+
+# -- scorers -------------------------------------------------------------------
+
+
+class JudgeScorer:
+  """The programmatic judge's total on each decoded response."""
+
+  def __init__(self, config: judge_lib.JudgeConfig = judge_lib.DEFAULT):
+    self.config = config
+
+  def __call__(self, rollout: Rollout) -> np.ndarray:
+    if rollout.texts is None:
+      raise ValueError("the judge needs decoded responses (a Codec with "
+                       "decode)")
+    return np.asarray([judge_lib.score(r, t, self.config).total
+                       for r, t in zip(rollout.records, rollout.texts)],
+                      np.float32)
+
+
+class MissingStopPenalty:
+  """Wraps a scorer: subtracts `penalty` from samples that never emitted a
+  stop token (truncated at max_new_tokens), so length is not free."""
+
+  def __init__(self, scorer: Scorer, penalty: float):
+    self.scorer, self.penalty = scorer, penalty
+
+  def __call__(self, rollout: Rollout) -> np.ndarray:
+    score_B = np.asarray(self.scorer(rollout), np.float32)
+    return score_B - np.float32(self.penalty) * (~rollout.stopped_B)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _last_scalar(graphdef: nnx.GraphDef, mesh: Any, rules: sharding.Rules,
+                 params: Any, rows: Rows) -> jax.Array:
+  with sharding.activation_sharding(mesh, rules):
+    values_BxT = common.model_forward(graphdef, params, rows)
+  return heads.last_token_values(values_BxT, rows["loss_mask"])
+
+
+class RewardModelScorer:
+  """A reward model's score at the last response token, normalized:
+  (r - mean) / std with the reward run's held-out statistics."""
+
+  def __init__(self, graphdef: nnx.GraphDef, params: Any, mean: float,
+               std: float, mesh: Any, rules: sharding.Rules,
+               chunk_size: int = 0):
+    if not std > 0:
+      raise ValueError(f"reward std must be > 0, got {std}")
+    self.graphdef, self.params = graphdef, params
+    self.mean, self.std = float(mean), float(std)
+    self.mesh, self.rules, self.chunk_size = mesh, rules, chunk_size
+
+  def raw(self, rows: Rows) -> np.ndarray:
+    """Unnormalized rewards (B,) of LM rows (tokens, positions,
+    segment_ids, loss_mask)."""
+    keys = ("tokens", "positions", "segment_ids", "loss_mask")
+
+    def one(chunk, _):
+      chunk = sharding.put(chunk, sharding.batch_shardings(
+          chunk, self.mesh, self.rules))
+      with jax.set_mesh(self.mesh):
+        return _last_scalar(self.graphdef, self.mesh, self.rules,
+                            self.params, chunk)
+
+    return map_chunks(one, {k: rows[k] for k in keys}, self.chunk_size)
+
+  def __call__(self, rollout: Rollout) -> np.ndarray:
+    return ((self.raw(rollout.rows) - self.mean) / self.std).astype(
+        np.float32)
+
+
+def config_from_lineage(run_dir: str) -> TransformerConfig:
+  """The TransformerConfig recorded in a run's lineage.json."""
+  path = os.path.join(run_dir, "lineage.json")
+  with open(path, encoding="utf-8") as f:
+    saved = json.load(f).get("model")
+  if not saved:
+    raise ValueError(f"{path} records no model config")
+  names = {f.name for f in dataclasses.fields(TransformerConfig)}
+  kwargs = {k: v for k, v in saved.items() if k in names}
+  if isinstance(kwargs.get("rope_scaling"), list):  # JSON of the tuple form
+    kwargs["rope_scaling"] = dict(kwargs["rope_scaling"])
+  return TransformerConfig(**kwargs)
+
+
+def abstract_params(model_cls: type[nnx.Module], cfg: TransformerConfig,
+                    mesh: Any, rules: sharding.Rules
+                    ) -> tuple[nnx.GraphDef, Any, Any]:
+  """(graphdef, abstract params pure dict, PartitionSpecs pure dict)."""
+  graphdef, abstract = nnx.split(heads.abstract(model_cls, cfg), nnx.Param)
+  specs = nnx.to_pure_dict(sharding.param_specs(abstract, mesh, rules))
+  return graphdef, nnx.to_pure_dict(abstract), specs
+
+
+def load_params(run_dir: str, model_cls: type[nnx.Module],
+                cfg: TransformerConfig, mesh: Any, rules: sharding.Rules
+                ) -> tuple[nnx.GraphDef, Any]:
+  """A run's latest `model_cls` params, placed by the logical-axis rules."""
+  graphdef, abstract, specs = abstract_params(model_cls, cfg, mesh, rules)
+  return graphdef, restore_params(run_dir, abstract,
+                                  sharding.named(mesh, specs))
+
+
+def load_reward_scorer(reward_run: str, mesh: Any, rules: sharding.Rules,
+                       chunk_size: int = 0) -> RewardModelScorer:
+  """The reward model of a reward run directory (lineage.json with
+  model_kind "reward", checkpoints, reward_stats.json)."""
+  with open(os.path.join(reward_run, "lineage.json"), encoding="utf-8") as f:
+    kind = json.load(f).get("model_kind")
+  if kind != "reward":
+    raise ValueError(f"{reward_run} is not a reward-model run (model_kind="
+                     f"{kind!r})")
+  stats_path = os.path.join(reward_run, "reward_stats.json")
+  if not os.path.exists(stats_path):
+    raise FileNotFoundError(f"{stats_path} is missing: the reward stage "
+                            "writes it after its held-out evaluation")
+  with open(stats_path, encoding="utf-8") as f:
+    stats = json.load(f)
+  graphdef, params = load_params(reward_run, heads.RewardModel,
+                                 config_from_lineage(reward_run), mesh, rules)
+  return RewardModelScorer(graphdef, params, stats["mean"], stats["std"],
+                           mesh, rules, chunk_size)
+
+
+# -- what every RL run logs about its samples --------------------------------
+
+
+def judgeable(record: Record) -> bool:
+  return (record.get("task") in judge_lib.JUDGED_TASKS
+          and isinstance(record.get("reference"), Mapping))
+
+
+def rollout_metrics(rollout: Rollout) -> dict[str, float]:
+  """reward (mean score), KL to the reference (k1 and k3, summed over a
+  response, mean over samples), response length (tokens incl. the stop
+  token), stop rate; with decoded text: true_judge (the DEFAULT judge, the
+  reward-hacking detector, whatever the training reward is) and
+  refusal_rate."""
+  mask = rollout.rows["loss_mask"]
+  out = {"response_length": float(np.mean(rollout.lengths_B)),
+         "stop_rate": float(np.mean(rollout.stopped_B))}
+  if rollout.score_B is not None:
+    out["reward"] = float(np.mean(rollout.score_B))
+    out["reward_std"] = float(np.std(rollout.score_B))
+  if rollout.old_logp is not None and rollout.ref_logp is not None:
+    log_ratio = (rollout.old_logp - rollout.ref_logp).astype(np.float64)
+    out["kl"] = float(np.mean(np.sum(log_ratio * mask, axis=1)))
+    k3 = np.expm1(-log_ratio) + log_ratio
+    out["kl_k3"] = float(np.mean(np.sum(k3 * mask, axis=1)))
+  if rollout.texts is not None:
+    judged = [judge_lib.score(r, t).total
+              for r, t in zip(rollout.records, rollout.texts) if judgeable(r)]
+    if judged:
+      out["true_judge"] = float(np.mean(judged))
+    out["refusal_rate"] = float(np.mean(
+        [instruct.looks_like_refusal(t) for t in rollout.texts]))
+  return out
+
+
+def sample_records(rollout: Rollout,
+                   extra: Mapping[str, Sequence[Any]] | None = None
+                   ) -> list[dict[str, Any]]:
+  """JSON-ready per-sample records (prompt, response, score, true judge)."""
+  out = []
+  for i, rec in enumerate(rollout.records):
+    row = {"id": rec.get("id"), "task": rec.get("task"),
+           "length": int(rollout.lengths_B[i]),
+           "stopped": bool(rollout.stopped_B[i])}
+    if rollout.texts is not None:
+      row["response"] = rollout.texts[i]
+      if judgeable(rec):
+        row["true_judge"] = judge_lib.score(rec, rollout.texts[i]).total
+    else:
+      row["response_ids"] = rollout.response_BxN[
+          i, :rollout.lengths_B[i]].tolist()
+    if rollout.score_B is not None:
+      row["score"] = float(rollout.score_B[i])
+    row.update({k: v[i] for k, v in (extra or {}).items()})
+    out.append(row)
+  return out
