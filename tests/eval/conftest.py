@@ -77,3 +77,9 @@ def lifecycle_copy(tiny_lifecycle, tmp_path):
   def copy(heavy: bool = True) -> str:
     return copy_root(tiny_lifecycle, str(tmp_path / "copy"), heavy=heavy)
   return copy
+
+
+@pytest.fixture(scope="session")
+def run_lifecycle():
+  """run(root): (re)runs the tiny lifecycle into an existing root."""
+  return run_tiny_lifecycle

@@ -59,8 +59,9 @@ def test_card_is_filled_from_the_runs(tiny_lifecycle):
   # extend the digests the stages recorded.
   sft_lineage = _read(os.path.join(runs["sft"], "lineage.json"))
   files = {resolve(f["path"]): f for f in c["sft_dataset"]["files"]}
-  assert set(files) == set(sft_lineage["train_files"]) | set(
-      sft_lineage["general_files"])
+  assert set(files) == (set(sft_lineage["train_files"])
+                        | set(sft_lineage["general_files"])
+                        | set(sft_lineage.get("eval_files", {})))
   for p, f in files.items():
     assert f["sha256"] == _sha(p)
     assert f["sha256"].startswith(f["recorded_sha256_16"])
