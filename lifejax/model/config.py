@@ -65,6 +65,29 @@ class TransformerConfig:
   compute_dtype: str = "float32"
   output_dtype: str = "float32"
   remat_policy: str = "none"
+  # Implementation choices. Every option computes the same function; "auto"
+  # picks the fastest measured for the backend the step is traced on
+  # (experiments/bench_train_step/README.md): the CPU kernels on CPU, the
+  # plain XLA formulation (best for GPU/TPU compilers, and what the remat
+  # policies' dot-saving rules see) elsewhere.
+  # attention_impl: "einsum" (scores for all (T, S) pairs, JAX autodiff) or
+  #   "blocked" (static query blocks of `attention_block` rows that skip the
+  #   causally masked keys, custom backward recomputing the probabilities).
+  attention_impl: str = "auto"
+  attention_block: int = 64
+  # matmul_impl: "xla" (JAX autodiff of the dot) or "cpu" (custom backward:
+  #   bf16 cotangents into bf16 dots, transposed residuals for the weight
+  #   gradient; see transformer.py).
+  matmul_impl: str = "auto"
+  # fuse_projections: "on" runs q/k/v and gate/up as one wider dot each
+  #   (weights concatenated per step; the parameters stay separate).
+  fuse_projections: str = "auto"
+  # weight_grad (matmul_impl="cpu" only): how the weight gradient gets x^T
+  #   into memory: "residual", "loop", "tn" or "auto"; see transformer.py.
+  weight_grad: str = "auto"
+  # layer_loop: "scan" (compile time flat in depth) or "unroll" (no stacked
+  #   residuals; on CPU the stacking costs more than the loop saves).
+  layer_loop: str = "auto"
 
   def __post_init__(self):
     if isinstance(self.rope_scaling, dict):  # gin binds dicts; keep it hashable
@@ -87,6 +110,16 @@ class TransformerConfig:
       raise ValueError("rotary embeddings need an even head_dim")
     for f in ("param_dtype", "compute_dtype", "output_dtype"):
       to_dtype(getattr(self, f))
+    for f, allowed in (("attention_impl", ("auto", "einsum", "blocked")),
+                       ("matmul_impl", ("auto", "xla", "cpu")),
+                       ("fuse_projections", ("auto", "on", "off")),
+                       ("weight_grad", ("auto", "residual", "loop", "tn")),
+                       ("layer_loop", ("auto", "scan", "unroll"))):
+      if getattr(self, f) not in allowed:
+        raise ValueError(f"{f}={getattr(self, f)!r}: expected one of "
+                         f"{allowed}")
+    if self.attention_block < 1:
+      raise ValueError(f"attention_block={self.attention_block} must be >= 1")
 
   @property
   def resolved_head_dim(self) -> int:
