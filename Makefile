@@ -18,8 +18,13 @@ $(STAMP): setup.py
 
 install: $(STAMP)
 
+# Keep freed memory mapped: XLA:CPU allocates each step's temporaries anew,
+# and glibc's defaults make every step page-fault them in again
+# (experiments/bench_train_step/README.md).
+MALLOC_TUNING := glibc.malloc.hugetlb=1:glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736
+
 demo: $(STAMP)
-	JAX_PLATFORMS=$${JAX_PLATFORMS:-cpu} $(PY) -m lifejax.main --gin_file=$(GIN)
+	GLIBC_TUNABLES=$(MALLOC_TUNING) JAX_PLATFORMS=$${JAX_PLATFORMS:-cpu} $(PY) -m lifejax.main --gin_file=$(GIN)
 
 test: $(STAMP)
 	JAX_PLATFORMS=cpu $(PY) -m pytest $(PYTEST_ARGS)
