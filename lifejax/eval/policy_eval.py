@@ -56,7 +56,7 @@ class PolicyEvaluator:
     self.sampling = sampling.SamplingConfig(
         max_new_tokens=spec.max_new_tokens,
         stop_ids=tuple(chat.stop_ids(template, tokenizer)),
-        pad_id=tokenizer.pad_id)
+        pad_id=tokenizer.pad_id, vocab_limit=tokenizer.vocab_size)
     self.ref_answers = self._answers(ref_params)
 
   def _generate(self, params):

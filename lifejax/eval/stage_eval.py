@@ -69,7 +69,8 @@ def fact_probe(generate, tokenizer, questions: Sequence[Mapping[str, Any]],
 def _generator(graphdef, params, tokenizer, stops: Sequence[int],
                max_new: int):
   cfg = sampling.SamplingConfig(max_new_tokens=max_new, stop_ids=tuple(stops),
-                                pad_id=tokenizer.pad_id)
+                                pad_id=tokenizer.pad_id,
+                                vocab_limit=tokenizer.vocab_size)
   def run(ids, mask):
     return sampling.generate(graphdef, params, ids, mask, cfg)
   return run

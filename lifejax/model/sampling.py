@@ -33,6 +33,10 @@ class SamplingConfig:
   top_p: float = 1.0           # 1 = off
   stop_ids: tuple[int, ...] = ()
   pad_id: int = 0
+  # Ids >= vocab_limit are never sampled (0 = no limit): a model's vocab may
+  # be larger than its tokenizer's (e.g. a SentencePiece model that learned
+  # fewer pieces than asked), and those rows are untrained.
+  vocab_limit: int = 0
 
 
 def filter_logits(logits_BxV: jax.Array, cfg: SamplingConfig) -> jax.Array:
@@ -58,6 +62,10 @@ def filter_logits(logits_BxV: jax.Array, cfg: SamplingConfig) -> jax.Array:
 
 def choose(logits_BxV: jax.Array, rng: jax.Array, cfg: SamplingConfig
            ) -> jax.Array:
+  if cfg.vocab_limit and cfg.vocab_limit < logits_BxV.shape[-1]:
+    ids = jnp.arange(logits_BxV.shape[-1])[None, :]
+    logits_BxV = jnp.where(ids < cfg.vocab_limit, logits_BxV,
+                           jnp.finfo(logits_BxV.dtype).min)
   if cfg.temperature == 0.0:
     return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
   return jax.random.categorical(rng, filter_logits(logits_BxV, cfg),

@@ -387,7 +387,8 @@ def run(*, run_dir: str, learner: Learner, algorithm: Algorithm,
   if learner.restored_data_state is not None:
     prompts.set_state(learner.restored_data_state)
   writer = MetricsWriter(run_dir, tensorboard=loop_cfg.tensorboard)
-  sampling_cfg = rollout_cfg.sampling_config(codec.stop_ids, codec.pad_id)
+  sampling_cfg = rollout_cfg.sampling_config(codec.stop_ids, codec.pad_id,
+                                             codec.vocab_limit)
   bar = None
   if loop_cfg.progress and start < loop_cfg.num_iterations:
     from tqdm.auto import tqdm

@@ -87,12 +87,12 @@ class RolloutConfig:
   def seq_len(self) -> int:
     return self.prompt_len + self.max_new_tokens - 1
 
-  def sampling_config(self, stop_ids: Sequence[int], pad_id: int
-                      ) -> sampling.SamplingConfig:
+  def sampling_config(self, stop_ids: Sequence[int], pad_id: int,
+                      vocab_limit: int = 0) -> sampling.SamplingConfig:
     return sampling.SamplingConfig(
         max_new_tokens=self.max_new_tokens, temperature=self.temperature,
         top_k=self.top_k, top_p=self.top_p, stop_ids=tuple(stop_ids),
-        pad_id=pad_id)
+        pad_id=pad_id, vocab_limit=vocab_limit)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +106,7 @@ class Codec:
   decode: Callable[[Sequence[int]], str] | None
   stop_ids: tuple[int, ...]
   pad_id: int
+  vocab_limit: int = 0  # ids the tokenizer can decode (0 = any)
 
 
 def prompt_messages(record: Record) -> list[dict[str, str]]:
@@ -129,7 +130,7 @@ def chat_codec(template: chat.ChatTemplate, tokenizer: chat.Tokenizer
     return tokenizer.decode([int(t) for t in ids if int(t) not in stops])
 
   return Codec(encode=encode, decode=decode, stop_ids=stops,
-               pad_id=tokenizer.pad_id)
+               pad_id=tokenizer.pad_id, vocab_limit=tokenizer.vocab_size)
 
 
 def fits(records: Sequence[Record], codec: Codec, prompt_len: int

@@ -348,7 +348,8 @@ def rlaif(
                                rollout.chunk_size)
   sample = rollout_lib.make_sampler(
       rollout_lib.default_generate(), policy.graphdef, policy.params,
-      rollout.sampling_config(policy.codec.stop_ids, policy.codec.pad_id),
+      rollout.sampling_config(policy.codec.stop_ids, policy.codec.pad_id,
+                              policy.codec.vocab_limit),
       rollout.chunk_size)
   pairs, report = rlaif_lib.generate_preferences(
       records, codec=policy.codec, rollout_cfg=rollout, sample=sample,

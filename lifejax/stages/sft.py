@@ -169,7 +169,7 @@ def sft(
     gen_cfg = sampling.SamplingConfig(
         max_new_tokens=generation.max_new_tokens,
         stop_ids=tuple(chat.stop_ids(tmpl, tokenizer)),
-        pad_id=tokenizer.pad_id)
+        pad_id=tokenizer.pad_id, vocab_limit=tokenizer.vocab_size)
     generate_for = make_generate(trainer.graphdef, gen_cfg)
 
     def instruction_eval(state, step):

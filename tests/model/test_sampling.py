@@ -91,3 +91,13 @@ def test_temperature_sampling_matches_the_distribution():
                           sampling.SamplingConfig(temperature=1.0))
   freq = np.bincount(np.asarray(draws), minlength=3) / 4000
   np.testing.assert_allclose(freq, probs, atol=0.03)
+
+
+def test_vocab_limit_is_never_sampled():
+  logits = jnp.zeros((500, 8)).at[:, 6].set(5.0)  # id 6 is the favourite
+  cfg = sampling.SamplingConfig(temperature=1.0, vocab_limit=5)
+  draws = np.asarray(sampling.choose(logits, jax.random.PRNGKey(1), cfg))
+  assert draws.max() < 5
+  greedy = sampling.choose(logits, jax.random.PRNGKey(1),
+                           sampling.SamplingConfig(vocab_limit=5))
+  assert int(np.asarray(greedy).max()) < 5
