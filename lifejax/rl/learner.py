@@ -171,7 +171,9 @@ class Learner:
     if jax.process_count() > 1:
       # Rollout rows and minibatches are built whole on the host and placed
       # as global arrays; multi-host runs need per-process sharding first.
-      raise NotImplementedError("RL runs are single-process for now")
+      raise RuntimeError(
+          "RL runs are single-process: rollouts gather on one host "
+          f"(jax.process_count() = {jax.process_count()})")
     self.layout, self.mesh, self.rules = layout, mesh, rules
     self.chunk_size = chunk_size
     self.generate = generate or rollout_lib.default_generate()
