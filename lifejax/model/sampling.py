@@ -143,30 +143,41 @@ def _generate(graphdef, params, prompt_BxP, mask_BxP, rng, cfg: SamplingConfig):
   mcfg = nnx.merge(graphdef, params).cfg
   b, p = prompt_BxP.shape
   n = cfg.max_new_tokens
-  cache = kv_cache.init_cache(mcfg, b, p + n)
+  dparams = kv_cache.decode_params(mcfg, params)
   mask = mask_BxP.astype(jnp.int32)
   pos_BxP = _positions(mask)
-  logits, cache = kv_cache.forward(mcfg, params, cache,
-                                   prompt_BxP.astype(jnp.int32), pos_BxP, mask)
-  # Left padding: the last column holds every row's last prompt token.
-  last = logits[:, -1]
+  # Left padding: the last column holds every row's last prompt token, and
+  # only its logits are needed. The last new token is never fed back: N - 1
+  # decode steps follow, so the cache needs P + N - 1 slots.
+  logits, cache = kv_cache.prefill(mcfg, dparams,
+                                   prompt_BxP.astype(jnp.int32), pos_BxP,
+                                   mask, p + max(n - 1, 0), last_only=True)
+  last = logits[:, 0]
   next_pos = pos_BxP[:, -1] + 1
 
-  def body(i, carry):
-    out, last, next_pos, length, cache, rng = carry
+  def emit(i, out, last, length, rng):
     rng, sub = jax.random.split(rng)
     tok = choose(last, sub, cfg)
     out = jax.lax.dynamic_update_slice_in_dim(out, tok[:, None], i, axis=1)
     stopped_now = (length > n) & _is_stop(tok, cfg.stop_ids)
     length = jnp.where(stopped_now, i + 1, length)
-    logits, cache = kv_cache.forward(mcfg, params, cache, tok[:, None],
+    return tok, out, length, rng
+
+  def body(i, carry):
+    out, last, next_pos, length, cache, rng = carry
+    tok, out, length, rng = emit(i, out, last, length, rng)
+    logits, cache = kv_cache.forward(mcfg, dparams, cache, tok[:, None],
                                      next_pos[:, None],
                                      jnp.ones((b, 1), jnp.int32))
     return out, logits[:, 0], next_pos + 1, length, cache, rng
 
   out = jnp.full((b, n), cfg.pad_id, jnp.int32)
-  init = (out, last, next_pos, jnp.full((b,), n + 1, jnp.int32), cache, rng)
-  out, _, _, length, _, _ = jax.lax.fori_loop(0, n, body, init)
+  length = jnp.full((b,), n + 1, jnp.int32)
+  if n > 1:
+    init = (out, last, next_pos, length, cache, rng)
+    out, last, _, length, _, rng = jax.lax.fori_loop(0, n - 1, body, init)
+  if n:
+    _, out, length, _ = emit(n - 1, out, last, length, rng)
   return _finish(out, jnp.minimum(length, n), cfg)
 
 
@@ -176,8 +187,8 @@ def generate(graphdef: Any, params: Any, prompt_BxP: jax.Array,
   """(tokens (B, N) padded with pad_id after the stop token, lengths (B,)).
 
   Prompts are left-padded (B, P) with a (B, P) mask. One prefill over the
-  prompt, then N single-token steps against the KV cache; prefill and step
-  are compiled once per (B, P, N) shape.
+  prompt, then N - 1 single-token steps against the KV cache (the last
+  token is never fed back); compiled once per (B, P, N) shape.
   """
   rng = jax.random.PRNGKey(0) if rng is None else rng
   return _generate(graphdef, params, jnp.asarray(prompt_BxP),
