@@ -13,6 +13,7 @@ from typing import Any
 
 import gin
 from absl import app, flags
+from absl import logging as absl_logging
 
 GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), "gin_configs")
@@ -68,6 +69,10 @@ def main(argv: Sequence[str]) -> None:
   except (ValueError, FileNotFoundError, KeyError, TypeError) as e:
     print(f"lifejax: bad gin configuration: {e}", file=sys.stderr)
     sys.exit(2)
+  if not flags.FLAGS["verbosity"].present:
+    # Library INFO lines (orbax saves, ...) would bury the progress bars;
+    # --verbosity=0 brings them back.
+    absl_logging.set_verbosity(absl_logging.WARNING)
   run()
 
 

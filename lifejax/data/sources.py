@@ -38,6 +38,27 @@ _TYPE_NAMES = {str: "str", int: "int", float: "float", bool: "bool",
                list: "list", dict: "dict"}
 
 
+def read_jsonl(path: str) -> list[dict[str, Any]]:
+  """All records of a small JSONL file (one object per non-empty line).
+
+  Raises ValueError naming `path:line` for a line that is not a JSON object.
+  """
+  out = []
+  with open(path, encoding="utf-8") as f:
+    for i, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        rec = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{i}: bad JSON ({e.msg})") from None
+      if not isinstance(rec, dict):
+        raise ValueError(f"{path}:{i}: expected a JSON object, got "
+                         f"{type(rec).__name__}")
+      out.append(rec)
+  return out
+
+
 class RecordError(ValueError):
   """A malformed record: `where` (file:line or file row) and `reason`."""
 

@@ -37,6 +37,7 @@ from lifejax.data import world_phrasing as wp
 from lifejax.data import world_tasks as wtask
 from lifejax.data import world_text as wt
 from lifejax.data import world_web as ww
+from lifejax.data.sources import read_jsonl
 
 SOURCES = ("wiki", "support_chat", "records", "web", "non_english")
 DEFECTS = ("exact_duplicate", "near_duplicate", "boilerplate", "low_quality",
@@ -292,12 +293,6 @@ def generate_world(out_dir: str, seed: int = 0, scale: float = 1.0) -> dict:
     json.dump(manifest, f, indent=1, ensure_ascii=False)
     f.write("\n")
   return manifest
-
-
-def read_jsonl(path: str) -> list[dict[str, Any]]:
-  """Reads one JSON record per non-empty line."""
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
 
 
 def load_world(out_dir: str) -> World:

@@ -28,11 +28,6 @@ from lifejax.model import sampling
 from lifejax.model.config import TransformerConfig
 
 
-def read_jsonl(path: str) -> list[dict]:
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(l) for l in f if l.strip()]
-
-
 def write_eval(run_dir: str, metrics: Mapping[str, Any]) -> str:
   path = os.path.join(run_dir, "eval.json")
   with open(path, "w", encoding="utf-8") as f:

@@ -38,7 +38,7 @@ from lifejax.model.config import TransformerConfig
 from lifejax.rl import rollout as rollout_lib
 from lifejax.train import optim, state as state_lib, step as step_lib
 from lifejax.train.checkpoint import Checkpointer, CheckpointConfig
-from lifejax.train.metrics import MetricsWriter, plot_curves
+from lifejax.train.metrics import MetricsWriter, plot_curves, progress_desc
 
 KINDS = ("policy", "separate", "shared")
 
@@ -394,7 +394,8 @@ def run(*, run_dir: str, learner: Learner, algorithm: Algorithm,
   bar = None
   if loop_cfg.progress and start < loop_cfg.num_iterations:
     from tqdm.auto import tqdm
-    bar = tqdm(total=loop_cfg.num_iterations, initial=start, desc="rl",
+    bar = tqdm(total=loop_cfg.num_iterations, initial=start,
+               desc=progress_desc("rl"),
                dynamic_ncols=True)
   row: dict[str, float] = {}
   for it in range(start, loop_cfg.num_iterations):

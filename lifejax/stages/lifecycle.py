@@ -22,6 +22,7 @@ import jax
 
 from lifejax import sharding
 from lifejax.data import chat, synthetic
+from lifejax.data.sources import read_jsonl
 from lifejax.eval import instruct, stage_eval
 from lifejax.losses.lm import make_lm_loss_fn
 from lifejax.model.config import TransformerConfig
@@ -30,8 +31,14 @@ from lifejax.stages.preference import dpo, lm_params_from, reward
 from lifejax.stages.pretrain import pretrain
 from lifejax.stages.rl import ppo
 from lifejax.stages.sft import sft
+from lifejax.train import metrics as metrics_lib
 from lifejax.train.optim import OptimizerConfig
 from lifejax.train.trainer import example_lm_batch, plan_training
+
+
+def _elapsed(t0: float) -> str:
+  m, sec = divmod(int(time.perf_counter() - t0), 60)
+  return f"{m}:{sec:02d}"
 
 
 def _done(run_dir: str) -> bool:
@@ -73,6 +80,7 @@ def lifecycle(
     pretrain_sources: Sequence[str] = ("wiki", "support_chat", "records",
                                        "web"),
     source_weights: dict[str, float] | None = None,
+    sft_general_sources: Sequence[str] = ("web",),
     run_dpo: bool = True,
     run_ppo: bool = True,
     eval_records: int = 40,
@@ -87,6 +95,8 @@ def lifecycle(
   world = os.path.join(root, "world")
   curated = os.path.join(root, "curated")
   results: dict[str, Any] = {}
+  t_start = time.perf_counter()
+  n_stages = 3 + int(run_dpo) + int(run_ppo) + 1
 
   def stage(name: str, kind: str, run: Callable[[], Any],
             evaluate: Callable[[], dict]) -> None:
@@ -99,11 +109,14 @@ def lifecycle(
         results[name] = json.load(f)
       return
     resumed = os.path.isdir(os.path.join(run_dir, "checkpoints"))
-    print(f"[lifecycle] {name}: {'resuming' if resumed else 'starting'}",
-          flush=True)
-    with gin.config_scope(name):
+    k = len(ledger.data["stages"]) + 1
+    label = f"[{k}/{n_stages} {name}]"
+    print(f"[lifecycle] {label} {'resuming' if resumed else 'starting'} "
+          f"({_elapsed(t_start)} elapsed)", flush=True)
+    with gin.config_scope(name), metrics_lib.progress_label(label):
       run()
-    metrics = evaluate()
+      print(f"[lifecycle] {label} evaluating", flush=True)
+      metrics = evaluate()
     stage_eval.write_eval(run_dir, metrics)
     results[name] = metrics
     ledger.add(name, kind, run_dir, "resumed" if resumed else "done",
@@ -126,9 +139,9 @@ def lifecycle(
 
   train_files, weights = _curriculum(curated, curation, pretrain_sources,
                                      source_weights)
-  tests = stage_eval.read_jsonl(os.path.join(world, "instructions",
+  tests = read_jsonl(os.path.join(world, "instructions",
                                              "test.jsonl"))[:eval_records]
-  facts = stage_eval.read_jsonl(os.path.join(world, "eval",
+  facts = read_jsonl(os.path.join(world, "eval",
                                              "fact_questions.jsonl"))
   general = os.path.join(world, "eval", "general_holdout.jsonl")
   jax_mesh = sharding.make_mesh(mesh)
@@ -153,7 +166,7 @@ def lifecycle(
                                               "train.jsonl")],
                     eval_files=[os.path.join(world, "instructions",
                                              "validation.jsonl")],
-                    general_files=[train_files[0]],
+                    general_files=_shards(curated, sft_general_sources),
                     general_eval_files=[general]),
         lambda: lm_eval(run_dir("sft"), run_dir("pretrain"), [general],
                         chat.load_template(run_dir("sft")), tests, (),
@@ -200,6 +213,8 @@ def lifecycle(
   ledger.save()
   _write_outputs(root, [s for s in ("sft", "dpo", "ppo")
                         if os.path.isdir(run_dir(s))])
+  print(f"[lifecycle] finished in {_elapsed(t_start)}; report: "
+        f"{os.path.join(root, 'report.md')}", flush=True)
   return results
 
 
@@ -223,6 +238,20 @@ def _curriculum(curated: str, report: dict, sources: Sequence[str],
       w.append(share * row["docs"] / max(row["words"], 1) / len(shards))
   total = sum(w)
   return files, [x / total for x in w]
+
+
+def _shards(curated: str, sources: Sequence[str]) -> list[str]:
+  """The cleaned shards of `sources`: the retained pretraining text SFT mixes
+  in against forgetting (web holds the general everyday pages)."""
+  out = []
+  for s in sources:
+    d = os.path.join(curated, s)
+    if not os.path.isdir(d):
+      raise ValueError(f"lifecycle.sft_general_sources: no curated source "
+                       f"{s!r} in {curated}")
+    out += sorted(os.path.join(d, f) for f in os.listdir(d)
+                  if f.endswith(".jsonl"))
+  return out
 
 
 def _heldout_files(pretrain_run: str) -> list[str]:

@@ -30,20 +30,9 @@ from lifejax.train import loop as loop_lib
 from lifejax.train.checkpoint import CheckpointConfig, restore_params
 from lifejax.train.optim import OptimizerConfig
 from lifejax.train.trainer import build_trainer, example_lm_batch
+from lifejax.data.sources import read_jsonl
 
 PAIR_FIELDS = {"prompt": list, "chosen": str, "rejected": str}
-
-
-def read_jsonl(path: str) -> list[dict]:
-  out = []
-  with open(path, encoding="utf-8") as f:
-    for i, line in enumerate(f, 1):
-      if line.strip():
-        try:
-          out.append(json.loads(line))
-        except json.JSONDecodeError as e:
-          raise ValueError(f"{path}:{i}: bad JSON ({e.msg})") from None
-  return out
 
 
 def lm_params_from(run_dir: str, cfg: TransformerConfig, mesh: Any,

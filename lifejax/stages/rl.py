@@ -19,7 +19,6 @@ the LM itself. RLAIF writes preferences.jsonl for the DPO stage.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -37,6 +36,7 @@ from lifejax.rl import rollout as rollout_lib
 from lifejax.stages.common import file_digest, tokenizer_of, write_json
 from lifejax.train.checkpoint import CheckpointConfig
 from lifejax.train.optim import OptimizerConfig
+from lifejax.data.sources import read_jsonl as _read_jsonl
 
 for _cls in (ppo_lib.PPOConfig, grpo_lib.GRPOConfig, rlaif_lib.RLAIFConfig,
              rollout_lib.RolloutConfig, learner_lib.RLLoopConfig):
@@ -46,18 +46,6 @@ REWARDS = ("reward_model", "judge")
 _SHAPE_FIELDS = ("vocab_size", "d_model", "num_layers", "num_heads",
                  "num_kv_heads", "resolved_head_dim", "mlp_dim",
                  "tie_embeddings")
-
-
-def _read_jsonl(path: str) -> list[dict]:
-  out = []
-  with open(path, encoding="utf-8") as f:
-    for i, line in enumerate(f, 1):
-      if line.strip():
-        try:
-          out.append(json.loads(line))
-        except json.JSONDecodeError as e:
-          raise ValueError(f"{path}:{i}: bad JSON ({e.msg})") from None
-  return out
 
 
 @dataclasses.dataclass

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from lifejax import sharding
-from lifejax.data import chat, pipeline, sft as sft_data
+from lifejax.data import chat, judge, pipeline, sft as sft_data
 from lifejax.data import sources as sources_lib
 from lifejax.eval import instruct
 from lifejax.losses.lm import make_lm_loss_fn
@@ -28,6 +28,7 @@ from lifejax.train import loop as loop_lib
 from lifejax.train.checkpoint import CheckpointConfig
 from lifejax.train.optim import OptimizerConfig
 from lifejax.train.trainer import build_trainer, example_lm_batch
+from lifejax.data.sources import read_jsonl as _read_jsonl
 
 
 class MixedIterator:
@@ -207,6 +208,10 @@ def sft(
       tokens_per_step=batch_size * seq_len,
       restored_extra=trainer.restored_extra)
   summary["forgetting_warnings"] = panel.warnings
+  if evaluators:
+    side = write_side_by_side(run_dir, records)
+    if side:
+      summary["side_by_side"] = os.path.relpath(side, run_dir)
   write_json(os.path.join(run_dir, "summary.json"), summary)
   with open(os.path.join(run_dir, "operative_config.gin"), "w") as f:
     f.write(gin.operative_config_str())
@@ -257,10 +262,49 @@ class ForgettingPanel:
     return self.observe(step, metrics)
 
 
-def _read_jsonl(path: str) -> list[dict]:
-  import json
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(l) for l in f if l.strip()]
+def write_side_by_side(run_dir: str, records: Sequence[dict]) -> str | None:
+  """side_by_side.md: the model SFT started from (the step-0 eval samples)
+  next to the final SFT model, on the same prompts, each scored by the
+  world's judge. Returns its path, or None without step-0 and later samples.
+  """
+  d = os.path.join(run_dir, "samples")
+  steps = sorted(int(f[len("step_"):-len(".jsonl")]) for f in (
+      os.listdir(d) if os.path.isdir(d) else ())
+                 if f.startswith("step_") and f.endswith(".jsonl"))
+  if len(steps) < 2 or steps[0] != 0:
+    return None
+
+  def load(step):
+    path = os.path.join(d, f"step_{step:06d}.jsonl")
+    return {r["id"]: r for r in _read_jsonl(path)}
+
+  base, last = load(0), load(steps[-1])
+  by_id = {r.get("id"): r for r in records}
+  lines = ["# Base vs SFT on the same prompts", "",
+           f"Base: the model SFT started from (step 0). SFT: step "
+           f"{steps[-1]}. Greedy generations; judge = the world's judge "
+           "(0-1, correctness, format, politeness, length, safety).", ""]
+
+  def quote(text: str) -> list[str]:
+    rows = (text or "(empty)").split("\n")
+    return [f"> {ln}" if ln else ">" for ln in rows]
+
+  for rid, b in base.items():
+    if rid not in last:
+      continue
+    rec = by_id.get(rid)
+    prompt = b["prompt"][-1]["content"] if b.get("prompt") else ""
+    lines += [f"## {rid} ({b.get('task')})", "", "Prompt (last user turn):",
+              ""] + quote(prompt) + [""]
+    for name, r in (("Base", b), ("SFT", last[rid])):
+      tag = ""
+      if rec is not None:
+        tag = f" (judge {judge.score(rec, r['response']).total:.2f})"
+      lines += [f"**{name}**{tag}:", ""] + quote(r["response"]) + [""]
+  path = os.path.join(run_dir, "side_by_side.md")
+  with open(path, "w", encoding="utf-8") as f:
+    f.write("\n".join(lines))
+  return path
 
 
 def _write_samples(run_dir: str, step: int, records, responses) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 
 from lifejax import sharding
 from lifejax.train.checkpoint import Checkpointer
-from lifejax.train.metrics import MetricsWriter, plot_curves
+from lifejax.train.metrics import MetricsWriter, plot_curves, progress_desc
 from lifejax.train.state import TrainState
 from lifejax.train.step import loss_params
 
@@ -154,7 +154,7 @@ def train_loop(
   bar = None
   if cfg.progress and start < cfg.num_steps:
     from tqdm.auto import tqdm
-    bar = tqdm(total=cfg.num_steps, initial=start, desc="train",
+    bar = tqdm(total=cfg.num_steps, initial=start, desc=progress_desc("train"),
                dynamic_ncols=True, mininterval=1.0)
 
   pending: tuple[int, dict] | None = None

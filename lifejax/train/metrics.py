@@ -2,12 +2,33 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
+
+_PROGRESS_LABEL = contextvars.ContextVar("progress_label", default="")
+
+
+@contextlib.contextmanager
+def progress_label(label: str) -> Iterator[None]:
+  """Names the progress bars opened inside (e.g. "[3/7] sft"), so a
+  multi-stage run shows which stage the step/loss/ETA line belongs to."""
+  token = _PROGRESS_LABEL.set(label)
+  try:
+    yield
+  finally:
+    _PROGRESS_LABEL.reset(token)
+
+
+def progress_desc(default: str) -> str:
+  """The progress bar title: the active label, else `default`."""
+  label = _PROGRESS_LABEL.get()
+  return f"{label} {default}" if label else default
 
 
 class MetricsWriter:

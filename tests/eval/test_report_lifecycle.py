@@ -156,3 +156,14 @@ def test_missing_metrics_show_a_dash_and_a_ppo_run_is_plotted(lifecycle_copy):
   assert _is_png(os.path.join(root, "plots", "reward_vs_kl.png"))
   series = runs.reward_kl_series(ppo)
   assert series["kl"] == [0.5, 1.0, 1.5, 2.0]
+
+
+def test_progress_lines_name_each_stage(tiny_lifecycle):
+  """The console shows which stage runs ([k/n name]) and the total time."""
+  log = os.path.join(os.path.dirname(tiny_lifecycle), "lifecycle.log")
+  with open(log, encoding="utf-8") as f:
+    text = f.read()
+  # tiny.gin runs PPO off: pretrain, sft, reward, dpo, release.
+  for k, name in enumerate(("pretrain", "sft", "reward", "dpo", "release"), 1):
+    assert f"[lifecycle] [{k}/5 {name}] starting" in text, text[-2000:]
+  assert "[lifecycle] finished in " in text

@@ -130,6 +130,13 @@ def test_sft_run_layout_and_resume(world_and_base):
                      "step_000006.jsonl"]
   first = json.loads(open(run / "samples" / samples[0]).readline())
   assert first["prompt"][-1]["role"] == "user"
+  # Base (step 0) vs final SFT on the same prompts, each judged.
+  side = open(run / "side_by_side.md", encoding="utf-8").read()
+  last = [json.loads(l) for l in open(run / "samples" / samples[-1])]
+  assert full["side_by_side"] == "side_by_side.md"
+  assert side.count("**Base** (judge ") == len(last) == 4
+  assert side.count("**SFT** (judge ") == 4
+  assert f"## {last[0]['id']} ({last[0]['task']})" in side
 
   # Interrupted after step 3, then resumed: identical losses for 4..6.
   _sft(root, world, "resumed", 3)

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Issue 7 preference experiment, all from the demo's SFT model: DPO on the
+# world's offline pairs, RLAIF (reward-model-labelled on-policy pairs) then
+# DPO on them, and PPO on the reward model; then every policy is judged
+# against SFT on the same test prompts (evaluate.py -> results.md).
+# Needs `make demo` first (runs/lifecycle). Takes ~15 min on 2 CPU cores.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PY=${PY:-.venv/bin/python}
+export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
+export GLIBC_TUNABLES=${GLIBC_TUNABLES:-glibc.malloc.hugetlb=1:glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736}
+run() {  # gin name, run directory (skipped once it has finished)
+  if [ ! -f "$2/.experiment_done" ]; then
+    $PY -m lifejax.main --gin_file="experiments/preference/$1.gin"
+    touch "$2/.experiment_done"
+  fi
+}
+run dpo_offline runs/experiments/dpo_offline
+run rlaif runs/experiments/rlaif
+run dpo_onpolicy runs/experiments/dpo_onpolicy
+run ppo runs/experiments/ppo_rm
+$PY experiments/preference/evaluate.py \
+  --root=runs/lifecycle --records=96 \
+  --run="SFT (reference)=runs/lifecycle/sft" \
+  --run="DPO offline pairs=runs/experiments/dpo_offline" \
+  --run="DPO on-policy RLAIF pairs=runs/experiments/dpo_onpolicy" \
+  --run="PPO reward model (24 it.)=runs/experiments/ppo_rm/policy" \
+  --run="demo DPO=runs/lifecycle/dpo" \
+  --run="demo PPO=runs/lifecycle/ppo/policy" \
+  --out=experiments/preference/results.md
