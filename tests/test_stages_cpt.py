@@ -69,3 +69,34 @@ def test_cpt_rejects_a_different_shape(tmp_path):
       _run(tmp_path / "cpt", corpus, 2, init_from=str(tmp_path / "base"))
   finally:
     MODEL = saved
+
+
+def test_cpt_tracks_the_general_panel_and_warns_on_forgetting(tmp_path):
+  general = "the quick brown fox jumps over a lazy dog again".split()
+  domain = "invoice ledger audit refund stock order vendor tax".split()
+  gen_file = _corpus(tmp_path / "general.jsonl", general)
+  holdout = _corpus(tmp_path / "general_holdout.jsonl", general, n=40)
+  dom_file = _corpus(tmp_path / "domain.jsonl", domain)
+  _run(tmp_path / "base", gen_file, 60)
+  summary = stages.pretrain(
+      run_dir=str(tmp_path / "cpt"), model=MODEL, train_files=[dom_file],
+      mesh=sharding.MeshConfig(data=1, fsdp=-1, model=1),
+      optimizer=OptimizerConfig(learning_rate=1e-2, warmup_steps=2,
+                                total_steps=20),
+      loop=LoopConfig(num_steps=20, log_every=5, eval_every=10,
+                      eval_batches=2, eval_at_start=True, progress=False),
+      checkpoint=CheckpointConfig(every_steps=100), batch_size=8, seq_len=32,
+      eval_holdout=0.1, init_from=str(tmp_path / "base"), stage_name="cpt",
+      general_eval_files=[holdout], forgetting_margin=0.1)
+  rows = [json.loads(l) for l in open(tmp_path / "cpt" / "metrics.jsonl")]
+  evals = [r for r in rows if "eval/loss" in r]
+  assert [r["step"] for r in evals] == [0, 10, 20]
+  ppl = "eval/general_general_holdout/perplexity"
+  # Domain loss falls, the frozen general holdout gets worse: the panel warns.
+  assert evals[-1]["eval/loss"] < evals[0]["eval/loss"]
+  assert evals[-1][ppl] > 1.1 * evals[0][ppl]
+  assert evals[0]["eval/forgetting_warning"] == 0.0
+  assert evals[-1]["eval/forgetting_warning"] == 1.0
+  assert summary["forgetting_warnings"]
+  lineage = json.load(open(tmp_path / "cpt" / "lineage.json"))
+  assert list(lineage["general_eval_files"]) == [holdout]

@@ -58,6 +58,8 @@ class PolicyEvaluator:
         stop_ids=tuple(chat.stop_ids(template, tokenizer)),
         pad_id=tokenizer.pad_id, vocab_limit=tokenizer.vocab_size)
     self.ref_answers = self._answers(ref_params)
+    self._ref_reward: float | None = None
+    self._ref_judge: float | None = None
 
   def _generate(self, params):
     def gen(ids, mask):
@@ -117,5 +119,42 @@ class PolicyEvaluator:
       # Reward hacking shows as the reward rising while the judge does not.
       out["reward_judge_gap"] = float(
           np.mean(rewards) - np.mean(judge_scores))
+      # The same on a common footing: each score's change from the
+      # reference's answers (reward in its own units, judge in [0, 1]).
+      if self._ref_reward is None:
+        self._ref_reward = float(np.mean(self.reward_fn(self.ref_answers)))
+        self._ref_judge = float(np.mean([
+            judge_lib.score(r, a, self.judge_config).total
+            for r, a in zip(self.records, self.ref_answers)]))
+      out["reward_gain_vs_ref"] = out["reward"] - self._ref_reward
+      out["judge_gain_vs_ref"] = float(np.mean(judge_scores)) - self._ref_judge
     self.last_answers = answers
     return out
+
+
+def response_reward_fn(score_rows: Callable[[dict[str, np.ndarray]],
+                                            np.ndarray],
+                       template: chat.ChatTemplate, tokenizer: Any,
+                       records: Sequence[Mapping[str, Any]], seq_len: int
+                       ) -> Callable[[Sequence[str]], np.ndarray]:
+  """answers -> rewards, for PolicyEvaluator(reward_fn=...).
+
+  Each record's prompt plus its answer is rendered through the chat template
+  into the reward model's row layout (preference.response_row: loss on the
+  answer and its end-of-turn marker) and scored by `score_rows` (e.g. a
+  reward run's normalized scorer).
+  """
+  from lifejax.data import preference, sft  # pylint: disable=g-import-not-at-top
+  render = sft.ChatRender(template, tokenizer)
+  prompts = [instruct.prompt_messages(r) for r in records]
+
+  def reward_fn(answers: Sequence[str]) -> np.ndarray:
+    if len(answers) != len(prompts):
+      raise ValueError(f"{len(answers)} answers for {len(prompts)} prompts")
+    rows = [preference.response_row(
+        *render({"prompt": p, "response": a}), seq_len)
+            for p, a in zip(prompts, answers)]
+    batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    return np.asarray(score_rows(batch), np.float32)
+
+  return reward_fn

@@ -80,7 +80,8 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
         Column("words/answer", ("response_words",)),
         Column("refusal rate", ("refusal_rate",), fmt="pct"),
         Column("reward", ("reward",)),
-        Column("reward-judge gap", ("reward_judge_gap",)),
+        Column("reward Δ vs SFT", ("reward_gain_vs_ref",)),
+        Column("judge Δ vs SFT", ("judge_gain_vs_ref",)),
         Column("judge score", ("judge_score", "true_judge")),
         Column("instruction acc", ("instruct/accuracy",), fmt="pct"),
     ),
@@ -200,14 +201,17 @@ def failure_fix_chain(stages: Sequence[Stage],
       links.append(f"{s.name.upper()} win rate {fmt(win, 'pct')} vs SFT")
       verdict = "beats" if win > 0.5 else ("ties" if win == 0.5 else
                                            "loses to")
-      gap = m.get("reward_judge_gap")
+      dr, dj = m.get("reward_gain_vs_ref"), m.get("judge_gain_vs_ref")
+      hacking = ""
+      if dr is not None and dj is not None:
+        hacking = (f", reward {dr:+.3f} and judge {dj:+.3f} vs SFT" + (
+            " (reward up, judge down: reward hacking suspected)"
+            if dr > 0 and dj < 0 else ""))
       notes.append(
           f"{s.name}: {verdict} SFT under the judge ({fmt(win, 'pct')}), KL "
           f"to the reference {fmt(m.get('kl_to_ref', m.get('kl')))}, "
           f"{fmt(m.get('response_words'))} words per answer, refusal rate "
-          f"{fmt(m.get('refusal_rate'), 'pct')}" + (
-              f", reward-judge gap {fmt(gap)}" if gap is not None else "")
-          + ".")
+          f"{fmt(m.get('refusal_rate'), 'pct')}{hacking}.")
   forgetting = _forgetting_note(stages, metrics)
   if forgetting:
     notes.append(forgetting)

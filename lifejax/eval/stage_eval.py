@@ -117,10 +117,13 @@ def eval_lm(
 def eval_policy(graphdef: Any, params: Any, ref_params: Any, tokenizer: Any,
                 template: chat.ChatTemplate,
                 records: Sequence[Mapping[str, Any]],
-                spec: instruct.GenerationSpec) -> dict[str, float]:
-  """Win rate vs the reference (SFT), KL, verbosity, refusals."""
+                spec: instruct.GenerationSpec,
+                reward_fn=None) -> dict[str, float]:
+  """Win rate vs the reference (SFT), KL, verbosity, refusals; with a
+  `reward_fn` (policy_eval.response_reward_fn) also the reward and the
+  reward-vs-judge hacking detector."""
   ev = policy_eval.PolicyEvaluator(graphdef, ref_params, tokenizer, template,
-                                   records, spec)
+                                   records, spec, reward_fn=reward_fn)
   return ev(jax.device_get(params))
 
 

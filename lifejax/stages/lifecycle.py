@@ -180,7 +180,8 @@ def lifecycle(
                                               "validation.jsonl")),
         lambda: _reward_metrics(run_dir("reward")))
   policy_eval_fn = _PolicyEval(model, jax_mesh, mesh.rules, run_dir("sft"),
-                               tests, generation)
+                               tests, generation, run_dir("reward"),
+                               eval_seq_len)
   if run_dpo:
     stage("dpo", "dpo",
           lambda: dpo(run_dir=run_dir("dpo"), model=model, mesh=mesh,
@@ -299,9 +300,11 @@ class _PolicyEval:
   """Win rate / KL / verbosity / refusals of a tuned run against SFT."""
 
   def __init__(self, model: TransformerConfig, mesh: Any, rules: Any,
-               sft_run: str, records, spec):
+               sft_run: str, records, spec, reward_run: str | None = None,
+               seq_len: int = 384):
     self.model, self.mesh, self.rules = model, mesh, rules
     self.sft_run, self.records, self.spec = sft_run, records, spec
+    self.reward_run, self.seq_len = reward_run, seq_len
 
   def __call__(self, run_dir: str) -> dict[str, float]:
     from flax import nnx  # pylint: disable=g-import-not-at-top
@@ -311,9 +314,19 @@ class _PolicyEval:
                                         self.rules))
     params = jax.device_get(_policy_params(run_dir, self.model, self.mesh,
                                            self.rules))
-    return stage_eval.eval_policy(
-        graphdef, params, ref, common.tokenizer_of(self.sft_run),
-        chat.load_template(self.sft_run), self.records, self.spec)
+    tokenizer = common.tokenizer_of(self.sft_run)
+    template = chat.load_template(self.sft_run)
+    reward_fn = None
+    if self.reward_run:
+      from lifejax.eval import policy_eval  # pylint: disable=g-import-not-at-top
+      from lifejax.rl import rollout  # pylint: disable=g-import-not-at-top
+      scorer = rollout.load_reward_scorer(self.reward_run, self.mesh,
+                                          self.rules)
+      reward_fn = policy_eval.response_reward_fn(
+          lambda rows: (scorer.raw(rows) - scorer.mean) / scorer.std,
+          template, tokenizer, self.records, self.seq_len)
+    return stage_eval.eval_policy(graphdef, params, ref, tokenizer, template,
+                                  self.records, self.spec, reward_fn)
 
 
 def _lm_dir(run_dir: str) -> str:

@@ -63,6 +63,8 @@ def pretrain(
     eval_holdout: float = 0.02,
     seed: int = 0,
     init_from: str | None = None,
+    general_eval_files: Sequence[str] = (),
+    forgetting_margin: float = 0.1,
     stage_name: str = "pretrain",
 ) -> dict[str, Any]:
   """Next-token pretraining, or continued pretraining with `init_from`.
@@ -72,6 +74,10 @@ def pretrain(
   Otherwise a SentencePiece tokenizer is trained on the training files into
   the run directory unless `tokenizer_path` is given. Without `eval_files`, a
   deterministic `eval_holdout` share of the training documents is held out.
+  general_eval_files: frozen general holdouts evaluated beside the run's own
+    eval set at every eval (eval/general_<name>/perplexity): continued
+    pretraining's forgetting panel, which warns when general perplexity rises
+    by more than `forgetting_margin` while the domain loss falls.
   """
   os.makedirs(run_dir, exist_ok=True)
   write_json(os.path.join(run_dir, "stage.json"), {"stage": stage_name})
@@ -147,16 +153,33 @@ def pretrain(
       "train_files": {os.path.abspath(p): file_digest(p)
                       for p in train_files},
       "eval_files": {os.path.abspath(p): file_digest(p) for p in eval_files},
+      "general_eval_files": {os.path.abspath(p): file_digest(p)
+                             for p in general_eval_files},
       "source_weights": list(source_weights) if source_weights else None,
       "num_params": model.num_params(),
   })
+  eval_sets: Any = eval_batches
+  hooks = ()
+  if general_eval_files:
+    from lifejax.stages.sft import ForgettingPanel  # pylint: disable=g-import-not-at-top
+    eval_sets = {"": eval_batches}  # the run's own set keeps eval/loss
+    for p in general_eval_files:
+      src = source_from_path(p, text_field)
+      eval_sets[f"general_{src.name}"] = (
+          lambda s=src: iter(pipeline.lm_eval_dataset(
+              [s], tokenizer, seq_len=seq_len,
+              batch_size=batch_size // n_proc, text_field=text_field,
+              shard_index=idx, shard_count=n_proc)))
+    hooks = (ForgettingPanel(forgetting_margin),)
   summary = loop_lib.train_loop(
       run_dir=run_dir, state=trainer.state, train_step=trainer.train_step,
       train_iter=train_iter, batch_shardings=trainer.batch_shardings,
       checkpointer=trainer.checkpointer, cfg=loop,
-      eval_step=trainer.eval_step, eval_batches=eval_batches,
+      eval_step=trainer.eval_step, eval_batches=eval_sets, eval_hooks=hooks,
       tokens_per_step=batch_size * seq_len,
       restored_extra=trainer.restored_extra)
+  if hooks:
+    summary["forgetting_warnings"] = hooks[0].warnings
   with open(os.path.join(run_dir, "operative_config.gin"), "w") as f:
     f.write(gin.operative_config_str())
   trainer.checkpointer.close()

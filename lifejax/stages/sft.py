@@ -241,6 +241,8 @@ class ForgettingPanel:
       task_losses = [v for k, v in metrics.items()
                      if k.startswith("eval/sft_") and k.endswith("/loss")]
       task = -float(np.mean(task_losses)) if task_losses else None
+    if task is None and "eval/loss" in metrics:  # continued pretraining
+      task = -float(metrics["eval/loss"])
     if not general or task is None:
       return {}
     cur = {"general_ppl": float(np.mean(general)), "task": float(task)}

@@ -16,6 +16,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
 GIN_FILES = sorted(glob.glob(os.path.join(REPO, "gin_configs", "**", "*.gin"),
                              recursive=True))
+# The committed experiments' configs must keep parsing as the code moves.
+EXPERIMENT_GIN = sorted(glob.glob(os.path.join(REPO, "experiments", "**",
+                                               "*.gin"), recursive=True))
 
 
 @pytest.fixture(autouse=True)
@@ -34,8 +37,9 @@ def test_gin_files_exist():
     assert required in names
 
 
-@pytest.mark.parametrize("path", GIN_FILES,
-                         ids=[os.path.basename(p) for p in GIN_FILES])
+@pytest.mark.parametrize("path", GIN_FILES + EXPERIMENT_GIN,
+                         ids=[os.path.relpath(p, REPO)
+                              for p in GIN_FILES + EXPERIMENT_GIN])
 def test_every_gin_file_parses(path):
   main_lib.parse_gin([path], [])
   # Model files must produce a valid config when instantiated.
@@ -45,7 +49,8 @@ def test_every_gin_file_parses(path):
 
 
 def test_every_gin_file_has_a_header():
-  for path in GIN_FILES:
+  assert len(EXPERIMENT_GIN) >= 8
+  for path in GIN_FILES + EXPERIMENT_GIN:
     with open(path) as f:
       head = f.read(600)
     assert head.startswith("#"), f"{path}: no header comment"

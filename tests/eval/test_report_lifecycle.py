@@ -75,7 +75,12 @@ def test_one_row_per_stage_with_the_runs_numbers(tiny_lifecycle):
       steps = json.load(f).get("final_step")
     if steps is not None:
       assert f"| {steps} |" in row
-  assert "reward-judge gap —" in rows["dpo"]  # DPO has no reward model
+  # The lifecycle scores DPO's answers with the reward model too.
+  dpo_eval = _eval(next(s["run_dir"] for s in stages if s["name"] == "dpo"))
+  assert (f"reward Δ vs SFT {report.fmt(dpo_eval['reward_gain_vs_ref'])}"
+          in rows["dpo"])
+  assert (f"judge Δ vs SFT {report.fmt(dpo_eval['judge_gain_vs_ref'])}"
+          in rows["dpo"])
 
 
 def test_plots_and_curation_summary(tiny_lifecycle):
@@ -141,7 +146,7 @@ def test_missing_metrics_show_a_dash_and_a_ppo_run_is_plotted(lifecycle_copy):
                           "true_judge": 0.3, "loss": 1.0 / it}) + "\n")
   with open(os.path.join(ppo, "eval.json"), "w") as f:
     json.dump({"win_rate_vs_ref": 0.6, "kl_to_ref": 1.5,
-               "reward_judge_gap": 0.25}, f)
+               "reward_gain_vs_ref": 0.25, "judge_gain_vs_ref": -0.1}, f)
   ledger["stages"].append({"name": "ppo", "kind": "ppo", "run_dir": ppo,
                            "status": "done", "seconds": 1.0})
   with open(os.path.join(root, "lifecycle.json"), "w") as f:
@@ -151,7 +156,9 @@ def test_missing_metrics_show_a_dash_and_a_ppo_run_is_plotted(lifecycle_copy):
   rows = _stage_rows(md)
   assert "pair acc —" in rows["reward"] and "ECE —" in rows["reward"]
   assert "win rate vs SFT 60.0%" in rows["ppo"]
-  assert "reward-judge gap 0.250" in rows["ppo"]
+  assert "reward Δ vs SFT 0.250" in rows["ppo"]
+  assert "judge Δ vs SFT -0.100" in rows["ppo"]
+  assert "reward hacking suspected" in md
   assert "PPO win rate 60.0% vs SFT" in md
   assert _is_png(os.path.join(root, "plots", "reward_vs_kl.png"))
   series = runs.reward_kl_series(ppo)

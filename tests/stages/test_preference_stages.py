@@ -174,3 +174,47 @@ def test_dpo_step_sharded_equals_single_device(tiny_runs, kit):
   assert a2 == pytest.approx(b2, rel=1e-4)
   for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
     np.testing.assert_allclose(x, y, atol=5e-5)
+
+
+def test_reward_fn_rows_and_gains_vs_reference(tiny_runs, kit):
+  """response_reward_fn renders prompt + answer the way the reward model
+  reads them; the evaluator reports reward and judge changes vs SFT."""
+  TINY, MESH1 = kit.TINY, kit.MESH1
+  root, world = tiny_runs
+  mesh = sharding.make_mesh(MESH1)
+  from flax import nnx
+  from lifejax.data import judge
+  from lifejax.model import transformer
+  graphdef, _ = nnx.split(transformer.abstract_model(TINY), nnx.Param)
+  sft_params = jax.device_get(preference.lm_params_from(
+      str(root / "sft"), TINY, mesh, MESH1.rules))
+  base_params = jax.device_get(preference.lm_params_from(
+      str(root / "base"), TINY, mesh, MESH1.rules))
+  tok = common.tokenizer_of(str(root / "sft"))
+  tmpl = chat.load_template(str(root / "sft"))
+  records = [r for r in _rows(world / "instructions" / "validation.jsonl")
+             if "reference" in r][:2]
+  # A checkable "reward model": the number of trained (answer) tokens.
+  fn = policy_eval.response_reward_fn(
+      lambda rows: rows["loss_mask"].sum(axis=1), tmpl, tok, records, 384)
+  answers = ["Yes.", "A longer answer with more words in it."]
+  want = [len(chat.render_response(tmpl, tok, a)) for a in answers]
+  np.testing.assert_array_equal(fn(answers), want)
+  with pytest.raises(ValueError, match="1 answers for 2 prompts"):
+    fn(answers[:1])
+
+  ev = policy_eval.PolicyEvaluator(
+      graphdef, sft_params, tok, tmpl, records,
+      GenerationSpec(prompt_len=320, max_new_tokens=3, batch_size=2),
+      reward_fn=fn)
+  same = ev(sft_params)
+  assert same["reward_gain_vs_ref"] == 0.0
+  assert same["judge_gain_vs_ref"] == pytest.approx(0.0, abs=1e-12)
+  other = ev(base_params)
+  base_answers = ev.last_answers
+  assert other["reward_gain_vs_ref"] == pytest.approx(
+      np.mean(fn(base_answers)) - np.mean(fn(ev.ref_answers)))
+  judge_of = lambda ans: np.mean([judge.score(r, a).total
+                                  for r, a in zip(records, ans)])
+  assert other["judge_gain_vs_ref"] == pytest.approx(
+      judge_of(base_answers) - judge_of(ev.ref_answers))
