@@ -61,7 +61,10 @@ def default_generate() -> Generate:
   return getattr(sampling, "generate", sampling.generate_no_cache)
 
 
-def judge_config(name: str) -> judge_lib.JudgeConfig:
+def judge_config(name: str | judge_lib.JudgeConfig) -> judge_lib.JudgeConfig:
+  """A judge preset by name (JUDGES), or a JudgeConfig as is."""
+  if isinstance(name, judge_lib.JudgeConfig):
+    return name
   if name not in JUDGES:
     raise KeyError(f"unknown judge {name!r}; choose one of {sorted(JUDGES)}")
   return JUDGES[name]

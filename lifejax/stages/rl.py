@@ -27,7 +27,7 @@ from typing import Any
 import gin
 
 from lifejax import sharding
-from lifejax.data import chat
+from lifejax.data import chat, judge as judge_lib
 from lifejax.model import heads, transformer
 from lifejax.model.config import TransformerConfig
 from lifejax.rl import grpo as grpo_lib, learner as learner_lib
@@ -39,7 +39,8 @@ from lifejax.train.optim import OptimizerConfig
 from lifejax.data.sources import read_jsonl as _read_jsonl
 
 for _cls in (ppo_lib.PPOConfig, grpo_lib.GRPOConfig, rlaif_lib.RLAIFConfig,
-             rollout_lib.RolloutConfig, learner_lib.RLLoopConfig):
+             rollout_lib.RolloutConfig, learner_lib.RLLoopConfig,
+             judge_lib.JudgeConfig):
   gin.external_configurable(_cls, module="lifejax")
 
 REWARDS = ("reward_model", "judge")
@@ -104,7 +105,8 @@ def _prompts(files: Sequence[str], codec: rollout_lib.Codec, prompt_len: int,
 
 
 def _scorer(policy: _Policy, reward: str, reward_run: str | None,
-            reward_judge: str, missing_stop_penalty: float, chunk_size: int
+            reward_judge: str | judge_lib.JudgeConfig,
+            missing_stop_penalty: float, chunk_size: int
             ) -> tuple[rollout_lib.Scorer, dict[str, Any]]:
   if reward not in REWARDS:
     raise ValueError(f"reward={reward!r}: choose one of {REWARDS}")
@@ -117,7 +119,8 @@ def _scorer(policy: _Policy, reward: str, reward_run: str | None,
             "mean": scorer.mean, "std": scorer.std}
   else:
     scorer = rollout_lib.JudgeScorer(rollout_lib.judge_config(reward_judge))
-    info = {"kind": "judge", "judge": reward_judge,
+    info = {"kind": "judge", "judge": (reward_judge if isinstance(
+        reward_judge, str) else "custom"),
             "config": dataclasses.asdict(scorer.config)}
   if missing_stop_penalty:
     scorer = rollout_lib.MissingStopPenalty(scorer, missing_stop_penalty)
@@ -189,7 +192,7 @@ def ppo(
     prompt_files: Sequence[str] = gin.REQUIRED,
     reward: str = "reward_model",
     reward_run: str | None = None,
-    reward_judge: str = "default",
+    reward_judge: str | judge_lib.JudgeConfig = "default",
     value_model: str = "separate",
     value_init: str = "reward_model",
     model: TransformerConfig | None = None,
@@ -206,7 +209,8 @@ def ppo(
   """PPO from `sft_run` (policy and frozen reference) on prompt records.
 
   reward: "reward_model" (reward_run's model, normalized) or "judge" (the
-    `reward_judge` preset: default | length_hackable | safety_hackable).
+    `reward_judge` preset: default | length_hackable | safety_hackable, or
+    a JudgeConfig, e.g. `ppo.reward_judge = @JudgeConfig()` in gin).
   value_model: "separate" (a ValueModel) or "shared" (a value head on the
     policy's trunk). value_init: the separate critic's backbone, from
     "reward_model" (reward_run's backbone) or "sft" (the SFT LM's).
@@ -269,7 +273,7 @@ def grpo(
     prompt_files: Sequence[str] = gin.REQUIRED,
     reward: str = "judge",
     reward_run: str | None = None,
-    reward_judge: str = "default",
+    reward_judge: str | judge_lib.JudgeConfig = "default",
     model: TransformerConfig | None = None,
     grpo_config: grpo_lib.GRPOConfig = grpo_lib.GRPOConfig(),
     loop: learner_lib.RLLoopConfig = learner_lib.RLLoopConfig(),

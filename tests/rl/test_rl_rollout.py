@@ -193,3 +193,12 @@ def test_ppo_advantages_from_a_rollout_match_gae(learner_and_rollout):
   np.testing.assert_allclose(ret_w, ret, atol=1e-6)  # returns unwhitened
   batch, _ = white.prepare(rollout)
   assert set(batch) == set(white.example_minibatch(8, t))
+
+
+def test_judge_config_by_name_or_instance():
+  from lifejax.data import judge as judge_lib
+  assert rollout_lib.judge_config("default") is judge_lib.DEFAULT
+  custom = judge_lib.JudgeConfig(length=0.0, length_bonus_per_word=0.05)
+  assert rollout_lib.judge_config(custom) is custom
+  with pytest.raises(KeyError, match="unknown judge 'nope'"):
+    rollout_lib.judge_config("nope")
