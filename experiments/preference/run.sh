@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Issue 7 preference experiment, all from the demo's SFT model: DPO on the
 # world's offline pairs, RLAIF (reward-model-labelled on-policy pairs) then
-# DPO on them, and PPO on the reward model; then every policy is judged
+# DPO on them, PPO on the reward model (GAE lambda 0.95 and 1) and on the
+# programmatic judge; then every policy is judged
 # against SFT on the same test prompts (evaluate.py -> results.md).
-# Needs `make demo` first (runs/lifecycle). Takes ~15 min on 2 CPU cores.
+# Needs `make demo` first (runs/lifecycle). Takes ~30 min on 2 CPU cores.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
@@ -19,12 +20,16 @@ run dpo_offline runs/experiments/dpo_offline
 run rlaif runs/experiments/rlaif
 run dpo_onpolicy runs/experiments/dpo_onpolicy
 run ppo runs/experiments/ppo_rm
+run ppo_lam1 runs/experiments/ppo_rm_lam1
+run ppo_judge runs/experiments/ppo_judge
 $PY experiments/preference/evaluate.py \
   --root=runs/lifecycle --records=96 \
   --run="SFT (reference)=runs/lifecycle/sft" \
   --run="DPO offline pairs=runs/experiments/dpo_offline" \
   --run="DPO on-policy RLAIF pairs=runs/experiments/dpo_onpolicy" \
   --run="PPO reward model (24 it.)=runs/experiments/ppo_rm/policy" \
+  --run="PPO reward model, lambda 1=runs/experiments/ppo_rm_lam1/policy" \
+  --run="PPO judge reward, lambda 1=runs/experiments/ppo_judge/policy" \
   --run="demo DPO=runs/lifecycle/dpo" \
   --run="demo PPO=runs/lifecycle/ppo/policy" \
   --out=experiments/preference/results.md
