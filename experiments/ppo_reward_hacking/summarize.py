@@ -16,12 +16,13 @@ the first and the last `--window` iterations.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 
 import matplotlib
 import numpy as np
+
+from lifejax.eval import runs
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -33,15 +34,7 @@ COLUMNS = (("flawed reward", "score"), ("true judge", "true_judge"),
 
 def iteration_rows(run_dir: str) -> list[dict]:
   path = os.path.join(run_dir, "metrics.jsonl")
-  rows = []
-  with open(path) as f:
-    for n, line in enumerate(f, 1):
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{n}: not JSON ({e})") from e
-      if "true_judge" in row:
-        rows.append(row)
+  rows = [r for r in runs.read_rows(path) if "true_judge" in r]
   if not rows:
     raise ValueError(f"{path}: no PPO iteration rows (true_judge missing)")
   return rows

@@ -20,30 +20,25 @@ import re
 
 import matplotlib
 
+from lifejax.eval import runs
+from lifejax.eval.report import fmt
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
 GENERAL = "eval/general_general_holdout/perplexity"
 METRICS = (("instruction accuracy", "eval/instruct/accuracy", "pct"),
            ("format compliance", "eval/instruct/format", "pct"),
-           ("judge score", "eval/instruct/judge", "f3"),
+           ("judge score", "eval/instruct/judge", "num"),
            ("refusal correct", "eval/instruct/refusal", "pct"),
-           ("SFT val loss", "eval/sft_validation/loss", "f3"),
-           ("general ppl", GENERAL, "f1"))
+           ("SFT val loss", "eval/sft_validation/loss", "num"),
+           ("general ppl", GENERAL, "num"))
 
 
 def eval_rows(run_dir: str) -> list[dict]:
   """The eval rows of a run's metrics.jsonl (those with the panel metric)."""
   path = os.path.join(run_dir, "metrics.jsonl")
-  rows = []
-  with open(path) as f:
-    for n, line in enumerate(f, 1):
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{n}: not JSON ({e})") from e
-      if GENERAL in row:
-        rows.append(row)
+  rows = [r for r in runs.read_rows(path) if GENERAL in r]
   if not rows or rows[0]["step"] != 0:
     raise ValueError(f"{path}: needs eval rows starting at step 0 "
                      "(LoopConfig.eval_at_start = True)")
@@ -58,12 +53,6 @@ def binding(run_dir: str, name: str) -> str:
   if not m:
     raise ValueError(f"{path}: no binding {name}")
   return m.group(1).strip()
-
-
-def fmt(v: float, kind: str) -> str:
-  if kind == "pct":
-    return f"{100 * v:.1f}%"
-  return f"{v:.3f}" if kind == "f3" else f"{v:.1f}"
 
 
 def main() -> None:

@@ -59,7 +59,6 @@ class PolicyEvaluator:
         pad_id=tokenizer.pad_id, vocab_limit=tokenizer.vocab_size)
     self.ref_answers = self._answers(ref_params)
     self._ref_reward: float | None = None
-    self._ref_judge: float | None = None
 
   def _generate(self, params):
     def gen(ids, mask):
@@ -96,12 +95,13 @@ class PolicyEvaluator:
   def __call__(self, params) -> dict[str, float]:
     answers = self._answers(params)
     wins = ties = 0
-    judge_scores = []
+    judge_scores, ref_scores = [], []
     for rec, ans, ref in zip(self.records, answers, self.ref_answers):
       c = judge_lib.compare(rec, ans, ref, self.judge_config)
       wins += c.winner == "a"
       ties += c.winner == "tie"
       judge_scores.append(c.a.total)
+      ref_scores.append(c.b.total)
     n = len(self.records)
     out = {
         "win_rate_vs_ref": (wins + 0.5 * ties) / n,
@@ -121,13 +121,11 @@ class PolicyEvaluator:
           np.mean(rewards) - np.mean(judge_scores))
       # The same on a common footing: each score's change from the
       # reference's answers (reward in its own units, judge in [0, 1]).
-      if self._ref_reward is None:
+      if self._ref_reward is None:  # the reference's answers are fixed
         self._ref_reward = float(np.mean(self.reward_fn(self.ref_answers)))
-        self._ref_judge = float(np.mean([
-            judge_lib.score(r, a, self.judge_config).total
-            for r, a in zip(self.records, self.ref_answers)]))
       out["reward_gain_vs_ref"] = out["reward"] - self._ref_reward
-      out["judge_gain_vs_ref"] = float(np.mean(judge_scores)) - self._ref_judge
+      out["judge_gain_vs_ref"] = float(np.mean(judge_scores)
+                                       - np.mean(ref_scores))
     self.last_answers = answers
     return out
 

@@ -305,6 +305,7 @@ class _PolicyEval:
     self.model, self.mesh, self.rules = model, mesh, rules
     self.sft_run, self.records, self.spec = sft_run, records, spec
     self.reward_run, self.seq_len = reward_run, seq_len
+    self._scorer = None
 
   def __call__(self, run_dir: str) -> dict[str, float]:
     from flax import nnx  # pylint: disable=g-import-not-at-top
@@ -320,8 +321,10 @@ class _PolicyEval:
     if self.reward_run:
       from lifejax.eval import policy_eval  # pylint: disable=g-import-not-at-top
       from lifejax.rl import rollout  # pylint: disable=g-import-not-at-top
-      scorer = rollout.load_reward_scorer(self.reward_run, self.mesh,
-                                          self.rules)
+      if self._scorer is None:  # one reward model for the DPO and PPO evals
+        self._scorer = rollout.load_reward_scorer(self.reward_run, self.mesh,
+                                                  self.rules)
+      scorer = self._scorer
       reward_fn = policy_eval.response_reward_fn(
           lambda rows: (scorer.raw(rows) - scorer.mean) / scorer.std,
           template, tokenizer, self.records, self.seq_len)

@@ -33,6 +33,17 @@ def _rows(path):
   return [json.loads(l) for l in open(path)]
 
 
+def _sft_and_base(root, cfg, mesh_cfg):
+  """The tiny model's graphdef and the SFT and base runs' params (host)."""
+  from flax import nnx
+  from lifejax.model import transformer
+  mesh = sharding.make_mesh(mesh_cfg)
+  graphdef, _ = nnx.split(transformer.abstract_model(cfg), nnx.Param)
+  sft, base = (jax.device_get(preference.lm_params_from(
+      str(root / name), cfg, mesh, mesh_cfg.rules)) for name in ("sft", "base"))
+  return graphdef, sft, base
+
+
 @pytest.fixture(scope="module")
 def dpo_run(tiny_runs, kit):
   TINY, MESH1, loop, opt = kit.TINY, kit.MESH1, kit.loop, kit.opt
@@ -118,14 +129,7 @@ def test_reward_stage_outputs_stats_and_accuracy(tiny_runs, kit):
 def test_kl_estimator_zero_for_identical_policies(tiny_runs, kit):
   TINY, MESH1 = kit.TINY, kit.MESH1
   root, world = tiny_runs
-  mesh = sharding.make_mesh(MESH1)
-  from flax import nnx
-  from lifejax.model import transformer
-  graphdef, _ = nnx.split(transformer.abstract_model(TINY), nnx.Param)
-  sft_params = jax.device_get(preference.lm_params_from(
-      str(root / "sft"), TINY, mesh, MESH1.rules))
-  base_params = jax.device_get(preference.lm_params_from(
-      str(root / "base"), TINY, mesh, MESH1.rules))
+  graphdef, sft_params, base_params = _sft_and_base(root, TINY, MESH1)
   records = [r for r in _rows(world / "instructions" / "validation.jsonl")][:2]
   ev = policy_eval.PolicyEvaluator(
       graphdef, sft_params, common.tokenizer_of(str(root / "sft")),
@@ -181,15 +185,8 @@ def test_reward_fn_rows_and_gains_vs_reference(tiny_runs, kit):
   reads them; the evaluator reports reward and judge changes vs SFT."""
   TINY, MESH1 = kit.TINY, kit.MESH1
   root, world = tiny_runs
-  mesh = sharding.make_mesh(MESH1)
-  from flax import nnx
   from lifejax.data import judge
-  from lifejax.model import transformer
-  graphdef, _ = nnx.split(transformer.abstract_model(TINY), nnx.Param)
-  sft_params = jax.device_get(preference.lm_params_from(
-      str(root / "sft"), TINY, mesh, MESH1.rules))
-  base_params = jax.device_get(preference.lm_params_from(
-      str(root / "base"), TINY, mesh, MESH1.rules))
+  graphdef, sft_params, base_params = _sft_and_base(root, TINY, MESH1)
   tok = common.tokenizer_of(str(root / "sft"))
   tmpl = chat.load_template(str(root / "sft"))
   records = [r for r in _rows(world / "instructions" / "validation.jsonl")
