@@ -8,6 +8,7 @@ the reward-vs-judge gap that flags reward hacking.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -19,6 +20,35 @@ from flax import nnx
 from lifejax.data import chat, judge as judge_lib
 from lifejax.eval import instruct
 from lifejax.model import sampling
+
+
+def paired_stats(scores: Sequence[float], ref_scores: Sequence[float],
+                 tol: float = 1e-9) -> dict[str, float]:
+  """Win/tie/loss statistics of paired judge scores (policy vs reference on
+  the same prompts): win rate with ties counting half and its standard
+  error, the mean score gain and its standard error, and the exact
+  two-sided sign-test p-value of wins vs losses (ties dropped), i.e. the
+  chance of a split at least this uneven if neither answer were better."""
+  a = np.asarray(scores, np.float64)
+  b = np.asarray(ref_scores, np.float64)
+  if a.shape != b.shape or a.ndim != 1 or not a.size:
+    raise ValueError(f"paired_stats needs two equal-length non-empty score "
+                     f"lists, got {a.shape} and {b.shape}")
+  d = a - b
+  outcome = np.where(d > tol, 1.0, np.where(d < -tol, 0.0, 0.5))
+  n = a.size
+  wins, losses = int(np.sum(outcome == 1)), int(np.sum(outcome == 0))
+  k, m = min(wins, losses), wins + losses
+  p = (min(1.0, 2 * sum(math.comb(m, i) for i in range(k + 1)) / 2 ** m)
+       if m else 1.0)
+  se = lambda x: float(np.std(x, ddof=1) / math.sqrt(n)) if n > 1 else 0.0  # noqa: E731
+  return {"wins": float(wins), "losses": float(losses),
+          "ties": float(n - wins - losses),
+          "win_rate_vs_ref": float(np.mean(outcome)),
+          "win_rate_se": se(outcome),
+          "judge_gain_vs_ref": float(np.mean(d)),
+          "judge_gain_se": se(d),
+          "sign_test_p": float(p)}
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
@@ -94,17 +124,14 @@ class PolicyEvaluator:
 
   def __call__(self, params) -> dict[str, float]:
     answers = self._answers(params)
-    wins = ties = 0
     judge_scores, ref_scores = [], []
     for rec, ans, ref in zip(self.records, answers, self.ref_answers):
       c = judge_lib.compare(rec, ans, ref, self.judge_config)
-      wins += c.winner == "a"
-      ties += c.winner == "tie"
       judge_scores.append(c.a.total)
       ref_scores.append(c.b.total)
-    n = len(self.records)
+    paired = paired_stats(judge_scores, ref_scores)
     out = {
-        "win_rate_vs_ref": (wins + 0.5 * ties) / n,
+        **paired,
         "judge_score": float(np.mean(judge_scores)),
         "kl_to_ref": self.kl_to_reference(params, answers),
         "response_words": float(np.mean([len(a.split()) for a in answers])),
@@ -124,8 +151,6 @@ class PolicyEvaluator:
       if self._ref_reward is None:  # the reference's answers are fixed
         self._ref_reward = float(np.mean(self.reward_fn(self.ref_answers)))
       out["reward_gain_vs_ref"] = out["reward"] - self._ref_reward
-      out["judge_gain_vs_ref"] = float(np.mean(judge_scores)
-                                       - np.mean(ref_scores))
     self.last_answers = answers
     return out
 

@@ -20,11 +20,19 @@ over the data instead of one per step) and keeps the reference out of the
 step; `ref_params` are closed over by the loss (jit passes them as
 arguments, not embedded constants).
 
+Every loss takes `nll_weight` (alpha, default 0): alpha times the chosen
+answer's per-token negative log-likelihood, -log pi(w) / |w|, is added to
+each pair's loss (RPO, Pang et al., 2024; TRL's `rpo_alpha`). DPO alone can
+lower the chosen answer's likelihood along with the rejected one's; the NLL
+term keeps probability mass on the chosen answers, which matters for
+on-policy pairs whose rejected side is often degenerate text.
+
 Batch: {"chosen": LM batch, "rejected": LM batch}, (B, T) arrays with
 loss_mask on response targets only (`lifejax.data.pipeline.preference_dataset`).
 metrics["weight"] = number of pairs (padding pairs excluded); other metrics
 are means over pairs: chosen_logp, rejected_logp, chosen_reward,
-rejected_reward (the implicit rewards), reward_margin, reward_accuracy.
+rejected_reward (the implicit rewards), reward_margin, reward_accuracy,
+chosen_nll (per token).
 """
 
 from __future__ import annotations
@@ -159,12 +167,16 @@ def build_preference_loss_fn(
     needs_reference: bool,
     ref_params: Any = None,
     ref_graphdef: nnx.GraphDef | None = None,
+    nll_weight: float = 0.0,
 ) -> LossFn:
   """Wraps a pair objective into `loss_fn(params, batch, rng)`.
 
   The reference comes from `ref_params` (run with `ref_graphdef`, default
   `graphdef`) if given, else from the batch's "ref_logp" entries.
+  `nll_weight` adds that multiple of the chosen answer's per-token NLL.
   """
+  if nll_weight < 0:
+    raise ValueError(f"nll_weight must be >= 0, got {nll_weight}")
   if not needs_reference:
     if ref_params is not None:
       raise ValueError("this preference loss is reference-free; drop "
@@ -185,6 +197,9 @@ def build_preference_loss_fn(
     lp = PreferenceLogps(chosen_B, rejected_B, chosen_len_B, rejected_len_B,
                          ref_chosen_B, ref_rejected_B)
     losses_B, r_chosen_B, r_rejected_B = objective(lp)
+    nll_B = -chosen_B / jnp.maximum(chosen_len_B, 1.0)
+    if nll_weight:
+      losses_B = losses_B + nll_weight * nll_B
     valid_B = common.valid_pairs(batch)
     mean = lambda x: common.masked_mean(x, valid_B)  # noqa: E731
     metrics = {
@@ -194,6 +209,7 @@ def build_preference_loss_fn(
         "rejected_reward": mean(r_rejected_B),
         "reward_margin": mean(r_chosen_B - r_rejected_B),
         "reward_accuracy": mean((r_chosen_B > r_rejected_B).astype(F32)),
+        "chosen_nll": mean(nll_B),
         "weight": jnp.sum(valid_B),
     }
     return mean(losses_B), metrics
@@ -203,19 +219,21 @@ def build_preference_loss_fn(
 
 @register_loss("dpo")
 def make_dpo_loss_fn(graphdef: nnx.GraphDef, *, beta: float = 0.1,
-                     ref_params: Any = None,
+                     nll_weight: float = 0.0, ref_params: Any = None,
                      ref_graphdef: nnx.GraphDef | None = None) -> LossFn:
-  """DPO with KL strength `beta`."""
+  """DPO with KL strength `beta` (+ nll_weight x chosen NLL: RPO)."""
   def objective(lp):
     return dpo_objective(lp, beta=beta)
   return build_preference_loss_fn(graphdef, objective, needs_reference=True,
                                   ref_params=ref_params,
-                                  ref_graphdef=ref_graphdef)
+                                  ref_graphdef=ref_graphdef,
+                                  nll_weight=nll_weight)
 
 
 @register_loss("cdpo")
 def make_cdpo_loss_fn(graphdef: nnx.GraphDef, *, beta: float = 0.1,
-                      label_smoothing: float = 0.1, ref_params: Any = None,
+                      label_smoothing: float = 0.1, nll_weight: float = 0.0,
+                      ref_params: Any = None,
                       ref_graphdef: nnx.GraphDef | None = None) -> LossFn:
   """Conservative DPO: labels assumed flipped with prob. `label_smoothing`."""
   if not 0.0 <= label_smoothing < 0.5:
@@ -226,12 +244,13 @@ def make_cdpo_loss_fn(graphdef: nnx.GraphDef, *, beta: float = 0.1,
     return cdpo_objective(lp, beta=beta, label_smoothing=label_smoothing)
   return build_preference_loss_fn(graphdef, objective, needs_reference=True,
                                   ref_params=ref_params,
-                                  ref_graphdef=ref_graphdef)
+                                  ref_graphdef=ref_graphdef,
+                                  nll_weight=nll_weight)
 
 
 @register_loss("ipo")
 def make_ipo_loss_fn(graphdef: nnx.GraphDef, *, tau: float = 0.1,
-                     ref_params: Any = None,
+                     nll_weight: float = 0.0, ref_params: Any = None,
                      ref_graphdef: nnx.GraphDef | None = None) -> LossFn:
   """IPO: regress the log-ratio gap onto 1 / (2 tau)."""
   if tau <= 0:
@@ -241,16 +260,18 @@ def make_ipo_loss_fn(graphdef: nnx.GraphDef, *, tau: float = 0.1,
     return ipo_objective(lp, tau=tau)
   return build_preference_loss_fn(graphdef, objective, needs_reference=True,
                                   ref_params=ref_params,
-                                  ref_graphdef=ref_graphdef)
+                                  ref_graphdef=ref_graphdef,
+                                  nll_weight=nll_weight)
 
 
 @register_loss("simpo")
 def make_simpo_loss_fn(graphdef: nnx.GraphDef, *, beta: float = 2.0,
-                       gamma: float = 1.0) -> LossFn:
+                       gamma: float = 1.0, nll_weight: float = 0.0) -> LossFn:
   """SimPO: reference-free, length-normalized, target margin `gamma`."""
   def objective(lp):
     return simpo_objective(lp, beta=beta, gamma=gamma)
-  return build_preference_loss_fn(graphdef, objective, needs_reference=False)
+  return build_preference_loss_fn(graphdef, objective, needs_reference=False,
+                                  nll_weight=nll_weight)
 
 
 PREFERENCE_LOSSES = ("dpo", "cdpo", "ipo", "simpo")

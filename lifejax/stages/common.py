@@ -122,6 +122,21 @@ def write_json(path: str, obj: Any) -> None:
     json.dump(obj, f, indent=2, default=str)
 
 
+def finish_stage(run_dir: str, summary: dict[str, Any],
+                 checkpointer: Any = None) -> dict[str, Any]:
+  """What every stage leaves at its end: summary.json, the operative gin
+  config (every binding the run actually used), and a closed checkpointer
+  (its pending asynchronous save finished)."""
+  import gin  # pylint: disable=g-import-not-at-top
+
+  write_json(os.path.join(run_dir, "summary.json"), summary)
+  with open(os.path.join(run_dir, "operative_config.gin"), "w") as f:
+    f.write(gin.operative_config_str())
+  if checkpointer is not None:
+    checkpointer.close()
+  return summary
+
+
 
 def holdout_split(srcs: Sequence[sources_lib.Source], field: str,
                    share: float

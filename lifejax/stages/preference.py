@@ -25,7 +25,7 @@ from lifejax.losses import dpo as dpo_lib, reward as reward_lib
 from lifejax.model import heads, transformer
 from lifejax.model.config import TransformerConfig
 from lifejax.stages.common import (
-    JsonStateIterator, file_digest, tokenizer_of, write_json)
+    JsonStateIterator, file_digest, finish_stage, tokenizer_of, write_json)
 from lifejax.train import loop as loop_lib
 from lifejax.train.checkpoint import CheckpointConfig, restore_params
 from lifejax.train.optim import OptimizerConfig
@@ -155,10 +155,7 @@ def reward(
                {"mean": last["reward_mean"], "std": last["reward_std"]})
     write_json(os.path.join(run_dir, "reward_eval.json"), {
         k: v for k, v in last.items() if k not in ("r_chosen", "r_rejected")})
-  with open(os.path.join(run_dir, "operative_config.gin"), "w") as f:
-    f.write(gin.operative_config_str())
-  trainer.checkpointer.close()
-  return summary
+  return finish_stage(run_dir, summary, trainer.checkpointer)
 
 
 class PairBatches:
@@ -314,10 +311,7 @@ def dpo(
       eval_batches=eval_batches if n_eval else None, evaluators=evaluators,
       tokens_per_step=2 * batch_size * seq_len,
       restored_extra=trainer.restored_extra)
-  with open(os.path.join(run_dir, "operative_config.gin"), "w") as f:
-    f.write(gin.operative_config_str())
-  trainer.checkpointer.close()
-  return summary
+  return finish_stage(run_dir, summary, trainer.checkpointer)
 
 
 def _with_ref(pair: dict) -> dict:

@@ -23,7 +23,7 @@ from lifejax.train.state import LossScaleConfig
 from lifejax.train.trainer import build_trainer, example_lm_batch
 from lifejax.stages.common import (
     JsonStateIterator, file_digest, holdout_split, load_initial_params,
-    source_from_path, texts, tokenizer_of, write_json)
+    finish_stage, source_from_path, texts, tokenizer_of, write_json)
 
 
 @gin.configurable
@@ -180,7 +180,4 @@ def pretrain(
       restored_extra=trainer.restored_extra)
   if hooks:
     summary["forgetting_warnings"] = hooks[0].warnings
-  with open(os.path.join(run_dir, "operative_config.gin"), "w") as f:
-    f.write(gin.operative_config_str())
-  trainer.checkpointer.close()
-  return summary
+  return finish_stage(run_dir, summary, trainer.checkpointer)

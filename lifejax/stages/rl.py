@@ -33,7 +33,8 @@ from lifejax.model.config import TransformerConfig
 from lifejax.rl import grpo as grpo_lib, learner as learner_lib
 from lifejax.rl import ppo as ppo_lib, rlaif as rlaif_lib
 from lifejax.rl import rollout as rollout_lib
-from lifejax.stages.common import file_digest, tokenizer_of, write_json
+from lifejax.stages.common import (
+    file_digest, finish_stage, tokenizer_of, write_json)
 from lifejax.train.checkpoint import CheckpointConfig
 from lifejax.train.optim import OptimizerConfig
 from lifejax.data.sources import read_jsonl as _read_jsonl
@@ -149,13 +150,6 @@ def _files(paths: Sequence[str]) -> dict[str, str]:
   return {os.path.abspath(p): file_digest(p) for p in paths}
 
 
-def _finish(run_dir: str, summary: dict) -> dict:
-  write_json(os.path.join(run_dir, "summary.json"), summary)
-  with open(os.path.join(run_dir, "operative_config.gin"), "w") as f:
-    f.write(gin.operative_config_str())
-  return summary
-
-
 def _train(run_dir: str, policy: _Policy, algorithm: Any, layout_kind: str,
            value_cfg: TransformerConfig | None, value_backbone: Any,
            records: list[dict], scorer: rollout_lib.Scorer,
@@ -263,7 +257,7 @@ def ppo(
       rl_run=os.path.abspath(run_dir), reference=os.path.abspath(sft_run)))
   learner.close()
   summary["policy_dir"] = policy_dir
-  return _finish(run_dir, summary)
+  return finish_stage(run_dir, summary)
 
 
 @gin.configurable
@@ -304,7 +298,7 @@ def grpo(
       lambda: None, records, scorer, rollout, loop, optimizer, checkpoint,
       seed)
   learner.close()
-  return _finish(run_dir, summary)
+  return finish_stage(run_dir, summary)
 
 
 @gin.configurable
@@ -343,9 +337,16 @@ def rlaif(
       rollout.sampling_config(policy.codec.stop_ids, policy.codec.pad_id,
                               policy.codec.vocab_limit),
       rollout.chunk_size)
+  greedy = rollout_lib.make_sampler(
+      rollout_lib.default_generate(), policy.graphdef, policy.params,
+      dataclasses.replace(rollout, temperature=0.0).sampling_config(
+          policy.codec.stop_ids, policy.codec.pad_id,
+          policy.codec.vocab_limit),
+      rollout.chunk_size)
   pairs, report = rlaif_lib.generate_preferences(
       records, codec=policy.codec, rollout_cfg=rollout, sample=sample,
-      scorer=scorer, cfg=config, seed=seed, id_prefix=stage_name)
+      scorer=scorer, cfg=config, seed=seed, id_prefix=stage_name,
+      greedy=greedy if config.include_greedy else None)
   out = os.path.join(run_dir, "preferences.jsonl")
   rlaif_lib.write_jsonl(out, pairs)
   report.update(path=out, judge=judge_info, prompt_filter=prompt_counts)
@@ -357,5 +358,5 @@ def rlaif(
       output={"path": out, "pairs": len(pairs)}))
   logging.info("rlaif: kept %d of %d pairs; filtered %s", report["kept"],
                report["prompts"], report["filtered_by_reason"])
-  return _finish(run_dir, report)
+  return finish_stage(run_dir, report)
 

@@ -22,8 +22,8 @@ from lifejax.losses.lm import make_lm_loss_fn
 from lifejax.model import sampling
 from lifejax.model.config import TransformerConfig
 from lifejax.stages.common import (
-    JsonStateIterator, file_digest, load_initial_params, source_from_path,
-    tokenizer_of, write_json)
+    JsonStateIterator, file_digest, finish_stage, load_initial_params,
+    source_from_path, tokenizer_of, write_json)
 from lifejax.train import loop as loop_lib
 from lifejax.train.checkpoint import CheckpointConfig
 from lifejax.train.optim import OptimizerConfig
@@ -212,11 +212,7 @@ def sft(
     side = write_side_by_side(run_dir, records)
     if side:
       summary["side_by_side"] = os.path.relpath(side, run_dir)
-  write_json(os.path.join(run_dir, "summary.json"), summary)
-  with open(os.path.join(run_dir, "operative_config.gin"), "w") as f:
-    f.write(gin.operative_config_str())
-  trainer.checkpointer.close()
-  return summary
+  return finish_stage(run_dir, summary, trainer.checkpointer)
 
 
 class ForgettingPanel:

@@ -197,3 +197,28 @@ def test_simpo_loss_fn_matches_numpy(padded_pairs, tiny_lm, np_logps):
   z = 2.0 * pc[:3] / nc[:3] - 2.0 * pr[:3] / nr[:3] - 0.5
   np.testing.assert_allclose(loss, np.mean(-np_log_sigmoid(z)), rtol=1e-5)
   assert float(metrics["weight"]) == 3.0
+
+
+@pytest.mark.parametrize("name,hparams", [("dpo", {"beta": 0.5}),
+                                          ("simpo", {"beta": 2.0,
+                                                     "gamma": 0.5})])
+def test_nll_weight_adds_the_chosen_per_token_nll(padded_pairs, tiny_lm,
+                                                  tiny_lm_other, np_logps,
+                                                  name, hparams):
+  """RPO: loss(alpha) = loss(0) + alpha * mean over pairs of
+  -log pi(chosen) / |chosen|, checked against float64 numpy."""
+  ref = {"ref_params": tiny_lm_other.params} if name == "dpo" else {}
+  plain = dpo.make_preference_loss_fn(name, tiny_lm.graphdef, **hparams,
+                                      **ref)
+  rpo = dpo.make_preference_loss_fn(name, tiny_lm.graphdef, **hparams,
+                                    nll_weight=0.7, **ref)
+  (l0, m0), (l1, m1) = jax.jit(
+      lambda p: (plain(p, padded_pairs, None), rpo(p, padded_pairs, None))
+  )(tiny_lm.params)
+  pc, nc = np_logps["policy", "chosen"]
+  nll = np.mean(-pc[:3] / nc[:3])  # pair 3 is padding
+  np.testing.assert_allclose(m0["chosen_nll"], nll, rtol=1e-5)
+  np.testing.assert_allclose(l1, float(l0) + 0.7 * nll, rtol=1e-5)
+  with pytest.raises(ValueError, match="nll_weight"):
+    dpo.make_preference_loss_fn(name, tiny_lm.graphdef, **hparams,
+                                nll_weight=-1.0, **ref)
