@@ -145,11 +145,14 @@ class Side:
   full: Timed
   first: Timed
   last_logits_BxV: np.ndarray
+  devices: int = 1
 
   @property
   def name(self) -> str:
     return f"{self.framework}, {self.threads} thread" + (
-        "s" if self.threads > 1 else "")
+        "s" if self.threads > 1 else "") + (
+            f", batch over {self.devices} devices" if self.devices > 1
+            else "")
 
 
 # -- lifejax -------------------------------------------------------------------
@@ -157,8 +160,22 @@ class Side:
 
 def lifejax_side(cfg: TransformerConfig, params: dict[str, Any], graphdef: Any,
                  ids: np.ndarray, mask: np.ndarray, new_tokens: int,
-                 precision: str, threads: int) -> Side:
-  ids_j, mask_j = jnp.asarray(ids), jnp.asarray(mask)
+                 precision: str, threads: int, devices: int = 1) -> Side:
+  """`devices` > 1 shards the batch over that many local devices (data
+  parallel, params replicated); the same jitted `generate` runs SPMD."""
+  if devices > 1:
+    if ids.shape[0] % devices:
+      raise SystemExit(f"--batch={ids.shape[0]} must divide over "
+                       f"--lifejax_devices={devices}")
+    mesh = jax.make_mesh((devices,), ("data",),
+                         axis_types=(jax.sharding.AxisType.Auto,),
+                         devices=jax.local_devices()[:devices])
+    rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    params = jax.device_put(params, jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec()))
+    ids_j, mask_j = jax.device_put(ids, rows), jax.device_put(mask, rows)
+  else:
+    ids_j, mask_j = jnp.asarray(ids), jnp.asarray(mask)
 
   def gen(n: int) -> Callable[[], np.ndarray]:
     scfg = sampling.SamplingConfig(max_new_tokens=n)
@@ -173,7 +190,7 @@ def lifejax_side(cfg: TransformerConfig, params: dict[str, Any], graphdef: Any,
   pos = jnp.maximum(jnp.cumsum(mask_j, axis=1) - 1, 0)
   logits = nnx.merge(graphdef, params)(ids_j, pos, mask_j)[:, -1]
   return Side("lifejax", precision, threads, Timed(gen(new_tokens)),
-              Timed(gen(1)), np.asarray(logits, np.float32))
+              Timed(gen(1)), np.asarray(logits, np.float32), devices)
 
 
 # -- HuggingFace / torch peer --------------------------------------------------
@@ -335,6 +352,19 @@ def report(args: argparse.Namespace, cfg: TransformerConfig,
   return "\n".join(lines) + "\n"
 
 
+def _ensure_host_devices(n: int) -> None:
+  """Asks XLA:CPU for `n` host devices (only possible before JAX's backend
+  starts, e.g. when the tool runs as a script); fails clearly otherwise."""
+  flag = f"--xla_force_host_platform_device_count={n}"
+  flags = os.environ.get("XLA_FLAGS", "")
+  if "xla_force_host_platform_device_count" not in flags:
+    os.environ["XLA_FLAGS"] = f"{flags} {flag}".strip()
+  if len(jax.local_devices()) < n:
+    raise SystemExit(f"--lifejax_devices={n} but JAX has "
+                     f"{len(jax.local_devices())} device(s); set XLA_FLAGS="
+                     f"{flag} before JAX starts")
+
+
 def _version(mod: str) -> str:
   return getattr(sys.modules.get(mod), "__version__", "?")
 
@@ -362,8 +392,14 @@ def main(argv: list[str] | None = None) -> str:
   p.add_argument("--init_std", type=float, default=None,
                  help="weight init std (default: the config's)")
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--lifejax_devices", type=int, default=1,
+                 help="shard lifejax's batch over this many XLA:CPU "
+                 "devices (data parallel; the process is given that many "
+                 "host devices if JAX has not started yet)")
   p.add_argument("--out", default=None, help="also write the report here")
   args = p.parse_args(argv)
+  if args.lifejax_devices > 1:
+    _ensure_host_devices(args.lifejax_devices)
   command = "python " + " ".join(
       [os.path.relpath(os.path.abspath(__file__), _ROOT)]
       + (sys.argv[1:] if argv is None else list(argv)))
@@ -395,7 +431,8 @@ def main(argv: list[str] | None = None) -> str:
         if not args.no_peer:  # f32 weights; HF casts them for bf16
           hf.save_hf_checkpoint(hf_dir, cfg, params, dtype="float32")
       sides.append(lifejax_side(cfg, params, graphdef, ids, mask,
-                                args.new_tokens, prec, threads))
+                                args.new_tokens, prec, threads,
+                                args.lifejax_devices))
       if not args.no_peer:
         sides += hf_sides(hf_dir, ids, mask, args.new_tokens, prec,
                           peer_threads)

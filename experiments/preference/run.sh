@@ -28,6 +28,8 @@ run rlaif_judge runs/experiments/rlaif_judge
 run dpo_judge runs/experiments/dpo_judge
 run dpo_judge_lr5e5 runs/experiments/dpo_judge_lr5e5
 run dpo_judge_rpo runs/experiments/dpo_judge_rpo
+run rlaif_greedy runs/experiments/rlaif_greedy
+run dpo_greedy runs/experiments/dpo_greedy
 run grpo_judge runs/experiments/grpo_judge
 $PY experiments/preference/evaluate.py \
   --root=runs/lifecycle --records=120 \
@@ -40,6 +42,7 @@ $PY experiments/preference/evaluate.py \
   --run="DPO on judge-labelled best-of-4 pairs=runs/experiments/dpo_judge" \
   --run="same, lr 5e-5=runs/experiments/dpo_judge_lr5e5" \
   --run="same, lr 5e-5 + chosen NLL (RPO)=runs/experiments/dpo_judge_rpo" \
+  --run="RPO lr 2e-5, pairs with the greedy answer competing=runs/experiments/dpo_greedy" \
   --run="GRPO judge reward=runs/experiments/grpo_judge" \
   --run="demo DPO=runs/lifecycle/dpo" \
   --run="demo PPO (6 it.)=runs/lifecycle/ppo/policy" \

@@ -171,6 +171,7 @@ def generate_preferences(
   margins: list[float] = []
   all_scores: list[float] = []
   best_scores: list[float] = []
+  greedy_role = {"chosen": 0, "rejected": 0}
   bar = tqdm(total=len(records), desc=progress_desc("rlaif"), unit="prompt",
              dynamic_ncols=True)
   for n, s in enumerate(range(0, len(records), b)):
@@ -188,6 +189,12 @@ def generate_preferences(
           rng=jax.random.PRNGKey(0), scorer=scorer)
       rollout = interleave(_first_rows(first, real), rollout, g)
     pairs, c = label_pairs(rollout, cfg, id_prefix, start=s, group_size=per)
+    if cfg.include_greedy:  # each group's first row is its greedy answer
+      for pair in pairs:
+        group = int(pair["id"].rsplit("-", 1)[1]) - s
+        greedy_text = rollout.texts[group * per]
+        greedy_role["chosen"] += pair["chosen"] == greedy_text
+        greedy_role["rejected"] += pair["rejected"] == greedy_text
     scores = np.asarray(rollout.score_B, np.float64)
     all_scores += scores.tolist()
     best_scores += scores.reshape(real, per).max(axis=1).tolist()
@@ -202,6 +209,8 @@ def generate_preferences(
   mean = lambda xs: float(np.mean(xs)) if xs else None  # noqa: E731
   report = {"prompts": len(records), "samples_per_prompt": g,
             "include_greedy": cfg.include_greedy,
+            "greedy_answer_in_pairs": (greedy_role if cfg.include_greedy
+                                       else None),
             "kept": len(kept),
             "filtered": sum(counts.values()), "filtered_by_reason": counts,
             "mean_margin": mean(margins),

@@ -193,6 +193,26 @@ def test_rlaif_stage_writes_a_dpo_dataset(runs):
     to_rows.map(p)  # what the DPO stage does with each record
 
 
+def test_rlaif_stage_best_of_n_with_the_greedy_answer(runs):
+  """Three samples plus the greedy answer per prompt: every prompt is kept
+  or filtered once, and the report counts the pairs in which the greedy
+  answer is the chosen or the rejected side."""
+  root, _, prompts = runs
+  run_dir = str(root / "rlaif_greedy")
+  report = rl_stages.rlaif(
+      run_dir=run_dir, policy_run=str(root / "sft"), prompt_files=prompts,
+      judge="judge", num_prompts=8,
+      config=rlaif_lib.RLAIFConfig(min_margin=0.0, drop_truncated=False,
+                                   prompts_per_batch=4, samples_per_prompt=3,
+                                   include_greedy=True),
+      rollout=ROLLOUT, mesh=MESH)
+  assert report["prompts"] == 8 and report["samples_per_prompt"] == 3
+  assert report["kept"] + report["filtered"] == 8
+  roles = report["greedy_answer_in_pairs"]
+  assert roles["chosen"] + roles["rejected"] <= report["kept"]
+  assert report["mean_best_score"] >= report["mean_score"]
+
+
 def test_label_pairs_on_world_pairs(runs):
   """The world's chosen/rejected pairs, each sampled "twice" in either
   order, plus one identical pair: the judge's verdicts are kept with the
