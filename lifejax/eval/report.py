@@ -76,6 +76,12 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
     "policy": (
         Column("win rate vs SFT", ("win_rate_vs_ref", "win_rate_vs_sft",
                                    "win_rate"), fmt="pct"),
+        # Paired over the same prompts (policy_eval.paired_stats): most
+        # answers tie, so judge the win rate by these, not by eye.
+        Column("win rate SE", ("win_rate_se",), fmt="pct"),
+        Column("wins", ("wins",), fmt="int"),
+        Column("losses", ("losses",), fmt="int"),
+        Column("sign test p", ("sign_test_p",)),
         Column("KL to ref", ("kl_to_ref", "kl")),
         Column("words/answer", ("response_words",)),
         Column("refusal rate", ("refusal_rate",), fmt="pct"),
