@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lifejax import sharding
 from lifejax.model import hf, sampling, transformer
 from lifejax.model.config import TransformerConfig
 
@@ -164,13 +165,15 @@ def lifejax_side(cfg: TransformerConfig, params: dict[str, Any], graphdef: Any,
   """`devices` > 1 shards the batch over that many local devices (data
   parallel, params replicated); the same jitted `generate` runs SPMD."""
   if devices > 1:
-    if ids.shape[0] % devices:
-      raise SystemExit(f"--batch={ids.shape[0]} must divide over "
-                       f"--lifejax_devices={devices}")
-    mesh = jax.make_mesh((devices,), ("data",),
-                         axis_types=(jax.sharding.AxisType.Auto,),
-                         devices=jax.local_devices()[:devices])
-    rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    mesh_cfg = sharding.MeshConfig(data=devices, fsdp=1, model=1)
+    mesh = sharding.make_mesh(mesh_cfg, jax.local_devices())
+    try:
+      sharding.check_batch_divisible(ids.shape[0], mesh, mesh_cfg.rules,
+                                     "--batch")
+    except ValueError as e:
+      raise SystemExit(str(e)) from None
+    rows = jax.sharding.NamedSharding(
+        mesh, sharding.batch_spec(mesh, mesh_cfg.rules))
     params = jax.device_put(params, jax.sharding.NamedSharding(
         mesh, jax.sharding.PartitionSpec()))
     ids_j, mask_j = jax.device_put(ids, rows), jax.device_put(mask, rows)

@@ -11,10 +11,10 @@ prints one markdown table (and writes it to --out).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 from lifejax.eval.report import fmt
+from lifejax.eval.runs import read_json
 
 TASKS = ("summarize", "reply", "action_items", "fact_qa", "refuse_pii")
 ROWS = (
@@ -36,19 +36,12 @@ ROWS = (
 
 
 def _eval(root: str, stage: str) -> dict:
-  path = os.path.join(root, stage, "eval.json")
-  if not os.path.exists(path):
-    return {}
-  with open(path) as f:
-    return json.load(f)
+  return read_json(os.path.join(root, stage, "eval.json"), {})
 
 
 def _seconds(root: str) -> dict[str, float]:
-  path = os.path.join(root, "lifecycle.json")
-  if not os.path.exists(path):
-    return {}
-  with open(path) as f:
-    return {s["name"]: s["seconds"] for s in json.load(f)["stages"]}
+  ledger = read_json(os.path.join(root, "lifecycle.json"), {"stages": []})
+  return {s["name"]: s["seconds"] for s in ledger["stages"]}
 
 
 def main() -> None:

@@ -121,13 +121,23 @@ def label_pairs(rollout: rollout_lib.Rollout, cfg: RLAIFConfig,
   samples) of a scored rollout: best against worst (`best_and_worst`).
   Returns the kept preference records and the count of each filter
   reason."""
+  kept, counts, _ = _label(rollout, cfg, id_prefix, start, group_size)
+  return kept, counts
+
+
+def _label(rollout: rollout_lib.Rollout, cfg: RLAIFConfig, id_prefix: str,
+           start: int, group_size: int
+           ) -> tuple[list[dict[str, Any]], dict[str, int],
+                      list[tuple[int, int]]]:
+  """label_pairs plus, for each kept pair, the (chosen, rejected) positions
+  within its group."""
   if rollout.texts is None or rollout.score_B is None:
     raise ValueError("labelling needs decoded responses and scores")
   g = group_size
   if g < 2 or rollout.batch_size % g:
     raise ValueError(f"a rollout of groups of {g} needs a multiple of {g} "
                      f"rows (>= 2 per group), got {rollout.batch_size}")
-  kept, counts = [], {r: 0 for r in FILTER_REASONS}
+  kept, counts, picks = [], {r: 0 for r in FILTER_REASONS}, []
   for i in range(0, rollout.batch_size, g):
     texts = rollout.texts[i:i + g]
     scores = [float(x) for x in rollout.score_B[i:i + g]]
@@ -139,7 +149,8 @@ def label_pairs(rollout: rollout_lib.Rollout, cfg: RLAIFConfig,
     kept.append(preference_record(
         rollout.records[i], texts[best], texts[worst],
         scores[best] - scores[worst], f"{id_prefix}-{start + i // g:06d}"))
-  return kept, counts
+    picks.append((best, worst))
+  return kept, counts, picks
 
 
 def generate_preferences(
@@ -188,13 +199,10 @@ def generate_preferences(
           chunk, codec=codec, cfg=rollout_cfg, sample=greedy,
           rng=jax.random.PRNGKey(0), scorer=scorer)
       rollout = interleave(_first_rows(first, real), rollout, g)
-    pairs, c = label_pairs(rollout, cfg, id_prefix, start=s, group_size=per)
+    pairs, c, picks = _label(rollout, cfg, id_prefix, s, per)
     if cfg.include_greedy:  # each group's first row is its greedy answer
-      for pair in pairs:
-        group = int(pair["id"].rsplit("-", 1)[1]) - s
-        greedy_text = rollout.texts[group * per]
-        greedy_role["chosen"] += pair["chosen"] == greedy_text
-        greedy_role["rejected"] += pair["rejected"] == greedy_text
+      greedy_role["chosen"] += sum(best == 0 for best, _ in picks)
+      greedy_role["rejected"] += sum(worst == 0 for _, worst in picks)
     scores = np.asarray(rollout.score_B, np.float64)
     all_scores += scores.tolist()
     best_scores += scores.reshape(real, per).max(axis=1).tolist()

@@ -9,6 +9,8 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import gin
+
 from lifejax.data import pipeline, sources as sources_lib, tokenizer as tok_lib
 from lifejax.model.config import TransformerConfig
 
@@ -127,8 +129,6 @@ def finish_stage(run_dir: str, summary: dict[str, Any],
   """What every stage leaves at its end: summary.json, the operative gin
   config (every binding the run actually used), and a closed checkpointer
   (its pending asynchronous save finished)."""
-  import gin  # pylint: disable=g-import-not-at-top
-
   write_json(os.path.join(run_dir, "summary.json"), summary)
   with open(os.path.join(run_dir, "operative_config.gin"), "w") as f:
     f.write(gin.operative_config_str())

@@ -337,16 +337,18 @@ def rlaif(
       rollout.sampling_config(policy.codec.stop_ids, policy.codec.pad_id,
                               policy.codec.vocab_limit),
       rollout.chunk_size)
-  greedy = rollout_lib.make_sampler(
-      rollout_lib.default_generate(), policy.graphdef, policy.params,
-      dataclasses.replace(rollout, temperature=0.0).sampling_config(
-          policy.codec.stop_ids, policy.codec.pad_id,
-          policy.codec.vocab_limit),
-      rollout.chunk_size)
+  greedy = None
+  if config.include_greedy:
+    greedy = rollout_lib.make_sampler(
+        rollout_lib.default_generate(), policy.graphdef, policy.params,
+        dataclasses.replace(rollout, temperature=0.0).sampling_config(
+            policy.codec.stop_ids, policy.codec.pad_id,
+            policy.codec.vocab_limit),
+        rollout.chunk_size)
   pairs, report = rlaif_lib.generate_preferences(
       records, codec=policy.codec, rollout_cfg=rollout, sample=sample,
       scorer=scorer, cfg=config, seed=seed, id_prefix=stage_name,
-      greedy=greedy if config.include_greedy else None)
+      greedy=greedy)
   out = os.path.join(run_dir, "preferences.jsonl")
   rlaif_lib.write_jsonl(out, pairs)
   report.update(path=out, judge=judge_info, prompt_filter=prompt_counts)

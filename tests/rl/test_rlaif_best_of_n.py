@@ -118,6 +118,9 @@ def test_greedy_answer_joins_each_group_first():
   kept, _ = rlaif_lib.label_pairs(both, CFG, group_size=3)
   assert [(k["chosen"], k["rejected"]) for k in kept] == [("s01", "g0"),
                                                           ("g1", "s11")]
+  # The positions generate_preferences counts the greedy answer's role by.
+  _, _, picks = rlaif_lib._label(both, CFG, "rlaif", 0, 3)  # pylint: disable=protected-access
+  assert picks == [(2, 0), (0, 2)]
   with pytest.raises(ValueError, match="groups of 2"):
     rlaif_lib.interleave(greedy, _rollout(["x"] * 2, [0.0] * 2, [True] * 2),
                          2)
