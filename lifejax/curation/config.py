@@ -61,9 +61,9 @@ def embedded_world_config() -> CurationConfig:
   """Settings for the embedded world's corpus (`data/synthetic.py`).
 
   * Web heuristics (C4 line rules, Gopher, FineWeb, C4 page rules) run on
-    the web crawl only: curated prose (wiki), dialogue (support_chat) and
-    tables (records) are not web pages, and real pipelines route such
-    sources around web filters too. (Table rows have no terminal
+    the web crawl only: curated prose (wiki), dialogue (support_chat), mail
+    threads (mail) and tables (records) are not web pages, and real
+    pipelines route such sources around web filters too. (Table rows have no terminal
     punctuation: the C4 line rules would empty every record.)
   * Language ID skips `records`: tables of IDs and prices carry too little
     language signal (py3langid gives most of them low English confidence).
@@ -74,12 +74,13 @@ def embedded_world_config() -> CurationConfig:
     false candidates that low threshold lets in.
   * Duplicate clusters keep the curated copy over a web copy.
   """
-  non_web = ("wiki", "support_chat", "records", "non_english")
+  non_web = ("wiki", "support_chat", "records", "mail", "non_english")
   return CurationConfig(
       langid=LangIdConfig(exempt_sources=("records",)),
       boilerplate=BoilerplateConfig(exempt_sources=non_web),
       quality=QualityConfig(exempt_sources=non_web),
       near_dedup=NearDedupConfig(minhash=MinHashConfig(
           bands=28, rows=4, verify_threshold=0.5)),
-      keep_priority=("wiki", "support_chat", "records", "non_english", "web"),
+      keep_priority=("wiki", "support_chat", "records", "mail", "non_english",
+                     "web"),
   )

@@ -25,6 +25,7 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Set
 from typing import Any
 
 from lifejax.data import world_chat as wchat
@@ -33,22 +34,23 @@ from lifejax.data import world_facts as wf
 from lifejax.data import world_items as wi
 from lifejax.data import world_junk as wj
 from lifejax.data import world_lang as wl
+from lifejax.data import world_mail as wm
 from lifejax.data import world_phrasing as wp
 from lifejax.data import world_tasks as wtask
 from lifejax.data import world_text as wt
 from lifejax.data import world_web as ww
 from lifejax.data.sources import read_jsonl
 
-SOURCES = ("wiki", "support_chat", "records", "web", "non_english")
+SOURCES = ("wiki", "support_chat", "records", "mail", "web", "non_english")
 DEFECTS = ("exact_duplicate", "near_duplicate", "boilerplate", "low_quality",
            "pii", "non_english", "contamination")
 SPLITS = wtask.SPLITS
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the `mail` source (email threads)
 MAX_SCALE = 20.0
 
 # Document and item counts at scale 1.
 BASE_COUNTS = {
-    "support_chat": 700, "records": 250, "non_english": 220, "web_clean": 900,
+    "support_chat": 700, "records": 250, "mail": 500, "non_english": 220, "web_clean": 900,
     "exact_duplicate": 120, "near_duplicate": 150, "boilerplate": 100,
     "low_quality": 120, "pii": 80, "contamination": 40, "web_non_english": 30,
     "instructions_per_task": 240, "preferences_per_task": 200,
@@ -186,14 +188,16 @@ def _drop_repeats(docs: list[wc.Doc], seen: set[str]) -> list[wc.Doc]:
   return out
 
 
-def _corpus(facts: wf.Facts, seed: int, scale: float,
-            questions: list[dict]) -> dict[str, list[wc.Doc]]:
+def _corpus(facts: wf.Facts, seed: int, scale: float, questions: list[dict],
+            task_emails: Set[str]) -> dict[str, list[wc.Doc]]:
   seen: set[str] = set()
   wiki = _drop_repeats(wc.wiki_pages(facts, seed), seen)
   chats = _drop_repeats(
       wchat.support_chats(facts, seed, _n("support_chat", scale, 10)), seen)
   records = _drop_repeats(
       wc.records(facts, seed, _n("records", scale, 10)), seen)
+  mail = _drop_repeats(wm.mail_archive(facts, seed, _n("mail", scale, 10),
+                                       task_emails), seen)
   rng = wt.stream(seed, "non_english")
   foreign = []
   for _ in range(_n("non_english", scale, 10)):
@@ -202,8 +206,8 @@ def _corpus(facts: wf.Facts, seed: int, scale: float,
                           defects=["non_english"]))
   foreign = _drop_repeats(foreign, seen)
   web = _web(facts, seed, scale, wiki, questions, seen)
-  out = {"wiki": wiki, "support_chat": chats, "records": records, "web": web,
-         "non_english": foreign}
+  out = {"wiki": wiki, "support_chat": chats, "records": records,
+         "mail": mail, "web": web, "non_english": foreign}
   for source, docs in out.items():
     for i, d in enumerate(docs):
       d.id = f"{source}-{i:05d}"
@@ -237,19 +241,30 @@ def _tasks(facts: wf.Facts, seed: int, scale: float, heldout: set[str]
   return instructions, preferences
 
 
+def _task_emails(instructions: dict[str, list[dict]],
+                 preferences: dict[str, list[dict]]) -> set[str]:
+  """The emails quoted by every instruction and preference prompt."""
+  users = [r["messages"][1]["content"] for s in SPLITS
+           for r in instructions[s]]
+  users += [r["prompt"][1]["content"] for s in SPLITS for r in preferences[s]]
+  return {"From: " + u.split("\n\nFrom: ", 1)[1] for u in users
+          if "\n\nFrom: " in u}
+
+
 def build_world(seed: int = 0, scale: float = 1.0) -> World:
   """Builds the whole world in memory; deterministic in (seed, scale)."""
   _check_args(seed, scale)
   facts = wf.build_facts(seed, scale)
   questions, heldout = wtask.heldout_questions(facts, seed)
-  corpus = _corpus(facts, seed, scale, questions)
+  instructions, preferences = _tasks(facts, seed, scale, heldout)
+  corpus = _corpus(facts, seed, scale, questions,
+                   _task_emails(instructions, preferences))
   mentions = collections.Counter(f for docs in corpus.values() for d in docs
                                  for f in d.facts)
   fact_rows = [dict(dataclasses.asdict(f),
                     statement=wp.answer(facts.company, f),
                     heldout=f.id in heldout, mentions=mentions.get(f.id, 0))
                for f in facts.facts]
-  instructions, preferences = _tasks(facts, seed, scale, heldout)
   return World(
       seed=seed, scale=float(scale), company=facts.company,
       entities=wf.entities_record(facts), facts=fact_rows,

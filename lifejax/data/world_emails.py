@@ -3,7 +3,9 @@ items. Emails are built from structured points, so the reference knows exactly
 which names, days and numbers a correct response must contain. Emails never
 state company facts, so they cannot leak held-out knowledge."""
 
+import dataclasses
 import random
+from typing import Any
 
 from lifejax.data import world_facts as wf
 from lifejax.data import world_items as wi
@@ -96,8 +98,17 @@ def _email(sender: wf.Employee, to: str, subject: str, greeting: str,
           f"{greeting}\n\n{' '.join(body)}\n\n{signoff},\n{sender.first}")
 
 
-def summarize_item(facts: wf.Facts, rng: random.Random) -> wi.Item:
-  """An email with three key points and chatter; the answer is 3 bullets."""
+@dataclasses.dataclass(frozen=True)
+class Updates:
+  """An email with three key points (see `_point`) and one line of chatter."""
+  sender: wf.Employee
+  recipient: wf.Employee
+  points: list[tuple[str, str, list[str], str]]
+  email: str
+
+
+def updates_email(facts: wf.Facts, rng: random.Random) -> Updates:
+  """The email of a summarize item (also the start of an archive thread)."""
   sender, recipient, other = _people(facts, rng, 3)
   kinds = rng.sample(("meeting", "order", "deadline", "visit", "training",
                       "shipment"), 3)
@@ -109,6 +120,13 @@ def summarize_item(facts: wf.Facts, rng: random.Random) -> wi.Item:
               rng.choice(_CHATTER).format(other=other.first))
   email = _email(sender, recipient.name, "A few updates",
                  f"Hi {recipient.first},", body, rng.choice(_SIGNOFFS))
+  return Updates(sender, recipient, points, email)
+
+
+def summarize_item(facts: wf.Facts, rng: random.Random) -> wi.Item:
+  """An email with three key points and chatter; the answer is 3 bullets."""
+  updates = updates_email(facts, rng)
+  points, email = updates.points, updates.email
   bullets = [pt[1] for pt in points]
   gold = "\n".join(f"- {b}" for b in bullets)
   j = rng.randrange(3)
@@ -170,12 +188,33 @@ def _request(facts: wf.Facts, rng: random.Random
           body.format(e=event, d=d1, c=c2))
 
 
-def reply_item(facts: wf.Facts, rng: random.Random) -> wi.Item:
-  """An email with one request; the answer is a polite, signed reply."""
+@dataclasses.dataclass(frozen=True)
+class Request:
+  """An email with one request and the body of a reply that grants it."""
+  sender: wf.Employee
+  me: wf.Employee
+  instruction: str
+  body: str  # the reply's body
+  must_mention: list[str]
+  wrong_body: str
+  email: str
+
+
+def request_email(facts: wf.Facts, rng: random.Random) -> Request:
+  """The email of a reply item (also the start of an archive thread)."""
   sender, me = _people(facts, rng, 2)
   ask, instruction, body, must, wrong_body = _request(facts, rng)
   email = _email(sender, me.name, "Quick question", f"Hi {me.first},",
                  [rng.choice(_OPENERS), ask], rng.choice(_SIGNOFFS))
+  return Request(sender, me, instruction, body, must, wrong_body, email)
+
+
+def reply_item(facts: wf.Facts, rng: random.Random) -> wi.Item:
+  """An email with one request; the answer is a polite, signed reply."""
+  req = request_email(facts, rng)
+  sender, me, email = req.sender, req.me, req.email
+  instruction, body, must, wrong_body = (req.instruction, req.body,
+                                         req.must_mention, req.wrong_body)
   greet = rng.choice(("Hi", "Hello", "Dear"))
   sign = rng.choice(_SIGNOFFS)
 
@@ -210,8 +249,18 @@ _ASKS = ("{o}, could you please {t} by {due}?",
          "Could {o} {t} by {due}, please?")
 
 
-def action_items_item(facts: wf.Facts, rng: random.Random) -> wi.Item:
-  """Team email with 2-4 assigned tasks; the answer is a numbered list."""
+@dataclasses.dataclass(frozen=True)
+class TeamEmail:
+  """A team email assigning 2-4 tasks; `items` as in the judge reference."""
+  sender: wf.Employee
+  owners: list[wf.Employee]  # one per item
+  items: list[dict[str, Any]]  # owner (first name), task, due, keywords
+  email: str
+
+
+def team_email(facts: wf.Facts, rng: random.Random) -> TeamEmail:
+  """The email of an action-items item (also the start of an archive
+  thread)."""
   n = rng.randint(2, 4)
   sender, other, *owners = _people(facts, rng, n + 2)
   dues = rng.sample(wt.WEEKDAYS, n)
@@ -230,6 +279,13 @@ def action_items_item(facts: wf.Facts, rng: random.Random) -> wi.Item:
               rng.choice(_CHATTER).format(other=other.first))
   email = _email(sender, "Team", "Next steps", "Hi team,", body,
                  rng.choice(_SIGNOFFS))
+  return TeamEmail(sender, owners, items, email)
+
+
+def action_items_item(facts: wf.Facts, rng: random.Random) -> wi.Item:
+  """Team email with 2-4 assigned tasks; the answer is a numbered list."""
+  team = team_email(facts, rng)
+  items, email, n = team.items, team.email, len(team.items)
 
   def listing(rows: list[dict]) -> str:
     return "\n".join(f"{i + 1}. {r['owner']}: {r['task']} (due {r['due']})"

@@ -56,6 +56,7 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
                fmt="int"),
         Column("contaminated docs removed", ("contamination_docs_removed",),
                fmt="int"),
+        Column("in-context copy top-1", ("copy/top1",), fmt="pct"),
         Column("instruction acc", ("instruct/accuracy",), fmt="pct"),
     ),
     "cpt": (
@@ -64,6 +65,7 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
         Column("general regression", ("general_regression",), fmt="pct"),
     ),
     "sft": _LM_INSTRUCT + (
+        Column("in-context copy top-1", ("copy/top1",), fmt="pct"),
         Column("PII leaks", ("instruct/pii_leaks",), fmt="int"),
         Column("general ppl", ("perplexity/general_holdout",
                                "general_general_holdout/perplexity")),

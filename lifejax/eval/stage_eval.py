@@ -23,7 +23,7 @@ import numpy as np
 
 from lifejax.data import chat, judge as judge_lib
 from lifejax.data import sources as sources_lib
-from lifejax.eval import instruct, perplexity, policy_eval
+from lifejax.eval import copy_probe, instruct, perplexity, policy_eval
 from lifejax.model import sampling
 from lifejax.model.config import TransformerConfig
 
@@ -86,7 +86,8 @@ def eval_lm(
     fact_questions: Sequence[Mapping[str, Any]] = (),
     spec: instruct.GenerationSpec = instruct.GenerationSpec(),
 ) -> dict[str, float]:
-  """Perplexity per held-out source, fact probe, instruction accuracy."""
+  """Perplexity per held-out source, in-context copying (copy_probe), fact
+  probe, instruction accuracy."""
   out: dict[str, float] = {}
   per = perplexity.perplexity_by_source(
       eval_step, params, heldout_sources, tokenizer, seq_len=seq_len,
@@ -96,6 +97,7 @@ def eval_lm(
   if per:
     out["perplexity"] = perplexity.summarize(per)["perplexity"]
   host = jax.device_get(params)
+  out.update(copy_probe.copy_probe(graphdef, host, tokenizer.vocab_size))
   if fact_questions:
     gen = _generator(graphdef, host, tokenizer, [tokenizer.eos_id], 12)
     out["fact_probe_accuracy"] = fact_probe(gen, tokenizer, fact_questions,

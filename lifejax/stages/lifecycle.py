@@ -78,7 +78,7 @@ def lifecycle(
     world_seed: int = 0,
     world_scale: float = 1.0,
     pretrain_sources: Sequence[str] = ("wiki", "support_chat", "records",
-                                       "web"),
+                                       "mail", "web"),
     source_weights: dict[str, float] | None = None,
     sft_general_sources: Sequence[str] = ("web",),
     run_dpo: bool = True,
@@ -125,6 +125,7 @@ def lifecycle(
   # 1. The embedded world and its curation.
   if not os.path.exists(os.path.join(world, "manifest.json")):
     synthetic.generate_world(world, seed=world_seed, scale=world_scale)
+  _check_world(world)
   if not os.path.exists(os.path.join(curated, "curation_report.json")):
     from lifejax.curation import run_curation  # pylint: disable=g-import-not-at-top
     from lifejax.curation.config import embedded_world_config  # pylint: disable=g-import-not-at-top
@@ -217,6 +218,18 @@ def lifecycle(
   print(f"[lifecycle] finished in {_elapsed(t_start)}; report: "
         f"{os.path.join(root, 'report.md')}", flush=True)
   return results
+
+
+def _check_world(world: str) -> None:
+  """Refuses a world written by an older generator (e.g. a run root reused
+  across versions): its sources and curation would not match this code."""
+  with open(os.path.join(world, "manifest.json")) as f:
+    version = json.load(f).get("format_version")
+  if version != synthetic.FORMAT_VERSION:
+    raise ValueError(
+        f"{world}/manifest.json: world format {version}, but this lifejax "
+        f"writes format {synthetic.FORMAT_VERSION}; use a new "
+        "lifecycle.root (or delete the old one) to rebuild the world")
 
 
 def _curriculum(curated: str, report: dict, sources: Sequence[str],

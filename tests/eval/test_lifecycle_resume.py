@@ -4,6 +4,8 @@ import json
 import os
 import shutil
 
+import pytest
+
 from lifejax.eval import card
 
 
@@ -48,3 +50,18 @@ def test_skip_and_resume(lifecycle_copy, run_lifecycle):
   # The refreshed report and cards still audit clean.
   problems = card.audit_card(os.path.join(root, "dpo", "model_card.yaml"))
   assert not problems, [str(p) for p in problems]
+
+
+def test_a_world_from_an_older_generator_is_refused(lifecycle_copy,
+                                                    run_lifecycle):
+  """Reusing a root whose world predates the current format (e.g. without
+  the mail source) stops with the manifest's path, not deep in curation."""
+  root = lifecycle_copy(heavy=False)
+  manifest = os.path.join(root, "world", "manifest.json")
+  with open(manifest) as f:
+    data = json.load(f)
+  data["format_version"] = 1
+  with open(manifest, "w") as f:
+    json.dump(data, f)
+  with pytest.raises(RuntimeError, match="world format 1, but this lifejax"):
+    run_lifecycle(root)
