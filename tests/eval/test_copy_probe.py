@@ -65,7 +65,11 @@ def test_metrics_match_a_brute_force_reading():
 
 
 def test_a_model_trained_to_copy_scores_and_an_untrained_one_does_not():
-  """Also shows the decoder can form induction heads (2 layers suffice)."""
+  """Training repeats at the probe's own period, so the model may copy by
+  position ("the token LENGTH back") rather than by induction; either way
+  it reads the random tokens from its context, which is what the probe
+  measures. (Induction that generalizes across periods takes this toy
+  model far longer than a unit test may run.)"""
   graphdef, params = _init(0)
   before = copy_probe.copy_probe(graphdef, params, CFG.vocab_size,
                                  length=LENGTH, seed=5)
