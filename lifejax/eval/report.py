@@ -210,11 +210,16 @@ def failure_fix_chain(stages: Sequence[Stage],
       verdict = "beats" if win > 0.5 else ("ties" if win == 0.5 else
                                            "loses to")
       dr, dj = m.get("reward_gain_vs_ref"), m.get("judge_gain_vs_ref")
+      se = m.get("judge_gain_se")
       hacking = ""
       if dr is not None and dj is not None:
-        hacking = (f", reward {dr:+.3f} and judge {dj:+.3f} vs SFT" + (
+        # A judge drop within two paired SEs of zero is noise, not hacking.
+        judge_down = dj < 0 and (se is None or dj < -2 * se)
+        hacking = f", reward {dr:+.3f} and judge {dj:+.3f} vs SFT" + (
             " (reward up, judge down: reward hacking suspected)"
-            if dr > 0 and dj < 0 else ""))
+            if dr > 0 and judge_down else
+            " (judge change within 2 SE of zero)"
+            if dr > 0 and dj < 0 else "")
       notes.append(
           f"{s.name}: {verdict} SFT under the judge ({fmt(win, 'pct')}), KL "
           f"to the reference {fmt(m.get('kl_to_ref', m.get('kl')))}, "

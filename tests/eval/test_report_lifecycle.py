@@ -163,6 +163,15 @@ def test_missing_metrics_show_a_dash_and_a_ppo_run_is_plotted(lifecycle_copy):
   assert "judge Δ vs SFT -0.100" in rows["ppo"]
   assert "reward hacking suspected" in md
   assert "PPO win rate 60.0% vs SFT" in md
+  # The same drop within two paired SEs of zero is not called hacking.
+  with open(os.path.join(ppo, "eval.json"), "w") as f:
+    json.dump({"win_rate_vs_ref": 0.6, "kl_to_ref": 1.5,
+               "reward_gain_vs_ref": 0.25, "judge_gain_vs_ref": -0.1,
+               "judge_gain_se": 0.06}, f)
+  with open(report.write_report(root), encoding="utf-8") as f:
+    md = f.read()
+  assert "reward hacking suspected" not in md
+  assert "judge change within 2 SE of zero" in md
   assert _is_png(os.path.join(root, "plots", "reward_vs_kl.png"))
   series = runs.reward_kl_series(ppo)
   assert series["kl"] == [0.5, 1.0, 1.5, 2.0]
