@@ -63,8 +63,8 @@ def embedded_world_config() -> CurationConfig:
   * Web heuristics (C4 line rules, Gopher, FineWeb, C4 page rules) run on
     the web crawl only: curated prose (wiki), dialogue (support_chat), mail
     threads (mail) and tables (records) are not web pages, and real
-    pipelines route such sources around web filters too. (Table rows have no terminal
-    punctuation: the C4 line rules would empty every record.)
+    pipelines route such sources around web filters too. (Table rows have
+    no terminal punctuation: the C4 line rules would empty every record.)
   * Language ID skips `records`: tables of IDs and prices carry too little
     language signal (py3langid gives most of them low English confidence).
   * Near-duplicates in this world are defined down to word-5-gram Jaccard

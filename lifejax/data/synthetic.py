@@ -50,7 +50,8 @@ MAX_SCALE = 20.0
 
 # Document and item counts at scale 1.
 BASE_COUNTS = {
-    "support_chat": 700, "records": 250, "mail": 500, "non_english": 220, "web_clean": 900,
+    "support_chat": 700, "records": 250, "mail": 500, "non_english": 220,
+    "web_clean": 900,
     "exact_duplicate": 120, "near_duplicate": 150, "boilerplate": 100,
     "low_quality": 120, "pii": 80, "contamination": 40, "web_non_english": 30,
     "instructions_per_task": 240, "preferences_per_task": 200,

@@ -2,11 +2,13 @@
 
 A real company corpus holds its mail, and mail restates itself: a reply
 acknowledges the points of the email it answers, quotes it, or grants its
-request; a follow-up reminds the team who does what by when. Those
-restatements are where a language model learns to copy names, days, numbers
-and places from its context, the skill the email tasks (summarize, reply,
-action items) test. Without mail, pretraining never shows an email, and SFT
-has to teach the genre, the copying and the answer format at once.
+request; a follow-up reminds the team who does what by when. Without mail,
+pretraining never shows an email, and SFT has to teach the genre and the
+answer format at once. The restatements are also in-context repetition, the
+kind of text from which models learn to copy names, days and numbers out of
+their context (what the email tasks test). At the demo's budget the 10M
+model learns the genre from them but not the copying
+(experiments/copy_probe/).
 
 Archive emails come from the same builders as the task emails
 (`world_emails`), drawn from their own random stream. A thread whose email
