@@ -7,7 +7,7 @@ can only be predicted by copying. Not part of the world or the default
 lifecycle; it writes curated/drills/ and a row in the curation report's mix
 table so that `lifecycle.pretrain_sources` can name it.
 
-  python experiments/copy_probe/add_drills.py runs/probe_drill50/curated 1.0
+  python experiments/copy_probe/add_drills.py runs/probe_drill50/curated 1.0 [n]
 
 The second argument is the drills' share before normalisation: the other
 sources' shares sum to 1 and `lifecycle._curriculum` normalises, so 1.0
@@ -56,4 +56,5 @@ def main(curated: str, share: float, n: int = 1500, seed: int = 7) -> None:
 
 
 if __name__ == "__main__":
-  main(sys.argv[1], float(sys.argv[2]))
+  main(sys.argv[1], float(sys.argv[2]),
+       *([int(sys.argv[3])] if len(sys.argv) > 3 else []))

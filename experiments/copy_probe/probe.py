@@ -8,7 +8,10 @@ Two probes per checkpoint:
     the summarize task shows), each followed by itself; the same two
     numbers. In-distribution text: the model knows the templates, and only
     the names, days and numbers are new, so a model that copies predicts
-    the repeat almost perfectly.
+    the repeat almost perfectly;
+  * drill: 16 fresh lists in the format of `add_drills.py`; NLL of the
+    items in the list and in its repeat (only the drill arms trained on
+    this format).
 
 Usage:
   python experiments/copy_probe/probe.py runs/lifecycle_v2/pretrain \
@@ -62,12 +65,40 @@ def email_probe(graphdef, params, tokenizer, n: int = 16) -> dict[str, float]:
           "nll_second": float(nll[:, second].mean())}
 
 
+def drill_probe(graphdef, params, tokenizer, n: int = 16) -> dict[str, float]:
+  """NLL of a fresh drill's list and of its repeat ("Again: ..."), in the
+  format of `add_drills.py` (only the drill arms trained on it)."""
+  facts = wf.build_facts(0, 1.0)
+  rng = wt.stream(99, "copy_probe_drills")
+  pool = ([e.first for e in facts.employees]
+          + [p.name for p in facts.products] + list(wt.WEEKDAYS))
+  model = nnx.merge(graphdef, params)
+  sums, counts = [0.0, 0.0], [0, 0]
+  for i in range(n):
+    items = ", ".join(rng.choice(pool) for _ in range(10))
+    head = tokenizer.encode(f"Memory drill {9000 + i}.\nList: {items}.")
+    tail = tokenizer.encode(f"\nAgain: {items}.")
+    ids = jnp.asarray([head + tail], jnp.int32)
+    pos = jnp.arange(ids.shape[1])[None]
+    logits = model(ids, pos, jnp.ones_like(ids)).astype(jnp.float32)[0, :-1]
+    nll = -jax.nn.log_softmax(logits, -1)[jnp.arange(ids.shape[1] - 1),
+                                          ids[0, 1:]]
+    # Skip each part's first few tokens (the "Memory drill N. List:" and
+    # "Again:" scaffolding); score the listed items.
+    for k, (lo, hi) in enumerate(((3, len(head) - 1),
+                                  (len(head) + 3, ids.shape[1] - 1))):
+      sums[k] += float(nll[lo:hi].sum())
+      counts[k] += hi - lo
+  return {"nll_list": sums[0] / counts[0], "nll_again": sums[1] / counts[1]}
+
+
 def main(argv: list[str]) -> None:
   mesh_cfg = sharding.MeshConfig(data=1, fsdp=1, model=1)
   mesh = sharding.make_mesh(mesh_cfg, jax.devices()[:1])
   print("| run | step | random: top-1 repeat | random: NLL 1st → 2nd | "
-        "email: top-1 1st → 2nd | email: NLL 1st → 2nd |")
-  print("|---|---|---|---|---|---|")
+        "email: top-1 1st → 2nd | email: NLL 1st → 2nd | "
+        "drill: NLL list → again |")
+  print("|---|---|---|---|---|---|---|")
   for arg in argv:
     run, _, step = arg.partition("@")
     cfg = rollout.config_from_lineage(run)
@@ -78,10 +109,12 @@ def main(argv: list[str]) -> None:
     tokenizer = common.tokenizer_of(run)
     r = copy_probe.copy_probe(graphdef, params, tokenizer.vocab_size)
     e = email_probe(graphdef, params, tokenizer)
+    d = drill_probe(graphdef, params, tokenizer)
     print(f"| `{run}` | {step or 'last'} | {r['copy/top1']:.1%} | "
           f"{r['copy/nll_first']:.2f} → {r['copy/nll_second']:.2f} | "
           f"{e['top1_first']:.1%} → {e['top1_second']:.1%} | "
-          f"{e['nll_first']:.3f} → {e['nll_second']:.3f} |", flush=True)
+          f"{e['nll_first']:.3f} → {e['nll_second']:.3f} | "
+          f"{d['nll_list']:.2f} → {d['nll_again']:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -32,10 +32,29 @@ for arm in "drill 0.093" "drill50 1.0"; do
   $PY experiments/copy_probe/add_drills.py runs/copy_$1/curated $2
   run runs/copy_$1 --gin_param="lifecycle.pretrain_sources=['wiki', 'support_chat', 'records', 'mail', 'web', 'drills']"
 done
+# The 50% drill arm again with a 1000-step pretraining schedule.
+mkdir -p runs/copy_drill50_long
+[ -d runs/copy_drill50_long/world ] || cp -r runs/lifecycle_v2/world runs/lifecycle_v2/curated runs/copy_drill50_long/
+$PY experiments/copy_probe/add_drills.py runs/copy_drill50_long/curated 1.0
+run runs/copy_drill50_long \
+  --gin_param="lifecycle.pretrain_sources=['wiki', 'support_chat', 'records', 'mail', 'web', 'drills']" \
+  --gin_param="pretrain/OptimizerConfig.total_steps=1000" --gin_param="pretrain/LoopConfig.num_steps=1000" \
+  --gin_param="pretrain/LoopConfig.eval_every=1000" --gin_param="pretrain/CheckpointConfig.keep_last=12"
+# 20,000 distinct drills (no drill repeats across epochs), 600 steps.
+mkdir -p runs/copy_drillfresh
+[ -d runs/copy_drillfresh/world ] || cp -r runs/lifecycle_v2/world runs/lifecycle_v2/curated runs/copy_drillfresh/
+$PY experiments/copy_probe/add_drills.py runs/copy_drillfresh/curated 1.0 20000
+run runs/copy_drillfresh \
+  --gin_param="lifecycle.pretrain_sources=['wiki', 'support_chat', 'records', 'mail', 'web', 'drills']" \
+  --gin_param="pretrain/OptimizerConfig.total_steps=600" --gin_param="pretrain/LoopConfig.num_steps=600" \
+  --gin_param="pretrain/LoopConfig.eval_every=600" --gin_param="pretrain/CheckpointConfig.keep_last=12"
 # The probes, on every pretrained checkpoint kept and on the SFT models.
 $PY experiments/copy_probe/probe.py \
   runs/lifecycle_v2/pretrain runs/lifecycle_v2/sft \
   runs/copy_mail256/pretrain runs/copy_mail256/sft \
   runs/copy_mail512/pretrain \
   runs/copy_drill/pretrain@100 runs/copy_drill/pretrain@200 runs/copy_drill/pretrain@300 \
-  runs/copy_drill50/pretrain@100 runs/copy_drill50/pretrain@200 runs/copy_drill50/pretrain@300
+  runs/copy_drill50/pretrain@100 runs/copy_drill50/pretrain@200 runs/copy_drill50/pretrain@300 \
+  runs/copy_drill50_long/pretrain@300 runs/copy_drill50_long/pretrain@600 \
+  runs/copy_drill50_long/pretrain@1000 \
+  runs/copy_drillfresh/pretrain@300 runs/copy_drillfresh/pretrain@600
