@@ -28,7 +28,6 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))))
@@ -52,12 +51,7 @@ def email_probe(graphdef, params, tokenizer, n: int = 16) -> dict[str, float]:
           for _ in range(n)]
   length = min(len(s) for s in seqs)
   ids = jnp.asarray([s[:length] * 2 for s in seqs], jnp.int32)
-  model = nnx.merge(graphdef, params)
-  pos = jnp.broadcast_to(jnp.arange(2 * length), ids.shape)
-  logits = model(ids, pos, jnp.ones_like(ids)).astype(jnp.float32)[:, :-1]
-  nll = -jnp.take_along_axis(jax.nn.log_softmax(logits, -1),
-                             ids[:, 1:, None], -1)[..., 0]
-  hit = logits.argmax(-1) == ids[:, 1:]
+  nll, hit = copy_probe.next_token_stats(graphdef, params, ids)
   first, second = slice(0, length - 1), slice(length, 2 * length - 1)
   return {"top1_first": float(hit[:, first].mean()),
           "top1_second": float(hit[:, second].mean()),
@@ -72,17 +66,13 @@ def drill_probe(graphdef, params, tokenizer, n: int = 16) -> dict[str, float]:
   rng = wt.stream(99, "copy_probe_drills")
   pool = ([e.first for e in facts.employees]
           + [p.name for p in facts.products] + list(wt.WEEKDAYS))
-  model = nnx.merge(graphdef, params)
   sums, counts = [0.0, 0.0], [0, 0]
   for i in range(n):
     items = ", ".join(rng.choice(pool) for _ in range(10))
     head = tokenizer.encode(f"Memory drill {9000 + i}.\nList: {items}.")
     tail = tokenizer.encode(f"\nAgain: {items}.")
     ids = jnp.asarray([head + tail], jnp.int32)
-    pos = jnp.arange(ids.shape[1])[None]
-    logits = model(ids, pos, jnp.ones_like(ids)).astype(jnp.float32)[0, :-1]
-    nll = -jax.nn.log_softmax(logits, -1)[jnp.arange(ids.shape[1] - 1),
-                                          ids[0, 1:]]
+    nll = copy_probe.next_token_stats(graphdef, params, ids)[0][0]
     # Skip each part's first few tokens (the "Memory drill N. List:" and
     # "Again:" scaffolding); score the listed items.
     for k, (lo, hi) in enumerate(((3, len(head) - 1),

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-F32 = jnp.float32
+from lifejax.losses.common import token_logprobs
 
 
 def repeated_sequences(vocab_size: int, length: int, batch: int, seed: int,
@@ -42,16 +42,16 @@ def repeated_sequences(vocab_size: int, length: int, batch: int, seed: int,
   return np.concatenate([x, x], axis=1).astype(np.int32)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def _per_token(graphdef: Any, params: Any, ids: jax.Array, length: int
-               ) -> tuple[jax.Array, jax.Array]:
-  """NLL and argmax hits of each next-token prediction, (B, 2L - 1)."""
+@functools.partial(jax.jit, static_argnums=(0,))
+def next_token_stats(graphdef: Any, params: Any, ids_BxT: jax.Array
+                     ) -> tuple[jax.Array, jax.Array]:
+  """NLL and argmax hit of each next-token prediction of unpadded rows
+  (positions 0..T-1), both (B, T - 1); prediction t targets token t + 1."""
   model = nnx.merge(graphdef, params)
-  pos = jnp.broadcast_to(jnp.arange(2 * length), ids.shape)
-  logits = model(ids, pos, jnp.ones_like(ids)).astype(F32)[:, :-1]
-  nll = -jnp.take_along_axis(jax.nn.log_softmax(logits, -1),
-                             ids[:, 1:, None], -1)[..., 0]
-  return nll, logits.argmax(-1) == ids[:, 1:]
+  pos = jnp.broadcast_to(jnp.arange(ids_BxT.shape[1]), ids_BxT.shape)
+  logits = model(ids_BxT, pos, jnp.ones_like(ids_BxT))[:, :-1]
+  return (-token_logprobs(logits, ids_BxT[:, 1:]),
+          logits.argmax(-1) == ids_BxT[:, 1:])
 
 
 def copy_probe(graphdef: Any, params: Any, vocab_size: int, *,
@@ -59,8 +59,8 @@ def copy_probe(graphdef: Any, params: Any, vocab_size: int, *,
                ) -> dict[str, float]:
   """The copy/* metrics (module docstring) of an LM (`Transformer`)."""
   ids = jnp.asarray(repeated_sequences(vocab_size, length, batch, seed))
-  nll, hit = jax.device_get(_per_token(graphdef, params, ids, length))
-  # Prediction t targets token t + 1. The copyable targets are the second
+  nll, hit = jax.device_get(next_token_stats(graphdef, params, ids))
+  # The copyable targets are the second
   # copy's tokens after its first (ids L+1 .. 2L-1: t in [L, 2L-1)); the
   # same tokens in the first copy (ids 1 .. L-1: t in [0, L-1)) are the
   # no-copy baseline.
