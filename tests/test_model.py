@@ -38,6 +38,8 @@ def random_params(cfg: TransformerConfig, seed: int = 0):
       v = 1.0 + 0.2 * rng.standard_normal(x.shape)
     elif name == "embed":
       v = rng.standard_normal(x.shape)
+    elif name == "smear":  # own-key share sigmoid(v) spread over (0.1, 0.9)
+      v = 2.0 * rng.standard_normal(x.shape)
     else:  # (..., fan_in, ...) matrices: fan-in scaled
       fan_in = {"wq": cfg.d_model, "wk": cfg.d_model, "wv": cfg.d_model,
                 "wo": cfg.num_heads * cfg.resolved_head_dim,
@@ -112,6 +114,13 @@ def ref_logits(cfg: TransformerConfig, params, tokens, positions=None,
                  inv)
     kk = ref_rope(np.einsum("btd,dke->btke", y, lp["attn"]["wk"]), positions,
                   inv)
+    if cfg.smear_keys:  # mix in the previous key of the same document
+      own = 1.0 / (1.0 + np.exp(-lp["attn"]["smear"]))
+      smeared = own[None, None, :, None] * kk
+      for i in range(1, t):
+        same = segment_ids[:, i] == segment_ids[:, i - 1]
+        smeared[same, i] += (1.0 - own)[None, :, None] * kk[same, i - 1]
+      kk = smeared
     v = np.einsum("btd,dke->btke", y, lp["attn"]["wv"])
     kk, v = np.repeat(kk, h // k, axis=2), np.repeat(v, h // k, axis=2)
     s = np.einsum("bthe,bshe->bhts", q, kk) / math.sqrt(e)
@@ -136,7 +145,8 @@ def ref_logits(cfg: TransformerConfig, params, tokens, positions=None,
         rope_scaling={"factor": 8.0, "low_freq_factor": 1.0,
                       "high_freq_factor": 4.0,
                       "original_max_position_embeddings": 64}),
-], ids=["gqa", "mqa_tied_scaled_rope"])
+    dataclasses.replace(CFG, smear_keys=True),
+], ids=["gqa", "mqa_tied_scaled_rope", "smeared_keys"])
 def test_logits_match_reference(cfg: TransformerConfig):
   graphdef, params = random_params(cfg, seed=1)
   rng = np.random.default_rng(2)
@@ -173,7 +183,8 @@ def test_tied_embeddings_have_no_head_and_use_embed_transposed():
 
 
 def test_num_params_counts_stored_params():
-  for cfg in (CFG, dataclasses.replace(CFG, num_kv_heads=4, mlp_dim=48)):
+  for cfg in (CFG, dataclasses.replace(CFG, num_kv_heads=4, mlp_dim=48),
+              dataclasses.replace(CFG, smear_keys=True)):
     _, abstract = nnx.split(transformer.abstract_model(cfg), nnx.Param)
     assert sum(x.size for x in jax.tree.leaves(abstract)) == cfg.num_params()
 
@@ -204,8 +215,10 @@ def test_causal_no_gradient_from_future_positions():
   assert np.all(norms[~future] > 1e-6), "the past must influence the loss"
 
 
-def test_packed_document_logits_equal_unpacked():
-  graphdef, params = random_params(CFG, seed=4)
+@pytest.mark.parametrize("smear_keys", [False, True])
+def test_packed_document_logits_equal_unpacked(smear_keys):
+  cfg = dataclasses.replace(CFG, smear_keys=smear_keys)
+  graphdef, params = random_params(cfg, seed=4)
   rng = np.random.default_rng(5)
   a = rng.integers(0, CFG.vocab_size, 5).astype(np.int32)
   b = rng.integers(0, CFG.vocab_size, 11).astype(np.int32)

@@ -88,6 +88,12 @@ class TransformerConfig:
   # layer_loop: "scan" (compile time flat in depth) or "unroll" (no stacked
   #   residuals; on CPU the stacking costs more than the loop saves).
   layer_loop: str = "auto"
+  # smear_keys: each key becomes a learned per-head mix of its own key and
+  #   the previous token's (sigmoid(a) * k_t + (1 - sigmoid(a)) * k_{t-1},
+  #   within a segment; Olsson et al., 2022, "smeared keys"). A previous-token
+  #   path inside one attention layer, so induction (copy) heads need no
+  #   second layer to compose with. Not a Llama architecture: no HF export.
+  smear_keys: bool = False
 
   def __post_init__(self):
     if isinstance(self.rope_scaling, dict):  # gin binds dicts; keep it hashable
@@ -135,7 +141,8 @@ class TransformerConfig:
 
   def num_params(self) -> int:
     """Number of stored parameters."""
-    per_layer = self._layer_matmul_params() + 2 * self.d_model
+    per_layer = (self._layer_matmul_params() + 2 * self.d_model
+                 + (self.num_kv_heads if self.smear_keys else 0))
     embeddings = self.vocab_size * self.d_model * (
         1 if self.tie_embeddings else 2)
     return self.num_layers * per_layer + self.d_model + embeddings

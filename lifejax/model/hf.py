@@ -158,6 +158,13 @@ def config_from_hf(hf: dict[str, Any], **overrides: Any) -> TransformerConfig:
   return TransformerConfig(**fields)
 
 
+def _check_llama(cfg: TransformerConfig) -> None:
+  if cfg.smear_keys:
+    raise UnsupportedCheckpointError(
+        "TransformerConfig.smear_keys=True: smeared keys are not part of the "
+        "Llama architecture, so this model has no HuggingFace export")
+
+
 def config_to_hf(cfg: TransformerConfig, dtype: str = "float32",
                  **extra: Any) -> dict[str, Any]:
   """A config.json dict that transformers 4.x and 5.x both read.
@@ -166,6 +173,7 @@ def config_to_hf(cfg: TransformerConfig, dtype: str = "float32",
   `rope_parameters`): a 4.x reader ignores `rope_parameters`, 5.x prefers it.
   `extra` adds keys (e.g. bos_token_id, eos_token_id).
   """
+  _check_llama(cfg)
   scaling = cfg.rope_scaling_dict
   rope_scaling = dict(scaling, rope_type="llama3") if scaling else None
   rope_parameters = dict(rope_scaling or {"rope_type": "default"},
@@ -461,6 +469,7 @@ def save_hf_checkpoint(hf_dir: str | os.PathLike[str], cfg: TransformerConfig,
   an error unless `overwrite` (then they are deleted: a stale shard or index
   would be read instead of the new weights). Returns the weight file names.
   """
+  _check_llama(cfg)
   os.makedirs(hf_dir, exist_ok=True)
   stale = [n for n in os.listdir(hf_dir)
            if n.endswith(".safetensors") or n == INDEX_FILE]

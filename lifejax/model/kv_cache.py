@@ -12,6 +12,10 @@ them without a transpose (measured on XLA:CPU: a stacked (Y, B, L, K, E)
 cache run through a layer scan was copied and transposed on every step,
 3x slower; experiments/bench_sampling/README.md). `valid` (B, L) marks
 written non-padding slots; `index` is the next slot to write.
+
+With `smear_keys`, the cache holds the smeared keys attention reads, and
+`prev_k` each layer's last raw (rotated, f32) key, the previous-token half
+of the next key's mix.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ import jax
 import jax.numpy as jnp
 
 from lifejax.model.config import TransformerConfig, to_dtype
-from lifejax.model.transformer import apply_rope, matmul, rope_inv_freq
+from lifejax.model.transformer import (apply_rope, matmul, rope_inv_freq,
+                                      smear_keys)
 
 F32 = jnp.float32
 
@@ -33,6 +38,7 @@ class Cache(NamedTuple):
   v: tuple[jax.Array, ...]   # Y x (B, K, L, E)
   valid: jax.Array           # (B, L) bool
   index: jax.Array           # () int32
+  prev_k: tuple[jax.Array, ...] = ()  # Y x (B, K, E) f32, smear_keys only
 
 
 def cache_dtype(cfg: TransformerConfig) -> jnp.dtype:
@@ -53,8 +59,11 @@ def init_cache(cfg: TransformerConfig, batch: int, length: int) -> Cache:
   shape = (batch, cfg.num_kv_heads, length, cfg.resolved_head_dim)
   dtype = cache_dtype(cfg)
   zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+  prev = tuple(jnp.zeros((batch, cfg.num_kv_heads, cfg.resolved_head_dim),
+                         F32) for _ in range(cfg.num_layers)
+               ) if cfg.smear_keys else ()
   return Cache(zeros, zeros, jnp.zeros((batch, length), bool),
-               jnp.zeros((), jnp.int32))
+               jnp.zeros((), jnp.int32), prev)
 
 
 def decode_params(cfg: TransformerConfig, params: dict[str, Any]
@@ -75,6 +84,7 @@ def decode_params(cfg: TransformerConfig, params: dict[str, Any]
     lp = jax.tree.map(lambda x, i=i: x[i], stacked)
     a, m = lp["attn"], lp["mlp"]
     layers.append({
+        **({"smear": a["smear"]} if cfg.smear_keys else {}),
         "attn_norm": lp["attn_norm"]["scale"],
         "mlp_norm": lp["mlp_norm"]["scale"],
         "w_qkv": jnp.concatenate(
@@ -99,9 +109,10 @@ def _rms(x: jax.Array, scale: jax.Array, eps: float, dtype: jnp.dtype
   return (x32 * jax.lax.rsqrt(ms + eps) * s).astype(dtype)
 
 
-# attention(layer, q (B, S, K, G, E) pre-scaled, k, v (B, S, K, E)), all f32
-#   -> (B * S, H * E) f32.
-Attention = Callable[[int, jax.Array, jax.Array, jax.Array], jax.Array]
+# attention(layer, q (B, S, K, G, E) pre-scaled, k, v (B, S, K, E), the
+#   layer's smear logits (K,) or None), all f32 -> (B * S, H * E) f32. The
+#   keys are rotated, not yet smeared.
+Attention = Callable[[int, jax.Array, jax.Array, jax.Array, Any], jax.Array]
 
 
 def _attend(q_BxSxKxGxE: jax.Array, k_BxKxLxE: jax.Array,
@@ -144,7 +155,7 @@ def _decoder(cfg: TransformerConfig, params: dict[str, Any],
         e ** -0.5)
     kk = apply_rope(kk.reshape(b, s, k, e), positions_BxS, inv_freq)
     out = attention(i, q.reshape(b, s, k, h // k, e), kk,
-                    vv.reshape(b, s, k, e))
+                    vv.reshape(b, s, k, e), lp.get("smear"))
     x = x + matmul(out, lp["wo"], cd).reshape(b, s, d).astype(x.dtype)
     hn = _rms(x, lp["mlp_norm"], cfg.rms_eps, cd).reshape(b * s, d)
     gate, up = jnp.split(matmul(hn, lp["w_gate_up"], cd), 2, axis=1)
@@ -186,8 +197,13 @@ def prefill(cfg: TransformerConfig, params: dict[str, Any],
   dtype = cache_dtype(cfg)
   keys, values = [], []
 
-  def attention(i, q, k, v):
+  prev = []
+
+  def attention(i, q, k, v, smear):
     del i
+    if smear is not None:
+      prev.append(k[:, -1])
+      k = smear_keys(k, mask, smear)
     k, v = _to_cache(k, cfg, cd), _to_cache(v, cfg, cd)
     keys.append(k.astype(dtype))
     values.append(v.astype(dtype))
@@ -199,7 +215,7 @@ def prefill(cfg: TransformerConfig, params: dict[str, Any],
   valid = jnp.pad(mask, ((0, 0), (0, length - p)))
   return logits, Cache(tuple(jnp.pad(x, pad) for x in keys),
                        tuple(jnp.pad(x, pad) for x in values), valid,
-                       jnp.asarray(p, jnp.int32))
+                       jnp.asarray(p, jnp.int32), tuple(prev))
 
 
 def forward(cfg: TransformerConfig, params: dict[str, Any], cache: Cache,
@@ -222,9 +238,23 @@ def forward(cfg: TransformerConfig, params: dict[str, Any], cache: Cache,
   query_S = start + jnp.arange(s, dtype=jnp.int32)
   allowed_BxSxL = (slot_L[None, None, :] <= query_S[None, :, None]) & (
       valid[:, None, :])
-  keys, values = list(cache.k), list(cache.v)
+  keys, values, prev = list(cache.k), list(cache.v), list(cache.prev_k)
+  # The previous token of the first new one is the last slot written.
+  prev_valid_B = jnp.where(
+      start > 0, jax.lax.dynamic_index_in_dim(cache.valid, start - 1, axis=1,
+                                              keepdims=False), False)
+  seg_BxS1 = jnp.concatenate([prev_valid_B[:, None], mask_BxS.astype(bool)],
+                             axis=1)
 
-  def attention(i, q, k, v):
+  def attention(i, q, k, v, smear):
+    if smear is not None:
+      # Smear over [previous raw key, new keys]; a slot smears with its
+      # predecessor when both are real tokens (the no-cache model puts
+      # padding in segment 0 and real tokens in segment 1).
+      seg = jnp.where(seg_BxS1, 1, -jnp.arange(s + 1)[None, :])
+      k_ext = jnp.concatenate([prev[i][:, None], k], axis=1)
+      prev[i] = k[:, -1]
+      k = smear_keys(k_ext, seg, smear)[:, 1:]
     keys[i] = jax.lax.dynamic_update_slice(
         keys[i], _to_cache(k, cfg, dtype), (0, 0, start, 0))
     values[i] = jax.lax.dynamic_update_slice(
@@ -233,4 +263,5 @@ def forward(cfg: TransformerConfig, params: dict[str, Any], cache: Cache,
 
   logits = _decoder(cfg, params, tokens_BxS, positions_BxS, attention,
                     last_only=False)
-  return logits, Cache(tuple(keys), tuple(values), valid, start + s)
+  return logits, Cache(tuple(keys), tuple(values), valid, start + s,
+                       tuple(prev))

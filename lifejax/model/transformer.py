@@ -296,6 +296,17 @@ def attention_mask(segment_ids_BxT: jax.Array) -> jax.Array:
   return (causal[None] & same)[:, None, None, :, :]
 
 
+def smear_keys(k_BxTxKxE: jax.Array, segment_ids_BxT: jax.Array,
+               logit_K: jax.Array) -> jax.Array:
+  """sigmoid(a) * k_t + (1 - sigmoid(a)) * k_{t-1} per kv head, in f32; the
+  previous key counts only within the same segment (zero otherwise)."""
+  own = jax.nn.sigmoid(logit_K.astype(F32))[None, None, :, None]
+  prev = jnp.pad(k_BxTxKxE, ((0, 0), (1, 0), (0, 0), (0, 0)))[:, :-1]
+  same = jnp.pad(segment_ids_BxT[:, 1:] == segment_ids_BxT[:, :-1],
+                 ((0, 0), (1, 0)))[:, :, None, None]
+  return own * k_BxTxKxE + (1.0 - own) * jnp.where(same, prev, 0.0)
+
+
 @dataclasses.dataclass(frozen=True)
 class Kernels:
   """Which implementation each piece uses (all compute the same function)."""
@@ -360,6 +371,9 @@ class Attention(nnx.Module):
                      cfg.init_std, pd)
     self.wo = _param(rngs, (h, e, d), ("heads", "head_dim", "embed"), out_std,
                      pd)
+    if cfg.smear_keys:  # logits of the own-key share, 0 = an even mix
+      init = nnx.with_partitioning(nnx.initializers.zeros, ("kv_heads",))
+      self.smear = nnx.Param(init(rngs.params(), (k,), pd))
     self.cfg = cfg
 
   def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array,
@@ -382,6 +396,8 @@ class Attention(nnx.Module):
     q = apply_rope(q.reshape(b, t, h, e), positions_BxT, inv_freq) * (
         e ** -0.5)
     kk = apply_rope(kk.reshape(b, t, k, e), positions_BxT, inv_freq)
+    if cfg.smear_keys:
+      kk = smear_keys(kk, segment_ids_BxT, self.smear[...])
     v = v.reshape(b, t, k, e)
     q_BxTxKxGxE = q.reshape(b, t, k, g, e)
     if kern.blocked_attention:

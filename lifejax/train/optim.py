@@ -9,7 +9,9 @@ import jax
 import optax
 
 # Parameter-path components that mark parameters exempt from weight decay.
-NO_DECAY_MARKERS = ("norm", "bias", "scale")
+# Gains, biases and gate logits (smear: the smeared keys' mix) keep their
+# values unless the loss moves them.
+NO_DECAY_MARKERS = ("norm", "bias", "scale", "smear")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,7 +28,8 @@ def _prompts(seed, lengths, width):
 
 
 @pytest.mark.parametrize("kw", [{}, {"kv": 1, "tie_embeddings": True},
-                                {"kv": 4, "rope_theta": 500.0}])
+                                {"kv": 4, "rope_theta": 500.0},
+                                {"smear_keys": True}])
 def test_kv_cache_greedy_equals_no_cache(kw):
   _, graphdef, params = _model(**kw)
   ids, mask = _prompts(1, [9, 2, 5, 7], 9)
@@ -39,8 +40,9 @@ def test_kv_cache_greedy_equals_no_cache(kw):
   np.testing.assert_array_equal(np.asarray(la), np.asarray(lb))
 
 
-def test_left_padding_does_not_change_the_continuation():
-  model, graphdef, params = _model(seed=3)
+@pytest.mark.parametrize("smear_keys", [False, True])
+def test_left_padding_does_not_change_the_continuation(smear_keys):
+  model, graphdef, params = _model(seed=3, smear_keys=smear_keys)
   ids, mask = _prompts(2, [3, 8], 8)
   cfg = sampling.SamplingConfig(max_new_tokens=6)
   toks, _ = sampling.generate(graphdef, params, ids, mask, cfg)

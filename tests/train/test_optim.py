@@ -10,7 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
+from lifejax.model import transformer
+from lifejax.model.config import TransformerConfig
 from lifejax.train import optim
 
 PEAK, END_RATIO, WARM, TOTAL = 1e-3, 0.1, 10, 50
@@ -82,6 +85,17 @@ def test_decay_mask_excludes_norm_scales(tiny_lm):
   for k in ("['embed']", "['lm_head']", "['layers']['attn']['wq']",
             "['layers']['attn']['wo']", "['layers']['mlp']['w_down']"):
     assert flat[k] is True, k
+
+
+def test_decay_mask_excludes_the_smeared_keys_mix():
+  cfg = TransformerConfig(vocab_size=32, d_model=16, num_layers=2,
+                          num_heads=2, num_kv_heads=1, mlp_dim=32,
+                          smear_keys=True)
+  params = nnx.to_pure_dict(nnx.state(transformer.abstract_model(cfg),
+                                      nnx.Param))
+  mask = optim.decay_mask(params)
+  assert mask["layers"]["attn"]["smear"] is False
+  assert mask["layers"]["attn"]["wk"] is True
 
 
 def test_zero_gradient_update_is_pure_weight_decay(tiny_lm):
