@@ -48,6 +48,19 @@ run runs/copy_drillfresh \
   --gin_param="lifecycle.pretrain_sources=['wiki', 'support_chat', 'records', 'mail', 'web', 'drills']" \
   --gin_param="pretrain/OptimizerConfig.total_steps=600" --gin_param="pretrain/LoopConfig.num_steps=600" \
   --gin_param="pretrain/LoopConfig.eval_every=600" --gin_param="pretrain/CheckpointConfig.keep_last=12"
+# Smeared keys (TransformerConfig.smear_keys): the demo, and the 50% drill
+# arm, with a previous-token path built into every attention layer.
+mkdir -p runs/copy_smear
+[ -d runs/copy_smear/world ] || cp -r runs/lifecycle_v2/world runs/lifecycle_v2/curated runs/copy_smear/
+run runs/copy_smear --gin_param="TransformerConfig.smear_keys=True"
+mkdir -p runs/copy_smear_drill50
+[ -d runs/copy_smear_drill50/world ] || cp -r runs/copy_drill50_long/world runs/copy_drill50_long/curated runs/copy_smear_drill50/
+run runs/copy_smear_drill50 --gin_param="TransformerConfig.smear_keys=True" \
+  --gin_param="lifecycle.pretrain_sources=['wiki', 'support_chat', 'records', 'mail', 'web', 'drills']"
+# The pure copy task (seconds for the small shapes, ~3 min for the demo's).
+for shape in "--layers=1" "--layers=2" "--layers=8 --d_model=256 --heads=8 --mlp=768"; do
+  for s in "" "--smear"; do $PY experiments/copy_probe/toy_copy.py $shape $s; done
+done
 # The probes, on every pretrained checkpoint kept and on the SFT models.
 $PY experiments/copy_probe/probe.py \
   runs/lifecycle_v2/pretrain runs/lifecycle_v2/sft \
@@ -57,4 +70,7 @@ $PY experiments/copy_probe/probe.py \
   runs/copy_drill50/pretrain@100 runs/copy_drill50/pretrain@200 runs/copy_drill50/pretrain@300 \
   runs/copy_drill50_long/pretrain@300 runs/copy_drill50_long/pretrain@600 \
   runs/copy_drill50_long/pretrain@1000 \
-  runs/copy_drillfresh/pretrain@300 runs/copy_drillfresh/pretrain@600
+  runs/copy_drillfresh/pretrain@300 runs/copy_drillfresh/pretrain@600 \
+  runs/copy_smear/pretrain runs/copy_smear/sft \
+  runs/copy_smear_drill50/pretrain@100 runs/copy_smear_drill50/pretrain@200 \
+  runs/copy_smear_drill50/pretrain@300
