@@ -113,7 +113,7 @@ def test_text_per_line_and_per_file(tmp_path):
 def test_text_invalid_utf8_names_the_line(tmp_path, unit):
   path = tmp_path / "t.txt"
   path.write_bytes(b"fine\nalso fine\nbad \xff byte\n")
-  with pytest.raises(sources.RecordError, match=rf"t.txt:3: invalid_utf8"):
+  with pytest.raises(sources.RecordError, match=r"t.txt:3: invalid_utf8"):
     list(sources.TextSource(path, unit=unit))
   src = sources.TextSource(path, unit=unit, skip_bad_records=True)
   assert len(list(src)) == (2 if unit == "line" else 0)
