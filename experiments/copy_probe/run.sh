@@ -57,6 +57,13 @@ mkdir -p runs/copy_smear_drill50
 [ -d runs/copy_smear_drill50/world ] || cp -r runs/copy_drill50_long/world runs/copy_drill50_long/curated runs/copy_smear_drill50/
 run runs/copy_smear_drill50 --gin_param="TransformerConfig.smear_keys=True" \
   --gin_param="lifecycle.pretrain_sources=['wiki', 'support_chat', 'records', 'mail', 'web', 'drills']"
+# Smeared keys with 10x the demo's pretraining (3000 steps, ~36 min).
+mkdir -p runs/copy_smear_long
+[ -d runs/copy_smear_long/world ] || cp -r runs/lifecycle_v2/world runs/lifecycle_v2/curated runs/copy_smear_long/
+run runs/copy_smear_long --gin_param="TransformerConfig.smear_keys=True" \
+  --gin_param="pretrain/OptimizerConfig.total_steps=3000" --gin_param="pretrain/LoopConfig.num_steps=3000" \
+  --gin_param="pretrain/LoopConfig.eval_every=1000" --gin_param="pretrain/CheckpointConfig.every_steps=500" \
+  --gin_param="pretrain/CheckpointConfig.keep_last=7"
 # The pure copy task (seconds for the small shapes, ~3 min for the demo's).
 for shape in "--layers=1" "--layers=2" "--layers=8 --d_model=256 --heads=8 --mlp=768"; do
   for s in "" "--smear"; do $PY experiments/copy_probe/toy_copy.py $shape $s; done
@@ -73,4 +80,7 @@ $PY experiments/copy_probe/probe.py \
   runs/copy_drillfresh/pretrain@300 runs/copy_drillfresh/pretrain@600 \
   runs/copy_smear/pretrain runs/copy_smear/sft \
   runs/copy_smear_drill50/pretrain@100 runs/copy_smear_drill50/pretrain@200 \
-  runs/copy_smear_drill50/pretrain@300
+  runs/copy_smear_drill50/pretrain@300 \
+  runs/copy_smear_long/pretrain@500 runs/copy_smear_long/pretrain@1000 \
+  runs/copy_smear_long/pretrain@1500 runs/copy_smear_long/pretrain@2000 \
+  runs/copy_smear_long/pretrain@3000 runs/copy_smear_long/sft
