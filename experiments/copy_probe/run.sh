@@ -24,45 +24,44 @@ run runs/copy_mail512 --gin_param="pretrain.seq_len=512" --gin_param="pretrain.b
 # (Recorded too: the 512 arm with mail 3x and a 1000-step schedule, stopped
 # by hand at step 300: add --gin_param="pretrain/OptimizerConfig.total_steps=1000"
 # --gin_param="pretrain/LoopConfig.num_steps=1000".)
+seed() {  # seed <root> <from>: start <root> from <from>'s world and curated data
+  mkdir -p "$1"
+  [ -d "$1/world" ] || cp -r "$2/world" "$2/curated" "$1/"
+}
+steps() {  # steps <n> [eval_every]: a pretraining schedule of n steps
+  echo --gin_param="pretrain/OptimizerConfig.total_steps=$1" \
+    --gin_param="pretrain/LoopConfig.num_steps=$1" \
+    --gin_param="pretrain/LoopConfig.eval_every=${2:-$1}"
+}
+DRILLS=--gin_param="lifecycle.pretrain_sources=['wiki', 'support_chat', 'records', 'mail', 'web', 'drills']"
+SMEAR=--gin_param="TransformerConfig.smear_keys=True"
 # A copy curriculum: repeated random lists at 8.5% and 50% of the stream.
 for arm in "drill 0.093" "drill50 1.0"; do
   set -- $arm
-  mkdir -p runs/copy_$1
-  [ -d runs/copy_$1/world ] || cp -r runs/copy_mail/world runs/copy_mail/curated runs/copy_$1/
+  seed runs/copy_$1 runs/copy_mail
   $PY experiments/copy_probe/add_drills.py runs/copy_$1/curated $2
-  run runs/copy_$1 --gin_param="lifecycle.pretrain_sources=['wiki', 'support_chat', 'records', 'mail', 'web', 'drills']"
+  run runs/copy_$1 "$DRILLS"
 done
 # The 50% drill arm again with a 1000-step pretraining schedule.
-mkdir -p runs/copy_drill50_long
-[ -d runs/copy_drill50_long/world ] || cp -r runs/lifecycle_v2/world runs/lifecycle_v2/curated runs/copy_drill50_long/
+seed runs/copy_drill50_long runs/lifecycle_v2
 $PY experiments/copy_probe/add_drills.py runs/copy_drill50_long/curated 1.0
-run runs/copy_drill50_long \
-  --gin_param="lifecycle.pretrain_sources=['wiki', 'support_chat', 'records', 'mail', 'web', 'drills']" \
-  --gin_param="pretrain/OptimizerConfig.total_steps=1000" --gin_param="pretrain/LoopConfig.num_steps=1000" \
-  --gin_param="pretrain/LoopConfig.eval_every=1000" --gin_param="pretrain/CheckpointConfig.keep_last=12"
+run runs/copy_drill50_long "$DRILLS" $(steps 1000) \
+  --gin_param="pretrain/CheckpointConfig.keep_last=12"
 # 20,000 distinct drills (no drill repeats across epochs), 600 steps.
-mkdir -p runs/copy_drillfresh
-[ -d runs/copy_drillfresh/world ] || cp -r runs/lifecycle_v2/world runs/lifecycle_v2/curated runs/copy_drillfresh/
+seed runs/copy_drillfresh runs/lifecycle_v2
 $PY experiments/copy_probe/add_drills.py runs/copy_drillfresh/curated 1.0 20000
-run runs/copy_drillfresh \
-  --gin_param="lifecycle.pretrain_sources=['wiki', 'support_chat', 'records', 'mail', 'web', 'drills']" \
-  --gin_param="pretrain/OptimizerConfig.total_steps=600" --gin_param="pretrain/LoopConfig.num_steps=600" \
-  --gin_param="pretrain/LoopConfig.eval_every=600" --gin_param="pretrain/CheckpointConfig.keep_last=12"
+run runs/copy_drillfresh "$DRILLS" $(steps 600) \
+  --gin_param="pretrain/CheckpointConfig.keep_last=12"
 # Smeared keys (TransformerConfig.smear_keys): the demo, and the 50% drill
 # arm, with a previous-token path built into every attention layer.
-mkdir -p runs/copy_smear
-[ -d runs/copy_smear/world ] || cp -r runs/lifecycle_v2/world runs/lifecycle_v2/curated runs/copy_smear/
-run runs/copy_smear --gin_param="TransformerConfig.smear_keys=True"
-mkdir -p runs/copy_smear_drill50
-[ -d runs/copy_smear_drill50/world ] || cp -r runs/copy_drill50_long/world runs/copy_drill50_long/curated runs/copy_smear_drill50/
-run runs/copy_smear_drill50 --gin_param="TransformerConfig.smear_keys=True" \
-  --gin_param="lifecycle.pretrain_sources=['wiki', 'support_chat', 'records', 'mail', 'web', 'drills']"
+seed runs/copy_smear runs/lifecycle_v2
+run runs/copy_smear "$SMEAR"
+seed runs/copy_smear_drill50 runs/copy_drill50_long  # its curated data has the drills
+run runs/copy_smear_drill50 "$SMEAR" "$DRILLS"
 # Smeared keys with 10x the demo's pretraining (3000 steps, ~36 min).
-mkdir -p runs/copy_smear_long
-[ -d runs/copy_smear_long/world ] || cp -r runs/lifecycle_v2/world runs/lifecycle_v2/curated runs/copy_smear_long/
-run runs/copy_smear_long --gin_param="TransformerConfig.smear_keys=True" \
-  --gin_param="pretrain/OptimizerConfig.total_steps=3000" --gin_param="pretrain/LoopConfig.num_steps=3000" \
-  --gin_param="pretrain/LoopConfig.eval_every=1000" --gin_param="pretrain/CheckpointConfig.every_steps=500" \
+seed runs/copy_smear_long runs/lifecycle_v2
+run runs/copy_smear_long "$SMEAR" $(steps 3000 1000) \
+  --gin_param="pretrain/CheckpointConfig.every_steps=500" \
   --gin_param="pretrain/CheckpointConfig.keep_last=7"
 # The pure copy task (seconds for the small shapes, ~3 min for the demo's).
 for shape in "--layers=1" "--layers=2" "--layers=8 --d_model=256 --heads=8 --mlp=768"; do

@@ -60,10 +60,9 @@ def copy_probe(graphdef: Any, params: Any, vocab_size: int, *,
   """The copy/* metrics (module docstring) of an LM (`Transformer`)."""
   ids = jnp.asarray(repeated_sequences(vocab_size, length, batch, seed))
   nll, hit = jax.device_get(next_token_stats(graphdef, params, ids))
-  # The copyable targets are the second
-  # copy's tokens after its first (ids L+1 .. 2L-1: t in [L, 2L-1)); the
-  # same tokens in the first copy (ids 1 .. L-1: t in [0, L-1)) are the
-  # no-copy baseline.
+  # The copyable targets are the second copy's tokens after its first (ids
+  # L+1 .. 2L-1: t in [L, 2L-1)); the same tokens in the first copy (ids
+  # 1 .. L-1: t in [0, L-1)) are the no-copy baseline.
   first, second = slice(0, length - 1), slice(length, 2 * length - 1)
   nll_first = float(np.mean(nll[:, first]))
   nll_second = float(np.mean(nll[:, second]))
