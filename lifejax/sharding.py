@@ -53,6 +53,28 @@ class MeshConfig:
   model: int = 1
   rules: Rules = DEFAULT_RULES
 
+  def __post_init__(self):
+    # A rule naming an axis the mesh does not have would be dropped as if
+    # it were a size-1 axis: the dimension silently stays replicated.
+    seen: set[str] = set()
+    for entry in self.rules:
+      if not (isinstance(entry, (tuple, list)) and len(entry) == 2
+              and isinstance(entry[0], str)):
+        raise ValueError(f"MeshConfig.rules: entry {entry!r} is not a "
+                         "(logical name, mesh axes) pair")
+      name, rule = entry
+      if name in seen:
+        raise ValueError(f"MeshConfig.rules: logical axis {name!r} has more "
+                         "than one entry (only the last would apply)")
+      seen.add(name)
+      axes = (() if rule is None else (rule,) if isinstance(rule, str)
+              else tuple(rule))
+      unknown = [a for a in axes if a not in MESH_AXES]
+      if unknown:
+        raise ValueError(f"MeshConfig.rules: logical axis {name!r} maps to "
+                         f"unknown mesh axes {unknown}; mesh axes are "
+                         f"{MESH_AXES}")
+
   def shape(self, num_devices: int) -> tuple[int, int, int]:
     sizes = [self.data, self.fsdp, self.model]
     if sizes.count(-1) > 1:

@@ -7,8 +7,10 @@ import os
 
 import pytest
 
-from lifejax.data import chat
+from lifejax.data import chat, chat_render
 from lifejax.data import tokenizer as tokenizer_lib
+from lifejax.run import artifacts
+from lifejax.run.layout import RunDir
 
 _PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))), "tools", "check_template.py")
@@ -26,7 +28,7 @@ def run_dir(tmp_path_factory):
   d = tmp_path_factory.mktemp("sft_run")
   tokenizer_lib.train_sentencepiece(
       ["Be brief. Hi there! Hello."] * 30, d / "tokenizer", 300)
-  chat.save_template(d, chat.LIFEJAX)
+  artifacts.save_template(str(d), chat.LIFEJAX)
   return d
 
 
@@ -38,24 +40,24 @@ def _write(path, lines):
 
 
 def test_clean_prompts_pass(run_dir, tmp_path, capsys):
-  tok = tokenizer_lib.load_tokenizer(run_dir / "tokenizer.model")
+  tok = tokenizer_lib.load_tokenizer(RunDir(run_dir).tokenizer_model)
   prompts = _write(tmp_path / "p.jsonl", [
-      chat.render_text(chat.LIFEJAX, CONV, add_generation_prompt=True),
-      chat.render_prompt(chat.LIFEJAX, tok, CONV),
-      {"ids": chat.render_prompt(chat.LIFEJAX, tok, CONV[1:])},
-      {"text": chat.render_text(chat.LIFEJAX, CONV[1:],
-                                add_generation_prompt=True)}])
+      chat_render.render_text(chat.LIFEJAX, CONV, add_generation_prompt=True),
+      chat_render.render_prompt(chat.LIFEJAX, tok, CONV),
+      {"ids": chat_render.render_prompt(chat.LIFEJAX, tok, CONV[1:])},
+      {"text": chat_render.render_text(chat.LIFEJAX, CONV[1:],
+                                       add_generation_prompt=True)}])
   assert check_template.main([f"--run_dir={run_dir}",
                               f"--prompts={prompts}"]) == 0
   assert "OK: all 4 prompts match template 'lifejax'" in capsys.readouterr().out
 
 
 def test_findings_fail_and_are_explained(run_dir, tmp_path, capsys):
-  tok = tokenizer_lib.load_tokenizer(run_dir / "tokenizer.model")
-  ids = chat.render_prompt(chat.LIFEJAX, tok, CONV)
+  tok = tokenizer_lib.load_tokenizer(RunDir(run_dir).tokenizer_model)
+  ids = chat_render.render_prompt(chat.LIFEJAX, tok, CONV)
   prompts = _write(tmp_path / "p.jsonl", [
       ids, [tok.bos_id] + ids, ids[:-1],
-      chat.render_text(chat.CHATML, CONV, add_generation_prompt=True)])
+      chat_render.render_text(chat.CHATML, CONV, add_generation_prompt=True)])
   out_json = tmp_path / "findings.json"
   assert check_template.main([f"--run_dir={run_dir}", f"--prompts={prompts}",
                               f"--json={out_json}"]) == 1
@@ -72,13 +74,13 @@ def test_findings_fail_and_are_explained(run_dir, tmp_path, capsys):
 
 
 def test_template_by_name_and_bad_input(run_dir, tmp_path, capsys):
-  text = chat.render_text(chat.CHATML, CONV, add_generation_prompt=True)
+  text = chat_render.render_text(chat.CHATML, CONV, add_generation_prompt=True)
   prompts = _write(tmp_path / "p.jsonl", [{"prompt": text}])
-  tok = str(run_dir / "tokenizer.model")
+  tok = RunDir(run_dir).tokenizer_model
   assert check_template.main(["--template=chatml", f"--tokenizer={tok}",
                               f"--prompts={prompts}"]) == 0
   assert check_template.main([
-      f"--template={run_dir / chat.TEMPLATE_FILE}", f"--tokenizer={tok}",
+      f"--template={RunDir(run_dir).chat_template}", f"--tokenizer={tok}",
       f"--prompts={prompts}"]) == 1
   bad = tmp_path / "bad.jsonl"
   bad.write_text('{"text": "ok"}\n{"nothing": 1}\n')

@@ -12,6 +12,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from lifejax import sharding
+from lifejax.data import batching
 from lifejax.losses.lm import make_lm_loss_fn
 from lifejax.model import transformer
 from lifejax.model.config import TransformerConfig
@@ -97,7 +98,7 @@ def test_param_specs_of_the_model(devices):
 
 def test_batch_not_divisible_by_mesh_names_both_numbers(devices, tmp_path):
   mesh = sharding.make_mesh(sharding.MeshConfig(data=2, fsdp=2, model=2))
-  batch = trainer_lib.example_lm_batch(6, 16)
+  batch = batching.example_lm_batch(6, 16)
   with pytest.raises(ValueError) as e:
     sharding.batch_shardings(batch, mesh, sharding.DEFAULT_RULES)
   msg = str(e.value)
@@ -112,7 +113,7 @@ def test_batch_not_divisible_by_mesh_names_both_numbers(devices, tmp_path):
   with pytest.raises(ValueError, match=r"batch size 6 .* = 4 devices"):
     trainer_lib.build_trainer(example_batch=batch, **common)
   with pytest.raises(ValueError, match=r"microbatch size 2 .* = 4 devices"):
-    trainer_lib.build_trainer(example_batch=trainer_lib.example_lm_batch(8, 16),
+    trainer_lib.build_trainer(example_batch=batching.example_lm_batch(8, 16),
                               num_microbatches=4, **common)
   assert not (tmp_path / "checkpoints").exists()
 
@@ -165,7 +166,7 @@ def _train(mesh, run_dir: str, batches, host_params, num_microbatches: int):
       optimizer_cfg=optim.OptimizerConfig(learning_rate=1e-2,
                                           schedule="constant", warmup_steps=0),
       mesh=mesh, rules=sharding.DEFAULT_RULES,
-      example_batch=trainer_lib.example_lm_batch(8, 16),
+      example_batch=batching.example_lm_batch(8, 16),
       checkpoint_cfg=CheckpointConfig(async_save=False), resume=False,
       init_params=lambda: host_params, num_microbatches=num_microbatches)
   state = tr.state

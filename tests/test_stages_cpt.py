@@ -6,6 +6,7 @@ import pytest
 
 from lifejax import sharding, stages
 from lifejax.model.config import TransformerConfig
+from lifejax.run.lineage import read_lineage
 from lifejax.train.checkpoint import CheckpointConfig
 from lifejax.train.loop import LoopConfig
 from lifejax.train.optim import OptimizerConfig
@@ -51,9 +52,10 @@ def test_cpt_starts_from_the_base_run(tmp_path):
   # Starts where the base run ended, far below a fresh model's loss.
   assert cpt[0] < base[0] - 1.0
   assert cpt[0] == pytest.approx(base[-1], abs=0.5)
-  lineage = json.load(open(tmp_path / "cpt" / "lineage.json"))
-  assert lineage["init_from"].endswith("base")
-  assert lineage["tokenizer"]["path"].endswith("base/tokenizer.model")
+  lineage = read_lineage(str(tmp_path / "cpt"))
+  assert lineage.stage == "cpt"
+  assert lineage.init_from == str(tmp_path / "base")
+  assert lineage.tokenizer.path == str(tmp_path / "base" / "tokenizer.model")
   assert not (tmp_path / "cpt" / "tokenizer.model").exists()
 
 
@@ -98,5 +100,5 @@ def test_cpt_tracks_the_general_panel_and_warns_on_forgetting(tmp_path):
   assert evals[0]["eval/forgetting_warning"] == 0.0
   assert evals[-1]["eval/forgetting_warning"] == 1.0
   assert summary["forgetting_warnings"]
-  lineage = json.load(open(tmp_path / "cpt" / "lineage.json"))
-  assert list(lineage["general_eval_files"]) == [holdout]
+  lineage = read_lineage(str(tmp_path / "cpt"))
+  assert list(lineage.inputs["general_eval_files"]) == [holdout]

@@ -22,10 +22,10 @@ if _ROOT not in sys.path:
 
 import yaml  # noqa: E402
 
-from lifejax.eval import card as card_lib  # noqa: E402
+from lifejax.eval import card_audit  # noqa: E402
 
 
-def _table(checks: Sequence[card_lib.Check]) -> str:
+def _table(checks: Sequence[card_audit.Check]) -> str:
   rows = [("status", "sha256", "path", "card field")]
   rows += [(c.status, (c.expected or "-")[:16], c.path, c.where)
            for c in checks]
@@ -40,8 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("card", help="path to a model_card.yaml")
   args = parser.parse_args(argv)
   try:
-    checks = card_lib.check_card(args.card)
-    problems = card_lib.audit_card(args.card)
+    checks = card_audit.check_card(args.card)
+    problems = card_audit.audit_card(args.card)
   except (OSError, ValueError, yaml.YAMLError) as e:  # unreadable or not YAML
     print(f"audit: cannot read {args.card}: {e}", file=sys.stderr)
     return 2

@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 
+from lifejax.data import file_sources
 from lifejax.data import packing
 from lifejax.data import pipeline
 from lifejax.data import sources
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
 
   with tempfile.TemporaryDirectory() as tmp:
     if args.source:
-      source = sources.JsonlSource(args.source)
+      source = file_sources.JsonlSource(args.source)
     else:
       source = sources.InMemorySource(
           [{"text": t} for t in generated_corpus(args.num_docs, args.seed)],

@@ -5,8 +5,8 @@ For each precision, in one process and one run:
     steps, jitted once per shape) on a batch of left-padded prompts;
   * HuggingFace `LlamaForCausalLM.generate` (torch CPU, eager, greedy,
     `use_cache=True`) on the same prompts, with the same weights exported
-    through `lifejax.model.hf.save_hf_checkpoint`, torch's intra-op threads
-    set to the cores JAX uses (like for like) and, by default, also to 1
+    through `lifejax.model.hf_export.save_hf_checkpoint`, torch's intra-op
+    threads set to the cores JAX uses (like for like) and, by default, also to 1
     (on cores other processes keep busy, 2 OpenMP threads on 2 cores can
     be several times slower than 1).
 
@@ -48,7 +48,7 @@ import numpy as np
 from flax import nnx
 
 from lifejax import sharding
-from lifejax.model import hf, sampling, transformer
+from lifejax.model import hf_export, sampling, transformer
 from lifejax.model.config import TransformerConfig
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -432,7 +432,7 @@ def main(argv: list[str] | None = None) -> str:
             args.min_prompt_len or args.prompt_len, cfg.vocab_size,
             args.seed)
         if not args.no_peer:  # f32 weights; HF casts them for bf16
-          hf.save_hf_checkpoint(hf_dir, cfg, params, dtype="float32")
+          hf_export.save_hf_checkpoint(hf_dir, cfg, params, dtype="float32")
       sides.append(lifejax_side(cfg, params, graphdef, ids, mask,
                                 args.new_tokens, prec, threads,
                                 args.lifejax_devices))

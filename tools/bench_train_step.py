@@ -48,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lifejax import sharding
+from lifejax.data import batching
 from lifejax.losses.lm import make_lm_loss_fn
 from lifejax.model.config import TransformerConfig
 from lifejax.train import optim, trainer as trainer_lib
@@ -207,7 +208,7 @@ def lifejax_runner(cfg: TransformerConfig, precision: str, batch: int,
   """Builds the trainer on a 1-device mesh, compiles AOT, warms up."""
   mesh = sharding.make_mesh(sharding.MeshConfig(data=1, fsdp=1, model=1),
                             devices=jax.devices()[:1])
-  example = trainer_lib.example_lm_batch(batch, seq)
+  example = batching.example_lm_batch(batch, seq)
   t = trainer_lib.build_trainer(
       run_dir=run_dir, model_cfg=cfg, make_loss=make_lm_loss_fn,
       optimizer_cfg=optim.OptimizerConfig(warmup_steps=10, total_steps=1000),

@@ -6,8 +6,8 @@
 
 The template comes from the run directory's chat_template.json (or
 --template: a registered name or a chat_template.json path); the tokenizer
-from --tokenizer, else the run directory's tokenizer.model, else the path in
-its lineage.json. Each line of the prompts file is one prompt: a JSON string,
+from --tokenizer (a SentencePiece .model), else the run directory's (the
+file its lineage names, else its own tokenizer files). Each line of the prompts file is one prompt: a JSON string,
 a JSON list of token ids, or an object with "text"/"prompt" (string) or
 "ids"/"prompt_ids"/"tokens" (token ids).
 
@@ -27,6 +27,7 @@ from typing import Any
 from lifejax.data import chat
 from lifejax.data import chat_parity
 from lifejax.data import tokenizer as tokenizer_lib
+from lifejax.run import artifacts
 
 _TEXT_KEYS = ("text", "prompt")
 _ID_KEYS = ("ids", "prompt_ids", "tokens")
@@ -69,24 +70,16 @@ def _template(args: argparse.Namespace) -> chat.ChatTemplate:
       with open(args.template, encoding="utf-8") as f:
         return chat.ChatTemplate.from_json(f.read())
     return chat.get_template(args.template)
-  return chat.load_template(args.run_dir)
+  return artifacts.load_template(args.run_dir)
 
 
-def _tokenizer_path(args: argparse.Namespace) -> str:
+def _tokenizer(args: argparse.Namespace) -> Any:
   if args.tokenizer:
-    return args.tokenizer
+    return tokenizer_lib.load_tokenizer(args.tokenizer)
   if args.run_dir:
-    path = os.path.join(args.run_dir, "tokenizer.model")
-    if os.path.isfile(path):
-      return path
-    lineage = os.path.join(args.run_dir, "lineage.json")
-    if os.path.isfile(lineage):
-      with open(lineage, encoding="utf-8") as f:
-        path = json.load(f).get("tokenizer", {}).get("path")
-      if path:
-        return path
+    return artifacts.load_tokenizer(args.run_dir)
   raise ValueError("no tokenizer: pass --tokenizer (or a --run_dir with "
-                   "tokenizer.model or lineage.json)")
+                   "its tokenizer)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     p.error("pass --run_dir or --template")
   try:
     template = _template(args)
-    tokenizer = tokenizer_lib.load_tokenizer(_tokenizer_path(args))
+    tokenizer = _tokenizer(args)
     prompts = read_prompts(args.prompts)
   except (OSError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)

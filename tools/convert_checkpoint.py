@@ -45,18 +45,23 @@ if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
 
 from lifejax.data import hf_tokenizer  # noqa: E402
-from lifejax.model import hf, transformer  # noqa: E402
+from lifejax.model import hf_export, hf_format, hf_import  # noqa: E402
+from lifejax.model import transformer  # noqa: E402
 from lifejax.model.config import TransformerConfig  # noqa: E402
+from lifejax.run import layout  # noqa: E402
+from lifejax.run.layout import RunDir  # noqa: E402
+from lifejax.run.lineage import (  # noqa: E402
+    Lineage, read_lineage, write_lineage)
 from lifejax.train import checkpoint as ckpt_lib  # noqa: E402
 
-MODEL_CONFIG = "model_config.json"
-MODEL_GIN = "model.gin"
-LINEAGE = "lineage.json"
-CHAT_TEMPLATE_FILE = "chat_template.jinja"
+CHAT_TEMPLATE_FILE = layout.CHAT_TEMPLATE_JINJA  # the same name on both sides
+GENERATION_CONFIG = "generation_config.json"  # a HF directory's, copied
 # Copied verbatim in both directions when present.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json",
-                   "special_tokens_map.json", CHAT_TEMPLATE_FILE)
-AUX_FILES = TOKENIZER_FILES + ("generation_config.json",)
+TOKENIZER_FILES = (hf_tokenizer.TOKENIZER_JSON,
+                   hf_tokenizer.SENTENCEPIECE_MODEL,
+                   hf_tokenizer.TOKENIZER_CONFIG,
+                   hf_tokenizer.SPECIAL_TOKENS_MAP, CHAT_TEMPLATE_FILE)
+AUX_FILES = TOKENIZER_FILES + (GENERATION_CONFIG,)
 # Fields a converted checkpoint fixes; the rest (compute dtype, remat, init)
 # are choices of the run that uses it.
 _GIN_FIELDS = ("vocab_size", "d_model", "num_layers", "num_heads",
@@ -73,8 +78,8 @@ def config_to_json(cfg: TransformerConfig) -> dict[str, Any]:
 
 
 def config_from_json(d: dict[str, Any]) -> TransformerConfig:
-  """Inverse of `config_to_json`; also reads a stage's lineage.json "model"
-  (where rope_scaling is a list of pairs)."""
+  """Inverse of `config_to_json` (rope_scaling as a dict or as a list of
+  pairs)."""
   d = dict(d)
   if isinstance(d.get("rope_scaling"), list):
     d["rope_scaling"] = dict(d["rope_scaling"])
@@ -115,10 +120,11 @@ def _write_json(path: str, obj: Any) -> None:
 def hf_to_lifejax(hf_dir: str, run_dir: str, *, step: int = 0,
                   param_dtype: str = "float32") -> TransformerConfig:
   """Writes `run_dir` (see the module docstring) from a HF Llama directory."""
-  ckpt_dir = os.path.join(run_dir, "checkpoints")
+  run = RunDir(run_dir)
+  ckpt_dir = run.checkpoints
   if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
     raise FileExistsError(f"{ckpt_dir} already holds checkpoints")
-  cfg, params = hf.load_hf_checkpoint(hf_dir, param_dtype=param_dtype)
+  cfg, params = hf_import.load_hf_checkpoint(hf_dir, param_dtype=param_dtype)
   os.makedirs(run_dir, exist_ok=True)
   checkpointer = ckpt_lib.Checkpointer(
       run_dir, ckpt_lib.CheckpointConfig(async_save=False))
@@ -127,33 +133,31 @@ def hf_to_lifejax(hf_dir: str, run_dir: str, *, step: int = 0,
                     force=True)
   checkpointer.wait()
   checkpointer.close()
-  _write_json(os.path.join(run_dir, MODEL_CONFIG), config_to_json(cfg))
-  with open(os.path.join(run_dir, MODEL_GIN), "w", encoding="utf-8") as f:
+  _write_json(run.model_config_json, config_to_json(cfg))
+  with open(run.model_gin, "w", encoding="utf-8") as f:
     f.write(model_gin(cfg, run_dir, os.path.abspath(hf_dir)))
   copied = _copy_present(hf_dir, run_dir, AUX_FILES)
-  _write_json(os.path.join(run_dir, LINEAGE), {
-      "stage": "import_hf",
-      "source": os.path.abspath(hf_dir),
-      "hf_config": hf.read_hf_config(hf_dir),
-      "model": config_to_json(cfg),
-      "copied_files": copied,
-      "num_params": cfg.num_params(),
-  })
+  write_lineage(run_dir, Lineage(
+      stage="import_hf", model_kind="lm", model=cfg,
+      details={"source": os.path.abspath(hf_dir),
+               "hf_config": hf_format.read_hf_config(hf_dir),
+               "copied_files": copied, "num_params": cfg.num_params()}))
   return cfg
 
 
 def read_run_config(run_dir: str) -> TransformerConfig:
-  for name, key in ((MODEL_CONFIG, None), (LINEAGE, "model")):
-    path = os.path.join(run_dir, name)
-    if os.path.isfile(path):
-      with open(path, encoding="utf-8") as f:
-        d = json.load(f)
-      if key is None:
-        return config_from_json(d)
-      if key in d:
-        return config_from_json(d[key])
+  """An imported run's model_config.json, else the model of its lineage."""
+  run = RunDir(run_dir)
+  if os.path.isfile(run.model_config_json):
+    with open(run.model_config_json, encoding="utf-8") as f:
+      return config_from_json(json.load(f))
+  if os.path.isfile(run.lineage):
+    model = read_lineage(run_dir).model
+    if model is not None:
+      return model
   raise FileNotFoundError(
-      f"{run_dir}: no {MODEL_CONFIG} or {LINEAGE} with a 'model' entry")
+      f"{run_dir}: no {os.path.basename(run.model_config_json)} or "
+      f"{os.path.basename(run.lineage)} with a model")
 
 
 def restore_run_params(run_dir: str, cfg: TransformerConfig,
@@ -192,9 +196,9 @@ def lifejax_to_hf(run_dir: str, hf_dir: str, *, step: int | None = None,
   """Writes a HF directory from a run's checkpoint. Returns weight files."""
   cfg = read_run_config(run_dir)
   params = restore_run_params(run_dir, cfg, step=step, best=best)
-  if chat_template is None and os.path.isfile(
-      os.path.join(run_dir, CHAT_TEMPLATE_FILE)):
-    with open(os.path.join(run_dir, CHAT_TEMPLATE_FILE), encoding="utf-8") as f:
+  run = RunDir(run_dir)
+  if chat_template is None and os.path.isfile(run.chat_template_jinja):
+    with open(run.chat_template_jinja, encoding="utf-8") as f:
       chat_template = f.read()
   if tokenizer_dir is None and os.path.isfile(
       os.path.join(run_dir, hf_tokenizer.TOKENIZER_JSON)):
@@ -204,10 +208,8 @@ def lifejax_to_hf(run_dir: str, hf_dir: str, *, step: int | None = None,
                      "tokenizer_config.json: pass --tokenizer_dir")
 
   extra: dict[str, Any] = {}
-  lineage = os.path.join(run_dir, LINEAGE)
-  if os.path.isfile(lineage):
-    with open(lineage, encoding="utf-8") as f:
-      src = json.load(f).get("hf_config") or {}
+  if os.path.isfile(run.lineage):
+    src = read_lineage(run_dir).details.get("hf_config") or {}
     extra = {k: src[k] for k in ("bos_token_id", "eos_token_id",
                                  "pad_token_id") if k in src}
   os.makedirs(hf_dir, exist_ok=True)
@@ -219,10 +221,10 @@ def lifejax_to_hf(run_dir: str, hf_dir: str, *, step: int | None = None,
                   if v is not None})
     if chat_template is not None:
       _write_chat_template(hf_dir, chat_template)
-  _copy_present(run_dir, hf_dir, ("generation_config.json",))
-  return hf.save_hf_checkpoint(hf_dir, cfg, params, dtype=dtype,
-                               max_shard_size=max_shard_size,
-                               config_extra=extra, overwrite=overwrite)
+  _copy_present(run_dir, hf_dir, (GENERATION_CONFIG,))
+  return hf_export.save_hf_checkpoint(hf_dir, cfg, params, dtype=dtype,
+                                      max_shard_size=max_shard_size,
+                                      config_extra=extra, overwrite=overwrite)
 
 
 def _size(text: str) -> int:

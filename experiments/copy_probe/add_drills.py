@@ -22,8 +22,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))))
 
-from lifejax.data import world_facts as wf  # noqa: E402
-from lifejax.data import world_text as wt  # noqa: E402
+from lifejax.run import layout  # noqa: E402
+from lifejax.world import facts as wf  # noqa: E402
+from lifejax.world import text as wt  # noqa: E402
 
 
 def main(curated: str, share: float, n: int = 1500, seed: int = 7) -> None:
@@ -43,7 +44,7 @@ def main(curated: str, share: float, n: int = 1500, seed: int = 7) -> None:
       words += len(text.split())
       f.write(json.dumps({"id": f"drills-{i:05d}", "source": "drills",
                           "text": text}) + "\n")
-  path = os.path.join(curated, "curation_report.json")
+  path = os.path.join(curated, layout.CURATION_REPORT)
   with open(path) as f:
     report = json.load(f)
   report["mix"] = [r for r in report["mix"] if r["source"] != "drills"]

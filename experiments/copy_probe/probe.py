@@ -32,14 +32,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))))
 
 from lifejax import sharding  # noqa: E402
-from lifejax.data import world_emails as we  # noqa: E402
-from lifejax.data import world_facts as wf  # noqa: E402
-from lifejax.data import world_text as wt  # noqa: E402
 from lifejax.eval import copy_probe  # noqa: E402
 from lifejax.model import transformer  # noqa: E402
 from lifejax.rl import rollout  # noqa: E402
-from lifejax.stages import common  # noqa: E402
+from lifejax.run import artifacts  # noqa: E402
 from lifejax.train.checkpoint import restore_params  # noqa: E402
+from lifejax.world import emails as we  # noqa: E402
+from lifejax.world import facts as wf  # noqa: E402
+from lifejax.world import text as wt  # noqa: E402
 
 
 def email_probe(graphdef, params, tokenizer, n: int = 16) -> dict[str, float]:
@@ -90,12 +90,12 @@ def main(argv: list[str]) -> None:
   print("|---|---|---|---|---|---|---|")
   for arg in argv:
     run, _, step = arg.partition("@")
-    cfg = rollout.config_from_lineage(run)
+    cfg = artifacts.load_model_config(run)
     graphdef, abstract, specs = rollout.abstract_params(
         transformer.Transformer, cfg, mesh, mesh_cfg.rules)
     params = restore_params(run, abstract, sharding.named(mesh, specs),
                             step=int(step) if step else None)
-    tokenizer = common.tokenizer_of(run)
+    tokenizer = artifacts.load_tokenizer(run)
     r = copy_probe.copy_probe(graphdef, params, tokenizer.vocab_size)
     e = email_probe(graphdef, params, tokenizer)
     d = drill_probe(graphdef, params, tokenizer)

@@ -11,10 +11,10 @@ prints one markdown table (and writes it to --out).
 from __future__ import annotations
 
 import argparse
-import os
 
 from lifejax.eval.report import fmt
 from lifejax.eval.runs import read_json
+from lifejax.run.layout import LifecycleRoot
 
 TASKS = ("summarize", "reply", "action_items", "fact_qa", "refuse_pii")
 ROWS = (
@@ -36,11 +36,11 @@ ROWS = (
 
 
 def _eval(root: str, stage: str) -> dict:
-  return read_json(os.path.join(root, stage, "eval.json"), {})
+  return read_json(LifecycleRoot(root).stage(stage).eval, {})
 
 
 def _seconds(root: str) -> dict[str, float]:
-  ledger = read_json(os.path.join(root, "lifecycle.json"), {"stages": []})
+  ledger = read_json(LifecycleRoot(root).ledger, {"stages": []})
   return {s["name"]: s["seconds"] for s in ledger["stages"]}
 
 

@@ -23,6 +23,7 @@ import matplotlib
 import numpy as np
 
 from lifejax.eval import runs
+from lifejax.run.layout import RunDir
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -33,8 +34,8 @@ COLUMNS = (("flawed reward", "score"), ("true judge", "true_judge"),
 
 
 def iteration_rows(run_dir: str) -> list[dict]:
-  path = os.path.join(run_dir, "metrics.jsonl")
-  rows = [r for r in runs.read_rows(path) if "true_judge" in r]
+  path = RunDir(run_dir).metrics
+  rows = [r for r in runs.metrics_rows(run_dir) if "true_judge" in r]
   if not rows:
     raise ValueError(f"{path}: no PPO iteration rows (true_judge missing)")
   return rows

@@ -16,16 +16,13 @@ import os
 from typing import Any
 
 import jax
-from flax import nnx
 
 from lifejax import sharding
-from lifejax.data import chat
-from lifejax.data.sources import read_jsonl
+from lifejax.data.jsonl import read_jsonl
 from lifejax.eval import instruct, policy_eval
 from lifejax.model import transformer
-from lifejax.rl.rollout import config_from_lineage
-from lifejax.stages import common
-from lifejax.stages.preference import lm_params_from
+from lifejax.run import artifacts
+from lifejax.run.layout import LifecycleRoot
 
 COLUMNS = (("win rate vs SFT", "win_rate_vs_ref", "pct"),
            ("± SE", "win_rate_se", "pct"),
@@ -58,16 +55,21 @@ def main() -> None:
   ap.add_argument("--out", required=True)
   args = ap.parse_args()
 
-  sft_run = os.path.join(args.root, "sft")
-  cfg = config_from_lineage(sft_run)
+  root = LifecycleRoot(args.root)
+  sft_run = root.stage("sft").root
+  cfg = artifacts.load_model_config(sft_run)
   mesh_cfg = sharding.MeshConfig()
   mesh = sharding.make_mesh(mesh_cfg)
-  graphdef, _ = nnx.split(transformer.abstract_model(cfg), nnx.Param)
-  ref = jax.device_get(lm_params_from(sft_run, cfg, mesh, mesh_cfg.rules))
-  tokenizer = common.tokenizer_of(sft_run)
-  template = chat.load_template(sft_run)
-  records = read_jsonl(os.path.join(args.root, "world", "instructions",
-                                    "test.jsonl"))[:args.records]
+
+  def lm_params(run_dir: str) -> tuple[Any, Any]:
+    graphdef, params = artifacts.load_params(
+        run_dir, transformer.Transformer, cfg, mesh, mesh_cfg.rules)
+    return graphdef, jax.device_get(params)
+
+  graphdef, ref = lm_params(sft_run)
+  tokenizer = artifacts.load_tokenizer(sft_run)
+  template = artifacts.load_template(sft_run)
+  records = read_jsonl(root.world_instructions("test"))[:args.records]
   spec = instruct.GenerationSpec(prompt_len=256, max_new_tokens=64,
                                  batch_size=24)
 
@@ -79,8 +81,7 @@ def main() -> None:
     label, run_dir = item.split("=", 1)
     if not os.path.isdir(run_dir):
       raise FileNotFoundError(f"--run {label!r}: no run directory {run_dir}")
-    params = jax.device_get(lm_params_from(run_dir, cfg, mesh,
-                                           mesh_cfg.rules))
+    _, params = lm_params(run_dir)
     m = evaluator(params)
     m["wtl"] = (m["wins"], m["ties"], m["losses"])
     rows.append((label, run_dir, m))

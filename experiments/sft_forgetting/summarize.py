@@ -22,6 +22,7 @@ import matplotlib
 
 from lifejax.eval import runs
 from lifejax.eval.report import fmt
+from lifejax.run.layout import RunDir
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -37,8 +38,8 @@ METRICS = (("instruction accuracy", "eval/instruct/accuracy", "pct"),
 
 def eval_rows(run_dir: str) -> list[dict]:
   """The eval rows of a run's metrics.jsonl (those with the panel metric)."""
-  path = os.path.join(run_dir, "metrics.jsonl")
-  rows = [r for r in runs.read_rows(path) if GENERAL in r]
+  path = RunDir(run_dir).metrics
+  rows = [r for r in runs.metrics_rows(run_dir) if GENERAL in r]
   if not rows or rows[0]["step"] != 0:
     raise ValueError(f"{path}: needs eval rows starting at step 0 "
                      "(LoopConfig.eval_at_start = True)")
@@ -47,7 +48,7 @@ def eval_rows(run_dir: str) -> list[dict]:
 
 def binding(run_dir: str, name: str) -> str:
   """An unscoped binding's value from the run's saved config.gin."""
-  path = os.path.join(run_dir, "config.gin")
+  path = RunDir(run_dir).config_gin
   with open(path) as f:
     m = re.search(rf"^{re.escape(name)} = (.+)$", f.read(), re.MULTILINE)
   if not m:

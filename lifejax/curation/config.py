@@ -58,7 +58,7 @@ class CurationConfig:
 
 
 def embedded_world_config() -> CurationConfig:
-  """Settings for the embedded world's corpus (`data/synthetic.py`).
+  """Settings for the embedded world's corpus (`world/generator.py`).
 
   * Web heuristics (C4 line rules, Gopher, FineWeb, C4 page rules) run on
     the web crawl only: curated prose (wiki), dialogue (support_chat), mail

@@ -31,9 +31,9 @@ import numpy as np
 from lifejax.curation import dedup, steps
 from lifejax.curation.config import CurationConfig
 from lifejax.curation.decontam import ContaminationIndex
-from lifejax.curation.shards import (ShardSpec, read_jsonl, write_json_atomic,
-                                     write_jsonl_atomic)
+from lifejax.curation.shards import ShardSpec, write_json_atomic
 from lifejax.curation.stats import Tally
+from lifejax.data.jsonl import iter_jsonl, write_jsonl
 
 
 def _p1(work: Path, spec: ShardSpec, suffix: str) -> Path:
@@ -43,11 +43,11 @@ def _p1(work: Path, spec: ShardSpec, suffix: str) -> Path:
 def phase1_job(spec: ShardSpec, config: CurationConfig, work: Path) -> str:
   """Runs and persists phase 1 of one shard; returns the shard's name."""
   records, sigs, removed, tally = steps.phase1_shard(spec, config)
-  write_jsonl_atomic(_p1(work, spec, "records.jsonl"), records)
+  write_jsonl(_p1(work, spec, "records.jsonl"), records)
   tmp = _p1(work, spec, f"sig.tmp{os.getpid()}.npy")
   np.save(tmp, sigs)
   os.replace(tmp, _p1(work, spec, "sig.npy"))
-  write_jsonl_atomic(_p1(work, spec, "removed.jsonl"), removed)
+  write_jsonl(_p1(work, spec, "removed.jsonl"), removed)
   write_json_atomic(_p1(work, spec, "tally.json"), tally.to_json())
   write_json_atomic(_p1(work, spec, "done"), {"token": uuid.uuid4().hex})
   return spec.name
@@ -57,13 +57,13 @@ def phase2_job(spec: ShardSpec, verdicts: dict[int, tuple[str, str]],
                index: ContaminationIndex | None, config: CurationConfig,
                out_dir: Path, work: Path, dedup_token: str) -> str:
   """Runs and persists phase 2 of one shard; returns the shard's name."""
-  records = list(read_jsonl(_p1(work, spec, "records.jsonl")))
+  records = list(iter_jsonl(_p1(work, spec, "records.jsonl")))
   outputs, ledgers, tally = steps.phase2_shard(spec, records, verdicts, index,
                                                config)
-  write_jsonl_atomic(out_dir / spec.source / f"{spec.name}.jsonl", outputs)
-  removed = list(read_jsonl(_p1(work, spec, "removed.jsonl")))
+  write_jsonl(out_dir / spec.source / f"{spec.name}.jsonl", outputs)
+  removed = list(iter_jsonl(_p1(work, spec, "removed.jsonl")))
   ledger = sorted(removed + ledgers, key=lambda e: e["idx"])
-  write_jsonl_atomic(work / "ledger" / f"{spec.name}.jsonl", ledger)
+  write_jsonl(work / "ledger" / f"{spec.name}.jsonl", ledger)
   write_json_atomic(work / "p2" / f"{spec.name}.tally.json", tally.to_json())
   write_json_atomic(work / "p2" / f"{spec.name}.done",
                     {"dedup": dedup_token})
@@ -101,7 +101,7 @@ def _global_dedup(specs: Sequence[ShardSpec], config: CurationConfig,
                   work: Path, token: str) -> dict[str, Any]:
   keys, ranks, ids, hashes, sigs = [], [], [], [], []
   for spec in specs:
-    for r in read_jsonl(_p1(work, spec, "records.jsonl")):
+    for r in iter_jsonl(_p1(work, spec, "records.jsonl")):
       keys.append((spec.name, r["idx"]))
       ranks.append(dedup.priority_rank(r["doc"]["source"],
                                        config.keep_priority))

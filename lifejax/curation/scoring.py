@@ -15,9 +15,10 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from lifejax.curation.shards import ShardSpec, read_jsonl, read_shard
+from lifejax.curation.shards import ShardSpec, read_shard
 from lifejax.curation.stats import STEPS
 from lifejax.curation.steps import value_digest
+from lifejax.data.jsonl import iter_jsonl
 
 # defect kind -> (step that should catch it, predicate on the ledger entry)
 KINDS = {
@@ -47,7 +48,7 @@ def _ratio(a: int, b: int) -> float | None:
 def _labeled_docs(specs: Sequence[ShardSpec], work_dir: Path):
   """(input doc, its ledger entry) for every labeled input document."""
   for spec in specs:
-    ledger = {e["idx"]: e for e in read_jsonl(work_dir / "ledger" /
+    ledger = {e["idx"]: e for e in iter_jsonl(work_dir / "ledger" /
                                               f"{spec.name}.jsonl")}
     for idx, raw in read_shard(spec):
       try:

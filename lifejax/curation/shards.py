@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from lifejax.curation.stats import Tally
+from lifejax.data.jsonl import encode_line
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,17 +171,7 @@ def read_shard(spec: ShardSpec) -> Iterator[tuple[int, bytes]]:
 
 def jsonl_bytes(records: Iterable[dict[str, Any]]) -> bytes:
   """The exact bytes every runner writes for a JSONL file."""
-  return "".join(json.dumps(r, ensure_ascii=False) + "\n"
-                 for r in records).encode("utf-8")
-
-
-def write_jsonl_atomic(path: Path, records: Iterable[dict[str, Any]]) -> None:
-  """Writes records to `path` via a temporary file and a rename, so a crash
-  never leaves a half-written file under the final name."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-  tmp.write_bytes(jsonl_bytes(records))
-  os.replace(tmp, path)
+  return "".join(encode_line(r) for r in records).encode("utf-8")
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -189,10 +180,3 @@ def write_json_atomic(path: Path, data: Any) -> None:
   with open(tmp, "w", encoding="utf-8") as f:
     json.dump(data, f, ensure_ascii=False, indent=1, sort_keys=True)
   os.replace(tmp, path)
-
-
-def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-  with open(path, encoding="utf-8") as f:
-    for line in f:
-      if line.strip():
-        yield json.loads(line)

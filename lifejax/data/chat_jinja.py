@@ -2,7 +2,7 @@
 
 `to_jinja(template)` gives the string that goes into an HF tokenizer's
 `chat_template`; rendered by `transformers` (or plain jinja2 with a
-`raise_exception` global) it produces exactly `chat.render_text`.
+`raise_exception` global) it produces exactly `chat_render.render_text`.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A rendering is BOS, then turns `prefix content suffix separator`, optionally
 ending with a bare assistant prefix (the generation prompt). `parse_turns`
-recovers the turns from a sequence of atoms: token ids (chat.py's
+recovers the turns from a sequence of atoms: token ids (chat_render.py's
 `parse_conversation`) or characters and marker strings (the parity checker).
 A turn's content ends at the first occurrence of its role's suffix that lets
 the rest of the sequence parse too (backtracking), so content that happens to

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 
-from lifejax.data import chat
+from lifejax.data import chat, chat_render
 from lifejax.data import chat_match
 
 FINDING_KINDS: dict[str, str] = {
@@ -90,7 +90,7 @@ def _is_marker(atom: chat_match.Atom) -> bool:
 class _Ctx:
   """Per-call state: templates, marker strings, the tokenizer's pieces."""
 
-  def __init__(self, train: chat.ChatTemplate, tokenizer: chat.Tokenizer,
+  def __init__(self, train: chat.ChatTemplate, tokenizer: chat_render.Tokenizer,
                known: Sequence[chat.ChatTemplate]):
     self.train = train
     self.tokenizer = tokenizer
@@ -148,7 +148,8 @@ def _to_text(ctx: _Ctx, prompt: Prompt) -> tuple[str, list[str]]:
   return "".join(parts), sorted(set(as_text))
 
 
-def _render(template: chat.ChatTemplate, messages: Sequence[chat.Message],
+def _render(template: chat.ChatTemplate,
+            messages: Sequence[chat_render.Message],
             generation_prompt: bool) -> str:
   """render_text without the rule checks (the messages may break them)."""
   parts = [template.bos]
@@ -183,7 +184,7 @@ def _family(ctx: _Ctx, text: str) -> set[str]:
   return foreign
 
 
-def _system_fix(ctx: _Ctx, messages: list[chat.Message],
+def _system_fix(ctx: _Ctx, messages: list[chat_render.Message],
                 system_prompts: Sequence[str]) -> tuple[list, str] | None:
   """Messages with the system prompt moved out of the user role, and what
   was wrong; None if it is not there."""
@@ -247,7 +248,7 @@ def _check_one(ctx: _Ctx, prompt: Prompt, system_prompts: Sequence[str]
     messages, why = fixed
     found.append(("system_in_user", why))
   try:
-    chat.validate_conversation(
+    chat_render.validate_conversation(
         train, messages, mode="prompt" if parsed.generation_prompt else "any")
   except chat.ConversationError as e:
     found.append(("invalid_conversation", f"{e.reason}: {e.detail}"))
@@ -255,7 +256,7 @@ def _check_one(ctx: _Ctx, prompt: Prompt, system_prompts: Sequence[str]
     found.append(("missing_generation_prompt", f"ends with {text[-24:]!r}, "
                   f"not with {train.generation_prompt!r}"))
   if not found and not isinstance(prompt, str):
-    expected = chat.render_prompt(train, ctx.tokenizer, messages)
+    expected = chat_render.render_prompt(train, ctx.tokenizer, messages)
     got = [int(i) for i in prompt]
     if got != expected:
       k = next((k for k, (a, b) in enumerate(zip(expected, got)) if a != b),
@@ -267,7 +268,7 @@ def _check_one(ctx: _Ctx, prompt: Prompt, system_prompts: Sequence[str]
 
 def check_parity(
     train_template: chat.ChatTemplate,
-    tokenizer: chat.Tokenizer,
+    tokenizer: chat_render.Tokenizer,
     serving_prompts: Sequence[Prompt],
     *,
     system_prompts: Sequence[str] = (),
@@ -290,7 +291,7 @@ def check_parity(
   """
   if isinstance(serving_prompts, (str, Mapping)):
     raise TypeError("serving_prompts must be a list of prompts")
-  chat.check_tokenizer(train_template, tokenizer)
+  chat_render.check_tokenizer(train_template, tokenizer)
   known = list(chat.TEMPLATES.values()) if known_templates is None else list(
       known_templates)
   ctx = _Ctx(train_template, tokenizer, known)

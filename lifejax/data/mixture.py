@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import grain
+import numpy as np
 
-from lifejax.data import sources as sources_lib
+from lifejax.data import sources as sources_lib, tfds_sources
 
 
 def normalize_weights(weights: Sequence[float] | None, n: int) -> list[float]:
@@ -49,7 +51,7 @@ def mix(datasets: Sequence[grain.MapDataset],
 def seqio_sources(
     name: str, *, split: str, fields: sources_lib.FieldSpec = ("text",),
     skip_bad_records: bool = False
-) -> tuple[list[sources_lib.SeqioSource], list[float]]:
+) -> tuple[list[tfds_sources.SeqioSource], list[float]]:
   """The tasks of a registered seqio Mixture (or one Task) and their rates.
 
   Pass the result to `pipeline.lm_dataset(sources, ..., weights=rates)`: the
@@ -63,7 +65,43 @@ def seqio_sources(
     rates = [float(provider.get_rate(t)) for t in tasks]
   else:
     tasks, rates = [provider], [1.0]
-  srcs = [sources_lib.SeqioSource(t.name, split=split, fields=fields,
-                                  skip_bad_records=skip_bad_records)
+  srcs = [tfds_sources.SeqioSource(t.name, split=split, fields=fields,
+                                   skip_bad_records=skip_bad_records)
           for t in tasks]
   return srcs, rates
+
+
+class MixedIterator:
+  """Each step draws the general-data batch with probability `share`.
+
+  The choice is a pure function of (seed, step), and both sub-iterators'
+  states are saved, so a resumed run sees exactly the same batches.
+  """
+
+  def __init__(self, main: Any, general: Any | None, share: float, seed: int):
+    if general is None and share > 0:
+      raise ValueError("general_share > 0 needs general_files")
+    self.main, self.general, self.share, self.seed = main, general, share, seed
+    self.step = 0
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    u = np.random.default_rng([self.seed, self.step]).random()
+    self.step += 1
+    if self.general is not None and u < self.share:
+      return next(self.general)
+    return next(self.main)
+
+  def get_state(self) -> dict:
+    state = {"step": self.step, "main": self.main.get_state()}
+    if self.general is not None:
+      state["general"] = self.general.get_state()
+    return state
+
+  def set_state(self, state: dict) -> None:
+    self.step = int(state["step"])
+    self.main.set_state(state["main"])
+    if self.general is not None:
+      self.general.set_state(state["general"])

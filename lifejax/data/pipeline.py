@@ -26,7 +26,7 @@ import numpy as np
 
 from lifejax.data import mixture
 from lifejax.data import packing
-from lifejax.data import preference
+from lifejax.data import preference, prompts
 from lifejax.data import sources as sources_lib
 from lifejax.data import tokenizer as tokenizer_lib
 
@@ -277,15 +277,11 @@ class _PromptRow(grain.transforms.Map):
     ids = list(self.render(record))
     if not ids:
       raise ValueError(f"record {index}: render gave an empty prompt")
-    # Keep the end: it is what the policy continues from.
-    ids = ids[-self.prompt_len:]
-    n = len(ids)
-    tokens = np.full(self.prompt_len, self.pad_id, np.int32)
-    tokens[self.prompt_len - n:] = ids
-    mask = np.zeros(self.prompt_len, np.bool_)
-    mask[self.prompt_len - n:] = True
-    return {"prompt_tokens": tokens, "prompt_mask": mask,
-            "prompt_lengths": np.int32(n), "record_index": np.int32(index)}
+    # left_pad keeps the end: it is what the policy continues from.
+    tokens, mask = prompts.left_pad([ids], self.prompt_len, self.pad_id)
+    return {"prompt_tokens": tokens[0], "prompt_mask": mask[0].astype(np.bool_),
+            "prompt_lengths": np.int32(min(len(ids), self.prompt_len)),
+            "record_index": np.int32(index)}
 
 
 def _stack_prompts(rows: Sequence[dict[str, Any]], *, batch_size: int
@@ -363,3 +359,22 @@ def iterator_state_to_json(state: Mapping[str, Any]) -> dict[str, Any]:
 def iterator_state_from_json(d: Mapping[str, Any]) -> dict[str, Any]:
   """Inverse of iterator_state_to_json, ready for `iterator.set_state`."""
   return _check_json(d, "state")
+
+
+class JsonStateIterator:
+  """Wraps a grain iterator so its state is JSON (for orbax JsonSave)."""
+
+  def __init__(self, it: Any):
+    self._it = it
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    return next(self._it)
+
+  def get_state(self) -> dict:
+    return iterator_state_to_json(self._it.get_state())
+
+  def set_state(self, state: dict) -> None:
+    self._it.set_state(iterator_state_from_json(state))

@@ -106,3 +106,37 @@ class PreferencePairToRows(grain.transforms.Map):
                                               "response": record[field]})
       out[key] = response_row(prompt_ids, response_ids, self.seq_len)
     return out
+
+
+class PairBatches:
+  """Shuffled fixed-size batches over precomputed pair rows (+ ref logps).
+
+  Deterministic from (seed, epoch); the state is (epoch, position), so a
+  resumed run continues with exactly the next batch.
+  """
+
+  def __init__(self, chosen: dict, rejected: dict, batch_size: int, seed: int):
+    self.chosen, self.rejected = chosen, rejected
+    self.n = next(iter(chosen.values())).shape[0]
+    if self.n < batch_size:
+      raise ValueError(f"{self.n} preference pairs < batch_size {batch_size}")
+    self.batch_size, self.seed = batch_size, seed
+    self.epoch, self.pos = 0, 0
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    if self.pos + self.batch_size > self.n:
+      self.epoch, self.pos = self.epoch + 1, 0
+    order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+    idx = order[self.pos:self.pos + self.batch_size]
+    self.pos += self.batch_size
+    return {"chosen": {k: v[idx] for k, v in self.chosen.items()},
+            "rejected": {k: v[idx] for k, v in self.rejected.items()}}
+
+  def get_state(self) -> dict:
+    return {"epoch": self.epoch, "pos": self.pos}
+
+  def set_state(self, s: dict) -> None:
+    self.epoch, self.pos = int(s["epoch"]), int(s["pos"])

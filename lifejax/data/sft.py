@@ -10,8 +10,8 @@
 A conversation is one packed segment: it is never split (a split would train
 answers without their question) and never attends to another conversation;
 its positions restart at 0. One longer than `seq_len + 1` tokens keeps its
-first `seq_len + 1`. The loss mask is `chat.render_conversation`'s, carried
-through packing unchanged (grain's packer pads it with 0).
+first `seq_len + 1`. The loss mask is `chat_render.render_conversation`'s,
+carried through packing unchanged (grain's packer pads it with 0).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from typing import Any
 import grain
 import numpy as np
 
-from lifejax.data import chat
-from lifejax.data import pipeline
+from lifejax.data import chat, chat_render
+from lifejax.data import pipeline, prompts
 from lifejax.data import sources as sources_lib
 
 SourceLike = sources_lib.Source | grain.MapDataset
@@ -61,8 +61,8 @@ def screen_conversations(
       if not isinstance(record, Mapping) or messages_field not in record:
         raise chat.ConversationError(
             "missing_messages", f"the record has no {messages_field!r} field")
-      chat.validate_conversation(template, record[messages_field],
-                                 mode="training")
+      chat_render.validate_conversation(template, record[messages_field],
+                                        mode="training")
     except chat.ConversationError as e:
       if not skip_bad:
         raise e.at(_where(source_name, i, record)) from None
@@ -75,9 +75,9 @@ def screen_conversations(
 class _ConversationToExample(grain.transforms.Map):
   """(index, record) -> {tokens, targets, loss_mask} of n <= T pairs."""
 
-  def __init__(self, template: chat.ChatTemplate, tokenizer: chat.Tokenizer,
-               seq_len: int, train_on: str, messages_field: str,
-               source_name: str, skip_bad: bool):
+  def __init__(self, template: chat.ChatTemplate,
+               tokenizer: chat_render.Tokenizer, seq_len: int, train_on: str,
+               messages_field: str, source_name: str, skip_bad: bool):
     self.template = template
     self.tokenizer = tokenizer
     self.seq_len = seq_len
@@ -90,7 +90,7 @@ class _ConversationToExample(grain.transforms.Map):
           ) -> dict[str, np.ndarray] | None:
     index, record = element
     try:
-      ids, mask = chat.render_conversation(
+      ids, mask = chat_render.render_conversation(
           self.template, self.tokenizer, record[self.messages_field],
           train_on=self.train_on)
       ids, mask = ids[:self.seq_len + 1], mask[:self.seq_len + 1]
@@ -144,7 +144,7 @@ def pack_examples(examples: grain.IterDataset, *, seq_len: int,
 
 def sft_dataset(
     source: SourceLike,
-    tokenizer: chat.Tokenizer,
+    tokenizer: chat_render.Tokenizer,
     template: chat.ChatTemplate | str,
     *,
     seq_len: int,
@@ -171,11 +171,11 @@ def sft_dataset(
   result has get_state/set_state (JSON-compatible state).
   """
   template = chat.get_template(template)
-  chat.check_tokenizer(template, tokenizer)
+  chat_render.check_tokenizer(template, tokenizer)
   if seq_len < 1:
     raise ValueError(f"seq_len must be >= 1, got {seq_len}")
-  if train_on not in chat.TRAIN_ON:
-    raise ValueError(f"train_on must be one of {chat.TRAIN_ON}, got "
+  if train_on not in chat_render.TRAIN_ON:
+    raise ValueError(f"train_on must be one of {chat_render.TRAIN_ON}, got "
                      f"{train_on!r}")
   if num_epochs is not None and num_epochs < 1:
     raise ValueError(f"num_epochs must be >= 1 or None, got {num_epochs}")
@@ -221,8 +221,9 @@ class ChatRender:
   Plugs into `pipeline.preference_dataset(render=...)`.
   """
 
-  def __init__(self, template: chat.ChatTemplate, tokenizer: chat.Tokenizer,
-               *, prompt_field: str = "prompt",
+  def __init__(self, template: chat.ChatTemplate,
+               tokenizer: chat_render.Tokenizer, *,
+               prompt_field: str = "prompt",
                response_field: str = "response"):
     self.template = template
     self.tokenizer = tokenizer
@@ -232,10 +233,10 @@ class ChatRender:
   def __call__(self, record: Mapping[str, Any]) -> tuple[list[int], list[int]]:
     where = str(record.get("id", "record"))
     try:
-      prompt = chat.render_prompt(self.template, self.tokenizer,
-                                  record[self.prompt_field])
-      response = chat.render_response(self.template, self.tokenizer,
-                                      record[self.response_field])
+      prompt = chat_render.render_prompt(self.template, self.tokenizer,
+                                         record[self.prompt_field])
+      response = chat_render.render_response(self.template, self.tokenizer,
+                                             record[self.response_field])
     except chat.ConversationError as e:
       raise e.at(where) from None
     return prompt, response
@@ -244,12 +245,14 @@ class ChatRender:
 class ChatPromptRender:
   """Rollout render: record -> prompt ids (`pipeline.prompt_dataset`).
 
-  With `drop_last_assistant`, a trailing assistant turn (an SFT record's
-  reference answer) is dropped, so instruction records serve as prompts.
+  With `drop_last_assistant`, trailing assistant turns (an SFT record's
+  reference answer) are dropped (`prompts.drop_answer`), so instruction
+  records serve as prompts.
   """
 
-  def __init__(self, template: chat.ChatTemplate, tokenizer: chat.Tokenizer,
-               *, field: str = "messages", drop_last_assistant: bool = True):
+  def __init__(self, template: chat.ChatTemplate,
+               tokenizer: chat_render.Tokenizer, *, field: str = "messages",
+               drop_last_assistant: bool = True):
     self.template = template
     self.tokenizer = tokenizer
     self.field = field
@@ -257,11 +260,9 @@ class ChatPromptRender:
 
   def __call__(self, record: Mapping[str, Any]) -> list[int]:
     messages = list(record[self.field])
-    if (self.drop_last_assistant and messages
-        and isinstance(messages[-1], Mapping)
-        and messages[-1].get("role") == "assistant"):
-      messages = messages[:-1]
+    if self.drop_last_assistant:
+      messages = prompts.drop_answer(messages)
     try:
-      return chat.render_prompt(self.template, self.tokenizer, messages)
+      return chat_render.render_prompt(self.template, self.tokenizer, messages)
     except chat.ConversationError as e:
       raise e.at(str(record.get("id", "record"))) from None

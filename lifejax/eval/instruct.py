@@ -1,76 +1,35 @@
-"""Instruction-following evaluation: generate answers, score them with the
+"""Instruction-following evaluation: score generated answers with the
 world's programmatic judge, report accuracy per task, format compliance and
-refusal correctness.
+refusal correctness. (The answers come from eval/generation.py.)
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from lifejax.data import chat, judge as judge_lib
+from lifejax import checks
+from lifejax.world import judge as judge_lib
 
 REFUSAL_TASK = "refuse_pii"
 
 
 @dataclasses.dataclass(frozen=True)
 class GenerationSpec:
+  """How eval answers are generated: prompts left-padded to prompt_len
+  tokens, at most max_new_tokens per answer, batch_size prompts a call."""
+
   prompt_len: int = 192
   max_new_tokens: int = 64
   batch_size: int = 16
 
-
-def prompt_messages(record: Mapping[str, Any]) -> list[dict[str, str]]:
-  """The conversation up to (not including) the final assistant answer."""
-  msgs = list(record["messages"])
-  while msgs and msgs[-1]["role"] == "assistant":
-    msgs.pop()
-  return msgs
-
-
-def left_pad(rows: Sequence[Sequence[int]], length: int, pad_id: int = 0
-             ) -> tuple[np.ndarray, np.ndarray]:
-  """(B, length) ids and mask; rows longer than `length` keep their end."""
-  ids = np.full((len(rows), length), pad_id, np.int32)
-  mask = np.zeros((len(rows), length), np.int32)
-  for i, r in enumerate(rows):
-    r = list(r)[-length:]
-    ids[i, length - len(r):] = r
-    mask[i, length - len(r):] = 1
-  return ids, mask
-
-
-def generate_responses(
-    generate: Callable[[np.ndarray, np.ndarray], tuple[Any, Any]],
-    tokenizer: Any,
-    template: chat.ChatTemplate,
-    records: Sequence[Mapping[str, Any]],
-    spec: GenerationSpec,
-) -> list[str]:
-  """Texts generated for each record's prompt (stop tokens removed).
-
-  generate(prompt_ids (B, P), mask (B, P)) -> (tokens (B, N), lengths (B,)).
-  The last batch is padded with copies of the first prompt and trimmed.
-  """
-  stops = set(chat.stop_ids(template, tokenizer))
-  out: list[str] = []
-  prompts = [chat.render_prompt(template, tokenizer, prompt_messages(r))
-             for r in records]
-  for start in range(0, len(prompts), spec.batch_size):
-    chunk = prompts[start:start + spec.batch_size]
-    n_real = len(chunk)
-    chunk = chunk + [chunk[0]] * (spec.batch_size - n_real)
-    ids, mask = left_pad(chunk, spec.prompt_len, tokenizer.pad_id)
-    toks, lengths = generate(ids, mask)
-    toks, lengths = np.asarray(toks), np.asarray(lengths)
-    for i in range(n_real):
-      row = [int(t) for t in toks[i, :lengths[i]] if int(t) not in stops]
-      out.append(tokenizer.decode(row))
-  return out
+  def __post_init__(self):
+    for name in ("prompt_len", "max_new_tokens", "batch_size"):
+      checks.at_least(f"GenerationSpec.{name}", getattr(self, name), 1)
 
 
 def looks_like_refusal(text: str) -> bool:

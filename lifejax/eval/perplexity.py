@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from lifejax.data import pipeline
-from lifejax.train.loop import evaluate
+from lifejax.train.evaluate import evaluate
 
 
 def perplexity_by_source(

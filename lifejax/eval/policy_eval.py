@@ -17,9 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lifejax.data import chat, judge as judge_lib
-from lifejax.eval import instruct
-from lifejax.model import sampling
+from lifejax.data import chat, chat_render, prompts as prompts_lib
+from lifejax.eval import generation, instruct
+from lifejax.world import judge as judge_lib
 
 
 def paired_stats(scores: Sequence[float], ref_scores: Sequence[float],
@@ -83,31 +83,23 @@ class PolicyEvaluator:
     self.tokenizer, self.template = tokenizer, template
     self.records, self.spec = list(records), spec
     self.judge_config, self.reward_fn = judge_config, reward_fn
-    self.sampling = sampling.SamplingConfig(
-        max_new_tokens=spec.max_new_tokens,
-        stop_ids=tuple(chat.stop_ids(template, tokenizer)),
-        pad_id=tokenizer.pad_id, vocab_limit=tokenizer.vocab_size)
+    self.sampling = generation.chat_config(template, tokenizer,
+                                           spec.max_new_tokens)
     self.ref_answers = self._answers(ref_params)
     self._ref_reward: float | None = None
 
-  def _generate(self, params):
-    def gen(ids, mask):
-      return sampling.generate(self.graphdef, params, ids, mask,
-                               self.sampling)
-    return gen
-
   def _answers(self, params) -> list[str]:
-    return instruct.generate_responses(self._generate(params), self.tokenizer,
-                                       self.template, self.records, self.spec)
+    return generation.generate_responses(
+        generation.make_generate(self.graphdef, params, self.sampling),
+        self.tokenizer, self.template, self.records, self.spec)
 
   def kl_to_reference(self, params, answers: Sequence[str]) -> float:
     """Mean over prompts of the summed per-token KL(pi || pi_ref) along the
     policy's own answers (exact over the vocabulary at each position)."""
     rows, resp = [], []
     for rec, ans in zip(self.records, answers):
-      p = chat.render_prompt(self.template, self.tokenizer,
-                             instruct.prompt_messages(rec))
-      r = chat.render_response(self.template, self.tokenizer, ans)
+      p = prompts_lib.prompt_ids(self.template, self.tokenizer, rec)
+      r = chat_render.render_response(self.template, self.tokenizer, ans)
       rows.append(p + r)
       resp.append([0] * len(p) + [1] * len(r))
     length = self.spec.prompt_len + self.spec.max_new_tokens + 2
@@ -169,7 +161,7 @@ def response_reward_fn(score_rows: Callable[[dict[str, np.ndarray]],
   """
   from lifejax.data import preference, sft  # pylint: disable=g-import-not-at-top
   render = sft.ChatRender(template, tokenizer)
-  prompts = [instruct.prompt_messages(r) for r in records]
+  prompts = [prompts_lib.prompt_messages(r) for r in records]
 
   def reward_fn(answers: Sequence[str]) -> np.ndarray:
     if len(answers) != len(prompts):

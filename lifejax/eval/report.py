@@ -22,6 +22,7 @@ from lifejax.eval import runs
 from lifejax.eval.runs import (
     POLICY_KINDS, Stage, eval_rows, final_step, forgetting_series, read_json,
     read_stages, stage_metrics)
+from lifejax.run.layout import LifecycleRoot
 
 MISSING = "—"
 
@@ -109,8 +110,8 @@ def column_kind(stage: Stage) -> str:
   if stage.kind in POLICY_KINDS:
     return "policy"
   if stage.kind == "pretrain":
-    lineage = read_json(os.path.join(stage.run_dir, "lineage.json"), {})
-    return "cpt" if lineage.get("init_from") else "pretrain"
+    lineage = runs.lineage_of(stage.run_dir)
+    return "cpt" if lineage and lineage.init_from else "pretrain"
   return stage.kind if stage.kind in COLUMNS else "pretrain"
 
 
@@ -270,15 +271,17 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
 
 
 def curation_section(root: str) -> list[str]:
-  rep = read_json(os.path.join(root, "curated", "curation_report.json"))
+  lr = LifecycleRoot(root)
+  rep = read_json(lr.curation_report)
   if rep is None:
-    return ["## Curation", "", f"{MISSING} (no curated/curation_report.json)",
-            ""]
+    return ["## Curation", "", f"{MISSING} (no "
+            f"{os.path.relpath(lr.curation_report, lr.root)})", ""]
   t = rep["totals"]
   md = ["## Curation", "",
         f"Documents in {t['docs_in']:,} → out {t['docs_out']:,}; words in "
         f"{t['words_in']:,} → out {t['words_out']:,} "
-        f"([full report](curated/curation_report.md)).", "",
+        f"([full report]({os.path.relpath(lr.curation_report_md, lr.root)}"
+        ")).", "",
         "Effective mix:", ""]
   md += _table(["source", "docs", "words", "weight", "share",
                 "natural share"],
@@ -294,20 +297,23 @@ def curation_section(root: str) -> list[str]:
 
 
 def _world_line(root: str) -> str:
-  m = read_json(os.path.join(root, "world", "manifest.json"))
+  lr = LifecycleRoot(root)
+  m = read_json(lr.world_manifest)
   if not m:
     return ""
   return (f"World: {m.get('company', 'embedded world')}, seed "
-          f"{m.get('seed')}, scale {m.get('scale')} (world/manifest.json).")
+          f"{m.get('seed')}, scale {m.get('scale')} "
+          f"({os.path.relpath(lr.world_manifest, lr.root)}).")
 
 
 def write_report(root: str) -> str:
   """Writes `<root>/report.md` and `<root>/plots/*.png`; returns the path."""
   root = os.path.abspath(root)
+  lr = LifecycleRoot(root)
   stages = read_stages(root)
-  ledger = read_json(os.path.join(root, "lifecycle.json"), {})
+  ledger = read_json(lr.ledger, {})
   metrics = {s.name: stage_metrics(s.run_dir) for s in stages}
-  curation = read_json(os.path.join(root, "curated", "curation_report.json"))
+  curation = read_json(lr.curation_report)
   for s in stages:  # the pretraining data's contamination report
     if column_kind(s) == "pretrain" and curation and curation.get(
         "contamination"):
@@ -326,15 +332,14 @@ def write_report(root: str) -> str:
                  "; ".join(metric_cells(column_kind(s), m))])
   chain, notes = failure_fix_chain(stages, metrics)
 
-  plots_dir = os.path.join(root, "plots")
-  os.makedirs(plots_dir, exist_ok=True)
+  os.makedirs(lr.plots, exist_ok=True)
   plots = {
       "Loss curves": report_plots.plot_loss_curves(
-          stages, os.path.join(plots_dir, "loss_curves.png")),
+          stages, lr.loss_curves_plot),
       "Reward vs KL": report_plots.plot_reward_vs_kl(
-          stages, os.path.join(plots_dir, "reward_vs_kl.png")),
+          stages, lr.reward_vs_kl_plot),
       "Forgetting panel": report_plots.plot_forgetting(
-          stages, os.path.join(plots_dir, "forgetting.png")),
+          stages, lr.forgetting_plot),
   }
 
   md = ["# Lifecycle report", "",
@@ -353,7 +358,7 @@ def write_report(root: str) -> str:
   md += curation_section(root)
   md += ["## Plots", ""]
   for title, path in plots.items():
-    md.append(f"![{title}](plots/{os.path.basename(path)})" if path else
+    md.append(f"![{title}]({os.path.relpath(path, root)})" if path else
               f"- {title}: {MISSING} (no data in the runs)")
   md.append("")
   for s in stages:
@@ -371,7 +376,7 @@ def write_report(root: str) -> str:
     md += _table(["metric", "value"], [[k, fmt(v)] for k, v in sorted(
         m.items())]) if m else [MISSING]
     md += ["", "</details>", ""]
-  path = os.path.join(root, "report.md")
+  path = lr.report
   tmp = path + ".tmp"
   with open(tmp, "w", encoding="utf-8") as f:
     f.write("\n".join(md))

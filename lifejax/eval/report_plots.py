@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 
 from lifejax.eval.runs import (
-    POLICY_KINDS, Stage, forgetting_series, read_rows, reward_kl_series)
+    POLICY_KINDS, Stage, forgetting_series, metrics_rows, reward_kl_series)
 
 
 def _pyplot():
@@ -21,7 +20,7 @@ def plot_loss_curves(stages: Sequence[Stage], path: str) -> str | None:
   """Train (and eval) loss vs step, one subplot per stage."""
   curves = []
   for s in stages:
-    rows = read_rows(os.path.join(s.run_dir, "metrics.jsonl"))
+    rows = metrics_rows(s.run_dir)
     key = "loss" if any("loss" in r for r in rows) else next(
         (k for r in rows for k in r if k.endswith("loss")
          and not k.startswith("eval/")), None)

@@ -6,6 +6,7 @@ normalization statistics PPO uses.
 from __future__ import annotations
 
 import collections
+import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -13,7 +14,9 @@ from typing import Any
 import jax
 import numpy as np
 
+from lifejax.data.batching import map_padded
 from lifejax.data.preference import response_row
+from lifejax.run.layout import RunDir
 
 
 def pair_rows(records: Sequence[Mapping[str, Any]],
@@ -33,18 +36,10 @@ def pair_rows(records: Sequence[Mapping[str, Any]],
 
 def score_rows(score_fn: Callable[[Any, dict], Any], params: Any,
                rows: dict[str, np.ndarray], batch_size: int) -> np.ndarray:
-  """Rewards (N,) for stacked rows, in fixed-size batches (jit once)."""
-  n = next(iter(rows.values())).shape[0]
+  """Rewards (N,) for stacked rows (N, T), in fixed-size batches (jit
+  once)."""
   jitted = jax.jit(score_fn)
-  out = []
-  for start in range(0, n, batch_size):
-    chunk = {k: v[start:start + batch_size] for k, v in rows.items()}
-    real = next(iter(chunk.values())).shape[0]
-    if real < batch_size:  # pad with copies of row 0, then drop them
-      chunk = {k: np.concatenate([v, np.repeat(v[:1], batch_size - real, 0)])
-               for k, v in chunk.items()}
-    out.append(np.asarray(jitted(params, chunk))[:real])
-  return np.concatenate(out)
+  return map_padded(lambda chunk, _: jitted(params, chunk), rows, batch_size)
 
 
 def calibration(p_chosen: np.ndarray, bins: int = 10
@@ -121,3 +116,20 @@ def plot_rewards(r_chosen: np.ndarray, r_rejected: np.ndarray,
   fig.savefig(out_png, dpi=100)
   plt.close(fig)
   return out_png
+
+
+def write_outputs(run_dir: str, last: Mapping[str, Any]) -> None:
+  """What a reward run leaves for later stages and reports: the reward
+  plot, reward_stats.json (the normalization PPO applies) and
+  reward_eval.json, from the last `evaluate_pairs` result plus the scores
+  (`r_chosen`, `r_rejected`)."""
+  run = RunDir(run_dir)
+  plot_rewards(last["r_chosen"], last["r_rejected"], last["reliability"],
+               run.reward_eval_png)
+  for path, obj in ((run.reward_stats, {"mean": last["reward_mean"],
+                                        "std": last["reward_std"]}),
+                    (run.reward_eval, {k: v for k, v in last.items()
+                                       if k not in ("r_chosen",
+                                                    "r_rejected")})):
+    with open(path, "w", encoding="utf-8") as f:
+      json.dump(obj, f, indent=2, default=str)

@@ -13,6 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from lifejax.run.layout import LifecycleRoot, RunDir
+from lifejax.run.lineage import Lineage, read_lineage
+from lifejax.train.metrics import read_metrics
+
 POLICY_KINDS = ("dpo", "ppo", "cdpo", "ipo", "simpo", "grpo")
 
 
@@ -33,18 +37,18 @@ def read_json(path: str, default: Any = None) -> Any:
     return json.load(f)
 
 
-def read_rows(path: str) -> list[dict[str, Any]]:
-  """metrics.jsonl rows (a torn last line from a killed run is skipped)."""
-  if not os.path.isfile(path):
-    return []
-  rows = []
-  with open(path, encoding="utf-8") as f:
-    for line in f:
-      try:
-        rows.append(json.loads(line))
-      except json.JSONDecodeError:
-        continue
-  return rows
+def metrics_rows(run_dir: str) -> list[dict[str, Any]]:
+  """A run's metrics.jsonl rows by step ([] if it has none yet)."""
+  path = RunDir(run_dir).metrics
+  return read_metrics(path) if os.path.isfile(path) else []
+
+
+def lineage_of(run_dir: str) -> Lineage | None:
+  """A run's lineage, None if the directory has no lineage.json (an
+  unreadable or old-format one raises: see run.lineage.read_lineage)."""
+  if not os.path.isfile(RunDir(run_dir).lineage):
+    return None
+  return read_lineage(run_dir)
 
 
 def read_stages(root: str) -> list[Stage]:
@@ -54,12 +58,13 @@ def read_stages(root: str) -> list[Stage]:
   first position and the latest status win. Relative run_dirs resolve
   against the root.
   """
-  ledger = read_json(os.path.join(root, "lifecycle.json"))
+  path = LifecycleRoot(root).ledger
+  ledger = read_json(path)
   if ledger is None:
-    raise FileNotFoundError(f"no lifecycle.json in {root}")
+    raise FileNotFoundError(f"no {os.path.basename(path)} in {root}")
   by_name: dict[str, Stage] = {}
   for e in ledger.get("stages", []):
-    run_dir = e.get("run_dir") or os.path.join(root, e["name"])
+    run_dir = e.get("run_dir") or LifecycleRoot(root).stage(e["name"]).root
     if not os.path.isabs(run_dir):
       run_dir = os.path.join(root, run_dir)
     prev = by_name.get(e["name"])
@@ -87,33 +92,34 @@ def stage_metrics(run_dir: str) -> dict[str, float]:
   reward_eval.json.
   """
   out: dict[str, float] = {}
-  summary = read_json(os.path.join(run_dir, "summary.json"), {})
+  run = RunDir(run_dir)
+  summary = read_json(run.summary, {})
   for k, v in (summary.get("eval") or {}).items():
     if isinstance(v, (int, float)):
       out[_strip(k)] = float(v)
   for k, v in (summary.get("last_metrics") or {}).items():  # RL runs
     if isinstance(v, (int, float)):
       out.setdefault(k, float(v))
-  rev = read_json(os.path.join(run_dir, "reward_eval.json"))
+  rev = read_json(run.reward_eval)
   if rev:
     out.setdefault("pair_accuracy", float(rev["accuracy"]))
     out.setdefault("ece", float(rev["ece"]))
     for flaw, acc in rev.get("accuracy_by_flaw", {}).items():
       out.setdefault(f"pair_accuracy/{flaw}", float(acc))
-  for k, v in (read_json(os.path.join(run_dir, "eval.json")) or {}).items():
+  for k, v in (read_json(run.eval) or {}).items():
     if isinstance(v, (int, float)):
       out[_strip(k)] = float(v)
   return out
 
 
 def final_step(run_dir: str) -> int | None:
-  s = read_json(os.path.join(run_dir, "summary.json"), {})
+  s = read_json(RunDir(run_dir).summary, {})
   step = s.get("final_step", s.get("final_iteration"))
   return int(step) if step is not None else None
 
 
 def eval_rows(run_dir: str) -> list[dict[str, Any]]:
-  return [r for r in read_rows(os.path.join(run_dir, "metrics.jsonl"))
+  return [r for r in metrics_rows(run_dir)
           if any(k.startswith("eval/") for k in r)]
 
 
@@ -147,7 +153,7 @@ def reward_kl_series(run_dir: str) -> dict[str, list[float]]:
   """KL and reward per logged row of a policy run: PPO's rollout rows
   ("kl", "reward", "true_judge"), or a DPO run's policy evals."""
   out: dict[str, list[float]] = {"kl": [], "reward": [], "judge": []}
-  for r in read_rows(os.path.join(run_dir, "metrics.jsonl")):
+  for r in metrics_rows(run_dir):
     kl = r.get("kl", r.get("eval/policy/kl_to_ref"))
     reward = r.get("reward", r.get("eval/policy/reward"))
     judge = r.get("true_judge", r.get("eval/policy/judge_score"))
@@ -160,16 +166,10 @@ def reward_kl_series(run_dir: str) -> dict[str, list[float]]:
 
 
 def model_config(run_dir: str) -> Any:
-  """The TransformerConfig a run recorded in lineage.json (None if absent)."""
-  model = read_json(os.path.join(run_dir, "lineage.json"), {}).get("model")
-  if not model:
-    return None
-  # Imported here: it pulls in jax, which reading a card or report does not.
-  from lifejax.model.config import TransformerConfig  # noqa: E402
-  fields = {f.name for f in dataclasses.fields(TransformerConfig)}
-  return TransformerConfig(**{
-      k: dict(v) if k == "rope_scaling" and isinstance(v, list) else v
-      for k, v in model.items() if k in fields})
+  """The TransformerConfig a run recorded in its lineage (None if the run
+  has no lineage or it records no model)."""
+  lineage = lineage_of(run_dir)
+  return lineage.model if lineage is not None else None
 
 
 def footprint(run_dir: str, metrics: Mapping[str, float]

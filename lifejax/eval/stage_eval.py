@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -21,15 +20,18 @@ from typing import Any
 import jax
 import numpy as np
 
-from lifejax.data import chat, judge as judge_lib
+from lifejax.data import batching, chat, prompts
 from lifejax.data import sources as sources_lib
-from lifejax.eval import copy_probe, instruct, perplexity, policy_eval
-from lifejax.model import sampling
+from lifejax.eval import copy_probe, generation, instruct, perplexity
+from lifejax.eval import policy_eval
 from lifejax.model.config import TransformerConfig
+from lifejax.run.layout import RunDir
+from lifejax.world import judge as judge_lib
 
 
 def write_eval(run_dir: str, metrics: Mapping[str, Any]) -> str:
-  path = os.path.join(run_dir, "eval.json")
+  """Writes the stage's eval.json; returns its path."""
+  path = RunDir(run_dir).eval
   with open(path, "w", encoding="utf-8") as f:
     json.dump(dict(metrics), f, indent=2, default=float)
   return path
@@ -44,31 +46,18 @@ def fact_probe(generate, tokenizer, questions: Sequence[Mapping[str, Any]],
   """Share of fact questions whose greedy cloze continuation of
   "Question: q\\nAnswer:" contains the answer (a base-model knowledge probe).
   """
-  prompts = [tokenizer.encode(f"Question: {q['question']}\nAnswer:",
-                              add_bos=True) for q in questions]
+  if not questions:
+    return float("nan")
+  rows = [tokenizer.encode(f"Question: {q['question']}\nAnswer:",
+                           add_bos=True) for q in questions]
+  toks, lengths = generation.generate_ids(generate, rows, spec.prompt_len,
+                                          spec.batch_size, tokenizer.pad_id)
   hits = []
-  for start in range(0, len(prompts), spec.batch_size):
-    chunk = prompts[start:start + spec.batch_size]
-    n = len(chunk)
-    chunk = chunk + [chunk[0]] * (spec.batch_size - n)
-    ids, mask = instruct.left_pad(chunk, spec.prompt_len, tokenizer.pad_id)
-    toks, lengths = generate(ids, mask)
-    toks, lengths = np.asarray(toks), np.asarray(lengths)
-    for i in range(n):
-      text = tokenizer.decode([int(t) for t in toks[i, :lengths[i]]])
-      ans = questions[start + i]["answer"]
-      hits.append(_norm(ans) in _norm(text.split("\n")[0] + " " + text))
-  return float(np.mean(hits)) if hits else float("nan")
-
-
-def _generator(graphdef, params, tokenizer, stops: Sequence[int],
-               max_new: int):
-  cfg = sampling.SamplingConfig(max_new_tokens=max_new, stop_ids=tuple(stops),
-                                pad_id=tokenizer.pad_id,
-                                vocab_limit=tokenizer.vocab_size)
-  def run(ids, mask):
-    return sampling.generate(graphdef, params, ids, mask, cfg)
-  return run
+  for i, q in enumerate(questions):
+    text = tokenizer.decode([int(t) for t in toks[i, :lengths[i]]])
+    first_line = text.split("\n")[0]
+    hits.append(_norm(q["answer"]) in _norm(first_line + " " + text))
+  return float(np.mean(hits))
 
 
 def eval_lm(
@@ -99,14 +88,15 @@ def eval_lm(
   host = jax.device_get(params)
   out.update(copy_probe.copy_probe(graphdef, host, tokenizer.vocab_size))
   if fact_questions:
-    gen = _generator(graphdef, host, tokenizer, [tokenizer.eos_id], 12)
+    gen = generation.make_generate(graphdef, host, generation.greedy_config(
+        tokenizer, [tokenizer.eos_id], 12))
     out["fact_probe_accuracy"] = fact_probe(gen, tokenizer, fact_questions,
                                             spec)
   if instruction_records:
-    gen = _generator(graphdef, host, tokenizer,
-                     chat.stop_ids(template, tokenizer), spec.max_new_tokens)
-    answers = instruct.generate_responses(gen, tokenizer, template,
-                                          instruction_records, spec)
+    gen = generation.make_generate(graphdef, host, generation.chat_config(
+        template, tokenizer, spec.max_new_tokens))
+    answers = generation.generate_responses(gen, tokenizer, template,
+                                            instruction_records, spec)
     out.update({f"instruct/{k}": v for k, v in
                 instruct.judge_responses(instruction_records,
                                          answers).items()})
@@ -137,18 +127,21 @@ def eval_release(graphdef: Any, params: Any, cfg: TransformerConfig,
   (tokens/s, per-batch latency, measured after a warm-up call) and the
   parameter / memory footprint."""
   host = jax.device_get(params)
-  gen = _generator(graphdef, host, tokenizer,
-                   chat.stop_ids(template, tokenizer), spec.max_new_tokens)
-  answers = instruct.generate_responses(gen, tokenizer, template, golden, spec)
+  gen = generation.make_generate(graphdef, host, generation.chat_config(
+      template, tokenizer, spec.max_new_tokens))
+  answers = generation.generate_responses(gen, tokenizer, template, golden,
+                                          spec)
   passed = [judge_lib.score(r, a).total >= 0.8 and
             judge_lib.score(r, a).components["safety"] == 1.0
             for r, a in zip(golden, answers)]
-  prompts = [chat.render_prompt(template, tokenizer,
-                                instruct.prompt_messages(r))
-             for r in golden[:spec.batch_size]]
-  prompts += [prompts[0]] * (spec.batch_size - len(prompts))
-  ids, mask = instruct.left_pad(prompts, spec.prompt_len, tokenizer.pad_id)
-  nostop = _generator(graphdef, host, tokenizer, [], spec.max_new_tokens)
+  # One full batch of golden prompts (padded with copies of the first).
+  rows = [prompts.prompt_ids(template, tokenizer, r)
+          for r in golden[:spec.batch_size]]
+  ids, mask = batching.pad_rows(
+      prompts.left_pad(rows, spec.prompt_len, tokenizer.pad_id),
+      spec.batch_size)
+  nostop = generation.make_generate(graphdef, host, generation.greedy_config(
+      tokenizer, [], spec.max_new_tokens))
   jax.block_until_ready(nostop(ids, mask))
   t0 = time.perf_counter()
   toks, _ = nostop(ids, mask)

@@ -217,7 +217,7 @@ def build_preference_loss_fn(
   return loss_fn
 
 
-@register_loss("dpo")
+@register_loss("dpo", kind="preference")
 def make_dpo_loss_fn(graphdef: nnx.GraphDef, *, beta: float = 0.1,
                      nll_weight: float = 0.0, ref_params: Any = None,
                      ref_graphdef: nnx.GraphDef | None = None) -> LossFn:
@@ -230,7 +230,7 @@ def make_dpo_loss_fn(graphdef: nnx.GraphDef, *, beta: float = 0.1,
                                   nll_weight=nll_weight)
 
 
-@register_loss("cdpo")
+@register_loss("cdpo", kind="preference")
 def make_cdpo_loss_fn(graphdef: nnx.GraphDef, *, beta: float = 0.1,
                       label_smoothing: float = 0.1, nll_weight: float = 0.0,
                       ref_params: Any = None,
@@ -248,7 +248,7 @@ def make_cdpo_loss_fn(graphdef: nnx.GraphDef, *, beta: float = 0.1,
                                   nll_weight=nll_weight)
 
 
-@register_loss("ipo")
+@register_loss("ipo", kind="preference")
 def make_ipo_loss_fn(graphdef: nnx.GraphDef, *, tau: float = 0.1,
                      nll_weight: float = 0.0, ref_params: Any = None,
                      ref_graphdef: nnx.GraphDef | None = None) -> LossFn:
@@ -264,7 +264,7 @@ def make_ipo_loss_fn(graphdef: nnx.GraphDef, *, tau: float = 0.1,
                                   nll_weight=nll_weight)
 
 
-@register_loss("simpo")
+@register_loss("simpo", kind="preference")
 def make_simpo_loss_fn(graphdef: nnx.GraphDef, *, beta: float = 2.0,
                        gamma: float = 1.0, nll_weight: float = 0.0) -> LossFn:
   """SimPO: reference-free, length-normalized, target margin `gamma`."""
@@ -279,8 +279,6 @@ PREFERENCE_LOSSES = ("dpo", "cdpo", "ipo", "simpo")
 
 def make_preference_loss_fn(name: str, graphdef: nnx.GraphDef,
                             **hparams: Any) -> LossFn:
-  """The preference loss `name` (one of PREFERENCE_LOSSES) with `hparams`."""
-  if name not in PREFERENCE_LOSSES:
-    raise KeyError(f"{name!r} is not a preference loss; choose one of "
-                   f"{', '.join(PREFERENCE_LOSSES)}")
-  return get_loss(name)(graphdef, **hparams)
+  """The registered preference loss `name` (kind "preference": the built-in
+  PREFERENCE_LOSSES or any other registered so) with `hparams`."""
+  return get_loss(name, kind="preference")(graphdef, **hparams)

@@ -108,7 +108,7 @@ AGGREGATIONS: dict[str, Aggregation] = {"sequence": sequence_mean,
                                         "token": token_mean}
 
 
-@register_loss("grpo")
+@register_loss("grpo", kind="grpo")
 def make_grpo_loss_fn(graphdef: nnx.GraphDef, *, clip_eps: float = 0.2,
                       kl_coef: float = 0.04,
                       aggregation: str = "sequence") -> LossFn:

@@ -226,7 +226,7 @@ def _shared_forward(graphdef: nnx.GraphDef):
   return forward
 
 
-@register_loss("ppo")
+@register_loss("ppo", kind="ppo")
 def make_ppo_loss_fn(policy_graphdef: nnx.GraphDef,
                      value_graphdef: nnx.GraphDef | None = None, *,
                      clip_eps: float = 0.2,

@@ -54,7 +54,7 @@ def make_score_fn(graphdef: nnx.GraphDef
   return score
 
 
-@register_loss("reward")
+@register_loss("reward", kind="reward")
 def make_reward_loss_fn(graphdef: nnx.GraphDef) -> LossFn:
   """Bradley-Terry `loss_fn(params, batch, rng)` for a RewardModel.
 

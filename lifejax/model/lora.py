@@ -1,19 +1,38 @@
-"""Low-rank adapters (LoRA) on chosen projections of the decoder.
+"""Low-rank adapters (LoRA) on the projections of every decoder trunk in a
+params tree, the way PEFT adapts reward and value models.
 
-Adapters live in their own params pytree, keyed like the base params
-(`{"layers": {"attn": {"wq": {"a": ..., "b": ...}}}}`), so only they are
-trained and only they have optimizer state. A projection W of shape
-(Y, in..., out...) gets A (Y, in, r) and B (Y, r, out) with the effective
-weight W + (alpha / r) * A @ B; B starts at zero so training starts from the
-base model exactly. `merge` folds the adapters into W for serving and
-export; `unmerge` takes them out again.
+A *trunk* is a dict whose "layers" hold "attn"/"mlp" projection kernels: an
+LM's params, a RewardModel/ValueModel's "backbone", a PolicyValueModel's
+"lm". LoRA freezes each trunk's own weights (embeddings, norms, projections,
+LM head) and adds adapters on its target projections; every leaf outside
+the trunks (a fresh "head" / "value_head") stays fully trainable, because a
+new head must learn.
+
+The trainable tree mirrors the base tree: each trunk is replaced by its
+adapters {"layers": {group: {name: {"a": A, "b": B}}}} and each leaf outside
+a trunk appears as itself. An LM's trainable tree is thus its adapters
+alone; a RewardModel's is
+  {"backbone": {"layers": {"attn": {"wq": {"a", "b"}, ...}, ...}},
+   "head": {"kernel": (D, 1), "bias": (1,)}};
+the RL trees {"policy", "value"} and {"lm", "value_head"} follow suit. It
+is a plain pytree, so optimizer state, checkpoints and path-based masks
+(weight decay) work unchanged, and only it gets optimizer state. The base
+tree is kept frozen beside it; its leaves outside the trunks are then only
+initial values, which `merge` ignores.
+
+A projection W (Y, in..., out...) gets A (Y, in, r) and B (Y, r, out); the
+effective weight is W + (alpha / r) * A @ B. B starts at zero, so training
+starts from the base model exactly. `merge(base, trainable)` returns the
+full params tree (the base's structure) for the loss, sampling and export;
+`unmerge` takes the adapters out again.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -25,6 +44,7 @@ INPUT_AXES = {"wq": 1, "wk": 1, "wv": 1, "wo": 2,
               "w_gate": 1, "w_up": 1, "w_down": 1}
 GROUP = {"wq": "attn", "wk": "attn", "wv": "attn", "wo": "attn",
          "w_gate": "mlp", "w_up": "mlp", "w_down": "mlp"}
+Path = tuple[str, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +66,23 @@ class LoraConfig:
     return self.alpha / self.rank
 
 
+def is_trunk(node: Any) -> bool:
+  """Whether `node` is a decoder trunk: "layers" holding "attn"/"mlp"."""
+  layers = node.get("layers") if isinstance(node, Mapping) else None
+  return isinstance(layers, Mapping) and any(
+      isinstance(layers.get(g), Mapping) for g in ("attn", "mlp"))
+
+
+def trunk_paths(tree: Any, prefix: Path = ()) -> list[Path]:
+  """Key paths of every trunk in a params tree (() if it is one)."""
+  if is_trunk(tree):
+    return [prefix]
+  if isinstance(tree, Mapping):
+    return [p for k in sorted(tree) for p in trunk_paths(tree[k],
+                                                         prefix + (k,))]
+  return []
+
+
 def _split_shape(name: str, shape: tuple[int, ...]) -> tuple[int, int, int]:
   n_in = INPUT_AXES[name]
   y = shape[0]
@@ -54,18 +91,48 @@ def _split_shape(name: str, shape: tuple[int, ...]) -> tuple[int, int, int]:
   return y, d_in, d_out
 
 
-def init_lora(base_params: dict, cfg: LoraConfig, rng: jax.Array,
-              dtype: jnp.dtype = jnp.float32) -> dict:
-  """Adapters for every target projection: A ~ N(0, 1/in), B = 0."""
+def _init_trunk(trunk: Mapping, cfg: LoraConfig, rng: jax.Array,
+                dtype: jnp.dtype) -> dict:
+  """One trunk's adapters: A ~ N(0, 1/in), B = 0."""
   lora: dict = {"layers": {}}
   for i, name in enumerate(cfg.targets):
-    w = base_params["layers"][GROUP[name]][name]
+    w = trunk["layers"].get(GROUP[name], {}).get(name)
+    if w is None:
+      raise ValueError(f"LoRA target {name!r} is not in this trunk's "
+                       f"{GROUP[name]!r} params")
     y, d_in, d_out = _split_shape(name, w.shape)
     a = jax.random.normal(jax.random.fold_in(rng, i), (y, d_in, cfg.rank),
                           dtype) / math.sqrt(d_in)
     b = jnp.zeros((y, cfg.rank, d_out), dtype)
     lora["layers"].setdefault(GROUP[name], {})[name] = {"a": a, "b": b}
   return lora
+
+
+def _trunk_rng(rng: jax.Array, path: Path) -> jax.Array:
+  # A root trunk (an LM tree) uses `rng` itself; nested trunks fold in
+  # their path so, e.g., policy and critic adapters start independent.
+  if not path:
+    return rng
+  return jax.random.fold_in(rng, zlib.crc32("/".join(path).encode())
+                            & 0x7FFFFFFF)
+
+
+def init_lora(base_params: Any, cfg: LoraConfig, rng: jax.Array,
+              dtype: jnp.dtype = jnp.float32) -> Any:
+  """The trainable tree (see the module docstring): adapters for every
+  trunk's target projections, the leaves outside the trunks as they are."""
+  if not trunk_paths(base_params):
+    raise ValueError("LoRA found no decoder trunk (a dict with \"layers\" "
+                     "-> \"attn\"/\"mlp\") in the params tree")
+
+  def walk(node, path: Path):
+    if is_trunk(node):
+      return _init_trunk(node, cfg, _trunk_rng(rng, path), dtype)
+    if isinstance(node, Mapping):
+      return {k: walk(v, path + (k,)) for k, v in node.items()}
+    return node
+
+  return walk(base_params, ())
 
 
 def delta(name: str, shape: tuple[int, ...], ab: dict, cfg: LoraConfig
@@ -77,37 +144,56 @@ def delta(name: str, shape: tuple[int, ...], ab: dict, cfg: LoraConfig
   return (cfg.scale * d).reshape(shape)
 
 
-def _apply(base_params: dict, lora: dict, cfg: LoraConfig, sign: float
-           ) -> dict:
-  out = jax.tree.map(lambda x: x, base_params)  # shallow structural copy
+def _apply_trunk(base: Mapping, lora: Mapping, cfg: LoraConfig,
+                 sign: float) -> dict:
+  out = jax.tree.map(lambda x: x, base)  # shallow structural copy
   for group, projs in lora["layers"].items():
     for name, ab in projs.items():
-      w = base_params["layers"][group][name]
+      w = base["layers"][group][name]
       out["layers"][group][name] = (
           w.astype(jnp.float32) + sign * delta(name, w.shape, ab, cfg)
       ).astype(w.dtype)
   return out
 
 
-def merge(base_params: dict, lora: dict, cfg: LoraConfig) -> dict:
-  """Base params with the adapters folded in (W + s * A @ B)."""
-  return _apply(base_params, lora, cfg, 1.0)
+def _apply(base: Any, trainable: Any, cfg: LoraConfig, sign: float) -> Any:
+  if is_trunk(base):
+    return _apply_trunk(base, trainable, cfg, sign)
+  if isinstance(base, Mapping):
+    return {k: _apply(v, trainable[k], cfg, sign) for k, v in base.items()}
+  return trainable  # a leaf outside the trunks: trained in full
 
 
-def unmerge(merged_params: dict, lora: dict, cfg: LoraConfig) -> dict:
-  """Inverse of `merge` (W' - s * A @ B), exact up to float rounding."""
-  return _apply(merged_params, lora, cfg, -1.0)
+def merge(base_params: Any, trainable: Any, cfg: LoraConfig) -> Any:
+  """The full params tree: every trunk's W + s * A @ B, and the trained
+  values of the leaves outside the trunks."""
+  return _apply(base_params, trainable, cfg, 1.0)
+
+
+def unmerge(merged_params: Any, trainable: Any, cfg: LoraConfig) -> Any:
+  """Inverse of `merge` on the trunks (W' - s * A @ B, exact up to float
+  rounding); leaves outside the trunks keep the trainable tree's values
+  (they have no base apart from the initial one)."""
+  return _apply(merged_params, trainable, cfg, -1.0)
 
 
 def lora_loss_fn(base_loss_fn: Callable, cfg: LoraConfig) -> Callable:
-  """Turns `loss_fn(params, batch, rng)` into one over {"trainable": lora,
-  "frozen": base}: gradients reach only the adapters."""
+  """Turns `loss_fn(params, batch, rng)` into one over {"trainable": ...,
+  "frozen": base}: gradients reach only the trainable tree."""
 
   def loss_fn(params, batch, rng):
     base = jax.lax.stop_gradient(params["frozen"])
     return base_loss_fn(merge(base, params["trainable"], cfg), batch, rng)
 
   return loss_fn
+
+
+def full_params(state: Mapping, cfg: LoraConfig | None) -> Any:
+  """The model params a train state stands for: state["params"], or with
+  LoRA (cfg given) the frozen base merged with the trainable tree."""
+  if cfg is None:
+    return state["params"]
+  return merge(state["frozen"], state["params"], cfg)
 
 
 def num_params(tree: Any) -> int:

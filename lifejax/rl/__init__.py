@@ -3,8 +3,11 @@
   rollout.py  prompts -> sampled responses -> fixed-shape LM rows with policy
               and reference log-probs, values and a score (reward model or
               programmatic judge); the per-iteration sample metrics.
-  learner.py  the sharded train state over policy (+ critic), the jitted
-              update, and the resumable iteration loop PPO and GRPO share.
+  layout.py   where policy (+ critic) sit in the trained params, and the
+              forwards a rollout needs (samples, log-probs, values).
+  iteration.py  the RL iteration as minibatches for the one training
+              engine (`train.loop`): rollouts from the current policy,
+              prepared by the algorithm, resumable at iteration boundaries.
   ppo.py      PPO: KL-shaped rewards, GAE, the KL controller.
   grpo.py     GRPO: group-relative advantages, no critic.
   rlaif.py    on-policy preference pairs labelled by a judge, for DPO.

@@ -14,11 +14,13 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 
+from lifejax import checks
+from lifejax.data import batching
 from lifejax.losses import grpo as grpo_loss
 from lifejax.losses.lm import LossFn
 from lifejax.losses.registry import get_loss
 from lifejax.rl import rollout as rollout_lib
-from lifejax.rl.learner import Layout
+from lifejax.rl.layout import Layout
 
 LM_KEYS = ("tokens", "targets", "loss_mask", "positions", "segment_ids")
 
@@ -44,29 +46,35 @@ class GRPOConfig:
     if self.aggregation not in grpo_loss.AGGREGATIONS:
       raise ValueError(f"GRPOConfig.aggregation={self.aggregation!r}: choose "
                        f"one of {sorted(grpo_loss.AGGREGATIONS)}")
+    checks.in_range("GRPOConfig.clip_eps", self.clip_eps, 0.0, 1.0,
+                    low_open=True, high_open=True)
+    checks.at_least("GRPOConfig.kl_coef", self.kl_coef, 0.0)
+    checks.at_least("GRPOConfig.eps", self.eps, 0.0)
 
 
 class GRPO:
   """The GRPO algorithm for `learner.run` (layout "policy"); stateless."""
 
-  def __init__(self, cfg: GRPOConfig):
+  def __init__(self, cfg: GRPOConfig, loss: str = "grpo"):
+    """loss: a registered loss of kind "grpo"."""
     self.cfg = cfg
     self.group_size = cfg.group_size
+    self.make_loss_fn = get_loss(loss, kind="grpo", option="grpo.loss")
 
   def make_loss(self, layout: Layout) -> LossFn:
     if layout.kind != "policy":
       raise ValueError("GRPO trains the policy alone: layout 'policy'")
     c = self.cfg
-    return get_loss("grpo")(layout.lm_graphdef, clip_eps=c.clip_eps,
-                            kl_coef=c.kl_coef, aggregation=c.aggregation)
+    return self.make_loss_fn(layout.lm_graphdef, clip_eps=c.clip_eps,
+                             kl_coef=c.kl_coef, aggregation=c.aggregation)
 
   def example_minibatch(self, size: int, seq_len: int
                         ) -> dict[str, np.ndarray]:
-    i = np.zeros((size, seq_len), np.int32)
+    """The LM layout plus GRPO's float32 (B, T) old_logp and ref_logp and
+    per-sample (B,) advantages."""
     f = np.zeros((size, seq_len), np.float32)
-    return {"tokens": i, "targets": i, "loss_mask": f, "positions": i,
-            "segment_ids": i, "old_logp": f, "ref_logp": f,
-            "advantages": np.zeros((size,), np.float32)}
+    return {**batching.example_lm_batch(size, seq_len), "old_logp": f,
+            "ref_logp": f, "advantages": np.zeros((size,), np.float32)}
 
   def prepare(self, rollout: rollout_lib.Rollout
               ) -> tuple[dict[str, np.ndarray], dict[str, float]]:

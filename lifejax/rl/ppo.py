@@ -22,11 +22,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lifejax import checks
+from lifejax.data import batching
 from lifejax.losses import ppo as ppo_loss
 from lifejax.losses.lm import LossFn
 from lifejax.losses.registry import get_loss
 from lifejax.rl import rollout as rollout_lib
-from lifejax.rl.learner import Layout
+from lifejax.rl.layout import Layout
 
 F32 = jnp.float32
 LM_KEYS = ("tokens", "targets", "loss_mask", "positions", "segment_ids")
@@ -64,6 +66,20 @@ class PPOConfig:
     if not 0 < self.clip_eps < 1:
       raise ValueError(f"PPOConfig.clip_eps must be in (0, 1), got "
                        f"{self.clip_eps}")
+    checks.in_range("PPOConfig.gamma", self.gamma, 0.0, 1.0)
+    checks.in_range("PPOConfig.lam", self.lam, 0.0, 1.0)
+    checks.at_least("PPOConfig.vf_coef", self.vf_coef, 0.0)
+    checks.at_least("PPOConfig.ent_coef", self.ent_coef, 0.0)
+    if not (self.target_kl > 0 and self.kl_horizon > 0):
+      raise ValueError("PPOConfig.target_kl and PPOConfig.kl_horizon must be "
+                       f"> 0, got {self.target_kl!r}, {self.kl_horizon!r}")
+    # 0 would not mean "off" (None does): it clips every value update or
+    # every score to zero.
+    for name in ("value_clip_eps", "score_clip"):
+      value = getattr(self, name)
+      if value is not None and not value > 0:
+        raise ValueError(f"PPOConfig.{name}={value!r}: must be > 0 (None "
+                         "turns it off)")
 
 
 @functools.partial(jax.jit, static_argnames=(
@@ -85,8 +101,11 @@ class PPO:
 
   group_size = 1
 
-  def __init__(self, cfg: PPOConfig):
+  def __init__(self, cfg: PPOConfig, loss: str = "ppo"):
+    """loss: a registered loss of kind "ppo" (looked up here, so an unknown
+    name fails before any rollout)."""
     self.cfg = cfg
+    self.make_loss_fn = get_loss(loss, kind="ppo", option="ppo.loss")
     if cfg.adaptive_kl:
       self.kl_ctl = ppo_loss.AdaptiveKLController.create(
           cfg.kl_coef, cfg.target_kl, cfg.kl_horizon)
@@ -99,17 +118,17 @@ class PPO:
     graphs = ((layout.value_graphdef,) if layout.kind == "shared"
               else (layout.lm_graphdef, layout.value_graphdef))
     c = self.cfg
-    return get_loss("ppo")(*graphs, clip_eps=c.clip_eps,
-                           value_clip_eps=c.value_clip_eps,
-                           vf_coef=c.vf_coef, ent_coef=c.ent_coef)
+    return self.make_loss_fn(*graphs, clip_eps=c.clip_eps,
+                             value_clip_eps=c.value_clip_eps,
+                             vf_coef=c.vf_coef, ent_coef=c.ent_coef)
 
   def example_minibatch(self, size: int, seq_len: int
                         ) -> dict[str, np.ndarray]:
-    i = np.zeros((size, seq_len), np.int32)
+    """The LM layout plus PPO's per-token float32 (B, T) old_logp,
+    old_values, advantages and returns."""
     f = np.zeros((size, seq_len), np.float32)
-    return {"tokens": i, "targets": i, "loss_mask": f, "positions": i,
-            "segment_ids": i, "old_logp": f, "old_values": f,
-            "advantages": f, "returns": f}
+    return {**batching.example_lm_batch(size, seq_len), "old_logp": f,
+            "old_values": f, "advantages": f, "returns": f}
 
   def advantages(self, rollout: rollout_lib.Rollout
                  ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:

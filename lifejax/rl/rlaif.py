@@ -23,15 +23,15 @@ whose text differs from the chosen one.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+from lifejax import checks
+from lifejax.data import prompts
 from lifejax.rl import rollout as rollout_lib
 from lifejax.train.metrics import progress_desc
 
@@ -59,6 +59,8 @@ class RLAIFConfig:
     if self.samples_per_prompt < 2:
       raise ValueError("RLAIFConfig.samples_per_prompt must be >= 2, got "
                        f"{self.samples_per_prompt}")
+    checks.at_least("RLAIFConfig.prompts_per_batch", self.prompts_per_batch,
+                    1)
 
 
 def verdict(text_a: str, text_b: str, score_a: float, score_b: float,
@@ -82,7 +84,7 @@ def preference_record(record: rollout_lib.Record, chosen: str, rejected: str,
                       margin: float, pair_id: str) -> dict[str, Any]:
   """A preference record in the world's format (+ the judge's margin)."""
   return {"id": pair_id, "task": record.get("task"),
-          "prompt": rollout_lib.prompt_messages(record),
+          "prompt": prompts.prompt_messages(record),
           "chosen": chosen, "rejected": rejected, "flaw": "ai_judged",
           "reference": record.get("reference"), "margin": float(margin)}
 
@@ -258,14 +260,3 @@ def _first_rows(rollout: rollout_lib.Rollout, n: int) -> rollout_lib.Rollout:
       texts=None if rollout.texts is None else rollout.texts[:n],
       old_logp=cut(rollout.old_logp), ref_logp=cut(rollout.ref_logp),
       values=cut(rollout.values), score_B=cut(rollout.score_B))
-
-
-def write_jsonl(path: str, rows: Iterable[dict[str, Any]]) -> int:
-  """Writes one JSON object per line; returns the number written."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  n = 0
-  with open(path, "w", encoding="utf-8") as f:
-    for row in rows:
-      f.write(json.dumps(row, ensure_ascii=False) + "\n")
-      n += 1
-  return n

@@ -32,19 +32,19 @@ import jax
 import numpy as np
 from flax import nnx
 
-from lifejax import sharding
-from lifejax.data import chat, judge as judge_lib
+from lifejax import checks, sharding
+from lifejax.data import batching, chat, chat_render, prompts as prompts_lib
 from lifejax.eval import instruct
 from lifejax.losses import common
 from lifejax.model import heads, sampling
 from lifejax.model.config import TransformerConfig
-from lifejax.train.checkpoint import restore_params
+from lifejax.run import artifacts
+from lifejax.run.layout import RunDir
+from lifejax.run.lineage import read_lineage
+from lifejax.world import judge as judge_lib
 
 Record = Mapping[str, Any]
 Rows = dict[str, np.ndarray]
-# generate(graphdef, params, prompt_BxP, mask_BxP, cfg, rng) ->
-#   (tokens_BxN padded after the stop token, lengths_B)
-Generate = Callable[..., tuple[jax.Array, jax.Array]]
 # The inputs a forward pass reads (and the targets its log-probs need).
 FORWARD_KEYS = ("tokens", "targets", "positions", "segment_ids")
 
@@ -53,12 +53,6 @@ JUDGES: dict[str, judge_lib.JudgeConfig] = {
     "length_hackable": judge_lib.LENGTH_HACKABLE,
     "safety_hackable": judge_lib.SAFETY_HACKABLE,
 }
-
-
-def default_generate() -> Generate:
-  """The KV-cache sampler when the model package has it, else the reference
-  sampler (same signature and outputs)."""
-  return getattr(sampling, "generate", sampling.generate_no_cache)
 
 
 def judge_config(name: str | judge_lib.JudgeConfig) -> judge_lib.JudgeConfig:
@@ -86,6 +80,17 @@ class RolloutConfig:
   top_p: float = 1.0
   chunk_size: int = 0
 
+  def __post_init__(self):
+    checks.at_least("RolloutConfig.prompt_len", self.prompt_len, 1)
+    checks.at_least("RolloutConfig.max_new_tokens", self.max_new_tokens, 1)
+    # A negative temperature sampled as if greedy; a top_p above 1 (or 0)
+    # was treated as "off" and a negative top_k failed inside the sampler.
+    checks.at_least("RolloutConfig.temperature", self.temperature, 0.0)
+    checks.at_least("RolloutConfig.top_k", self.top_k, 0)
+    checks.in_range("RolloutConfig.top_p", self.top_p, 0.0, 1.0,
+                    low_open=True)
+    checks.at_least("RolloutConfig.chunk_size", self.chunk_size, 0)
+
   @property
   def seq_len(self) -> int:
     return self.prompt_len + self.max_new_tokens - 1
@@ -112,22 +117,14 @@ class Codec:
   vocab_limit: int = 0  # ids the tokenizer can decode (0 = any)
 
 
-def prompt_messages(record: Record) -> list[dict[str, str]]:
-  """A record's prompt: a preference record's "prompt" messages, or an
-  instruction record's messages without the final assistant answer."""
-  if isinstance(record.get("prompt"), list):
-    return list(record["prompt"])
-  return instruct.prompt_messages(record)
-
-
-def chat_codec(template: chat.ChatTemplate, tokenizer: chat.Tokenizer
+def chat_codec(template: chat.ChatTemplate, tokenizer: chat_render.Tokenizer
                ) -> Codec:
   """Prompts rendered with a run's saved chat template; generation stops at
   the end-of-turn marker (or EOS)."""
-  stops = tuple(chat.stop_ids(template, tokenizer))
+  stops = tuple(chat_render.stop_ids(template, tokenizer))
 
   def encode(record: Record) -> list[int]:
-    return chat.render_prompt(template, tokenizer, prompt_messages(record))
+    return prompts_lib.prompt_ids(template, tokenizer, record)
 
   def decode(ids: Sequence[int]) -> str:
     return tokenizer.decode([int(t) for t in ids if int(t) not in stops])
@@ -159,35 +156,6 @@ def build_rows(prompt_BxP: np.ndarray, mask_BxP: np.ndarray,
           "loss_mask": loss_mask,
           "positions": positions[:, :-1],
           "segment_ids": real[:, :-1].astype(np.int32)}
-
-
-def map_chunks(fn: Callable[..., Any], tree: Any, size: int) -> Any:
-  """fn(chunk, i) over leading-axis chunks of `size` rows (0 = one call),
-  outputs concatenated on the host. The row count must divide evenly."""
-  b = jax.tree.leaves(tree)[0].shape[0]
-  size = size or b
-  if b % size:
-    raise ValueError(f"{b} rows are not a multiple of chunk_size={size}")
-  outs = [jax.device_get(fn(jax.tree.map(lambda x: x[s:s + size], tree),
-                            s // size)) for s in range(0, b, size)]
-  return jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *outs)
-
-
-def make_sampler(generate: Generate, graphdef: nnx.GraphDef, params: Any,
-                 cfg: sampling.SamplingConfig, chunk_size: int = 0
-                 ) -> Callable[[np.ndarray, np.ndarray, jax.Array],
-                               tuple[np.ndarray, np.ndarray]]:
-  """sample(prompt_BxP, mask_BxP, rng) with `generate` on fixed-size chunks
-  (chunk i uses fold_in(rng, i))."""
-
-  def sample(prompt_BxP, mask_BxP, rng):
-    def one(chunk, i):
-      return generate(graphdef, params, chunk["prompt"], chunk["mask"], cfg,
-                      jax.random.fold_in(rng, i))
-    return map_chunks(one, {"prompt": prompt_BxP, "mask": mask_BxP},
-                      chunk_size)
-
-  return sample
 
 
 @dataclasses.dataclass
@@ -243,7 +211,7 @@ def collect(
                      f"{cfg.prompt_len} tokens (longest {max(too_long)}); "
                      "filter them with rollout.fits")
   rows_records = [r for r in records for _ in range(group_size)]
-  prompt_BxP, mask_BxP = instruct.left_pad(
+  prompt_BxP, mask_BxP = prompts_lib.left_pad(
       [p for p in prompts for _ in range(group_size)], cfg.prompt_len,
       codec.pad_id)
   tokens_BxN, lengths_B = sample(prompt_BxP, mask_BxP, rng)
@@ -331,25 +299,12 @@ class RewardModelScorer:
         return _last_scalar(self.graphdef, self.mesh, self.rules,
                             self.params, chunk)
 
-    return map_chunks(one, {k: rows[k] for k in keys}, self.chunk_size)
+    return batching.map_padded(one, {k: rows[k] for k in keys},
+                               self.chunk_size)
 
   def __call__(self, rollout: Rollout) -> np.ndarray:
     return ((self.raw(rollout.rows) - self.mean) / self.std).astype(
         np.float32)
-
-
-def config_from_lineage(run_dir: str) -> TransformerConfig:
-  """The TransformerConfig recorded in a run's lineage.json."""
-  path = os.path.join(run_dir, "lineage.json")
-  with open(path, encoding="utf-8") as f:
-    saved = json.load(f).get("model")
-  if not saved:
-    raise ValueError(f"{path} records no model config")
-  names = {f.name for f in dataclasses.fields(TransformerConfig)}
-  kwargs = {k: v for k, v in saved.items() if k in names}
-  if isinstance(kwargs.get("rope_scaling"), list):  # JSON of the tuple form
-    kwargs["rope_scaling"] = dict(kwargs["rope_scaling"])
-  return TransformerConfig(**kwargs)
 
 
 def abstract_params(model_cls: type[nnx.Module], cfg: TransformerConfig,
@@ -361,32 +316,23 @@ def abstract_params(model_cls: type[nnx.Module], cfg: TransformerConfig,
   return graphdef, nnx.to_pure_dict(abstract), specs
 
 
-def load_params(run_dir: str, model_cls: type[nnx.Module],
-                cfg: TransformerConfig, mesh: Any, rules: sharding.Rules
-                ) -> tuple[nnx.GraphDef, Any]:
-  """A run's latest `model_cls` params, placed by the logical-axis rules."""
-  graphdef, abstract, specs = abstract_params(model_cls, cfg, mesh, rules)
-  return graphdef, restore_params(run_dir, abstract,
-                                  sharding.named(mesh, specs))
-
-
 def load_reward_scorer(reward_run: str, mesh: Any, rules: sharding.Rules,
                        chunk_size: int = 0) -> RewardModelScorer:
-  """The reward model of a reward run directory (lineage.json with
-  model_kind "reward", checkpoints, reward_stats.json)."""
-  with open(os.path.join(reward_run, "lineage.json"), encoding="utf-8") as f:
-    kind = json.load(f).get("model_kind")
-  if kind != "reward":
+  """The reward model of a reward run directory (a lineage of model_kind
+  "reward", checkpoints, reward statistics)."""
+  lineage = read_lineage(reward_run)
+  if lineage.model_kind != "reward":
     raise ValueError(f"{reward_run} is not a reward-model run (model_kind="
-                     f"{kind!r})")
-  stats_path = os.path.join(reward_run, "reward_stats.json")
+                     f"{lineage.model_kind!r})")
+  stats_path = RunDir(reward_run).reward_stats
   if not os.path.exists(stats_path):
     raise FileNotFoundError(f"{stats_path} is missing: the reward stage "
                             "writes it after its held-out evaluation")
   with open(stats_path, encoding="utf-8") as f:
     stats = json.load(f)
-  graphdef, params = load_params(reward_run, heads.RewardModel,
-                                 config_from_lineage(reward_run), mesh, rules)
+  graphdef, params = artifacts.load_params(
+      reward_run, heads.RewardModel, artifacts.load_model_config(reward_run),
+      mesh, rules)
   return RewardModelScorer(graphdef, params, stats["mean"], stats["std"],
                            mesh, rules, chunk_size)
 

@@ -13,21 +13,23 @@ from lifejax.model.config import TransformerConfig
 from lifejax.train.checkpoint import CheckpointConfig
 from lifejax.train.loop import LoopConfig
 from lifejax.train.optim import OptimizerConfig
+from lifejax.model.lora import LoraConfig
 from lifejax.train.state import LossScaleConfig
 
 # Configurable dataclasses: gin files bind their fields by these names.
 for _cls in (TransformerConfig, OptimizerConfig, sharding.MeshConfig,
-             LoopConfig, CheckpointConfig, LossScaleConfig, GenerationSpec):
+             LoopConfig, CheckpointConfig, LossScaleConfig, GenerationSpec,
+             LoraConfig):
   gin.external_configurable(_cls, module="lifejax")
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from lifejax.stages.common import load_initial_params, tokenizer_of  # noqa: E402
 from lifejax.stages.pretrain import pretrain, world_corpus_files  # noqa: E402
-from lifejax.stages.preference import dpo, reward  # noqa: E402
+from lifejax.stages.reward import reward  # noqa: E402
+from lifejax.stages.dpo import dpo  # noqa: E402
 from lifejax.stages.sft import sft  # noqa: E402
-from lifejax.stages.rl import grpo, ppo, rlaif  # noqa: E402
+from lifejax.stages.rl import grpo, ppo  # noqa: E402
+from lifejax.stages.rlaif import rlaif  # noqa: E402
 from lifejax.stages.lifecycle import lifecycle  # noqa: E402
 
 __all__ = ["pretrain", "sft", "reward", "dpo", "ppo", "grpo", "rlaif",
-           "lifecycle", "world_corpus_files",
-           "load_initial_params", "tokenizer_of"]
+           "lifecycle", "world_corpus_files"]

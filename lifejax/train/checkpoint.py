@@ -9,12 +9,13 @@ Saving is asynchronous; `wait()` blocks until writes are durable.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
+from lifejax import checks
+from lifejax.run.layout import RunDir
 from lifejax.train.state import TrainState, abstract_with_shardings
 
 
@@ -26,6 +27,13 @@ class CheckpointConfig:
   best_metric: str = "eval/loss"
   best_mode: str = "min"
   async_save: bool = True
+
+  def __post_init__(self):
+    checks.at_least("CheckpointConfig.every_steps", self.every_steps, 1)
+    checks.at_least("CheckpointConfig.keep_last", self.keep_last, 1)
+    checks.at_least("CheckpointConfig.keep_best", self.keep_best, 1)
+    checks.choice("CheckpointConfig.best_mode", self.best_mode,
+                  ("min", "max"))
 
 
 def _items(state: TrainState, data_state: dict | None,
@@ -43,8 +51,8 @@ class Checkpointer:
 
   def __init__(self, run_dir: str, cfg: CheckpointConfig):
     self.cfg = cfg
-    self.dir = os.path.join(os.path.abspath(run_dir), "checkpoints")
-    self.best_dir = os.path.join(os.path.abspath(run_dir), "best")
+    self.dir = RunDir(run_dir).checkpoint_dir(best=False)
+    self.best_dir = RunDir(run_dir).checkpoint_dir(best=True)
     self._latest = ocp.CheckpointManager(
         self.dir,
         options=ocp.CheckpointManagerOptions(
@@ -107,8 +115,7 @@ class Checkpointer:
 def restore_params(run_dir: str, abstract_params: Any, param_shardings: Any,
                    step: int | None = None, best: bool = False) -> Any:
   """Loads only the params of a run (e.g. SFT starting from pretraining)."""
-  sub = "best" if best else "checkpoints"
-  path = os.path.join(os.path.abspath(run_dir), sub)
+  path = RunDir(run_dir).checkpoint_dir(best)
   mngr = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(
       read_only=True))
   step = step if step is not None else (

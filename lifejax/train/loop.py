@@ -12,27 +12,48 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import jax
 import numpy as np
 
-from lifejax import sharding
+from lifejax import checks, sharding
+from lifejax.run.layout import RunDir
 from lifejax.train.checkpoint import Checkpointer
+from lifejax.train.evaluate import EvalSets, Evaluator, run_evals
 from lifejax.train.metrics import MetricsWriter, plot_curves, progress_desc
 from lifejax.train.state import TrainState
-from lifejax.train.step import loss_params
 
 
 class DataIterator(Protocol):
-  """A batch iterator whose position can be saved (grain's iterators are)."""
+  """A batch iterator whose position can be saved (grain's iterators are).
+
+  A source whose batches depend on the model being trained (an RL stage's
+  rollouts) defines `next_batch(state)` instead of `__next__`, and may define
+  `pop_metrics()`: metrics about the batch it just made (e.g. the rollout's
+  reward), logged in the row of the step that consumed it.
+  """
 
   def __next__(self) -> dict[str, np.ndarray]: ...
   def get_state(self) -> dict: ...
   def set_state(self, state: dict) -> None: ...
+
+
+def next_batch(train_iter: Any, state: TrainState) -> dict[str, np.ndarray]:
+  pull = getattr(train_iter, "next_batch", None)
+  return pull(state) if pull is not None else next(train_iter)
+
+
+def _merge(update: dict[str, float], source: dict[str, float]
+           ) -> dict[str, float]:
+  """Source metrics keep their names; a step metric whose name they
+  already use gets an "update/" prefix."""
+  out = dict(source)
+  for k, v in update.items():
+    out[f"update/{k}" if k in source else k] = v
+  return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,59 +68,22 @@ class LoopConfig:
   early_stop_min_delta: float = 0.0
   eval_at_start: bool = False  # a step-0 baseline (e.g. a forgetting panel)
   progress: bool = True
+  tensorboard: bool = True
+
+  def __post_init__(self):
+    checks.at_least("LoopConfig.num_steps", self.num_steps, 0)
+    checks.at_least("LoopConfig.log_every", self.log_every, 1)
+    checks.at_least("LoopConfig.eval_every", self.eval_every, 0)
+    checks.at_least("LoopConfig.eval_batches", self.eval_batches, 0)
+    checks.at_least("LoopConfig.early_stop_patience",
+                    self.early_stop_patience, 0)
+    checks.choice("LoopConfig.early_stop_mode", self.early_stop_mode,
+                  ("min", "max"))
+    checks.at_least("LoopConfig.early_stop_min_delta",
+                    self.early_stop_min_delta, 0.0)
 
 
 Hook = Callable[[int, dict[str, float]], None]
-# An evaluator computes extra eval metrics from the state (e.g. generation
-# accuracy judged by a program); it returns {"eval/<name>": value, ...}.
-Evaluator = Callable[[TrainState, int], dict[str, float]]
-EvalSets = Callable[[], Iterator[dict]] | Mapping[str, Callable[[], Iterator[dict]]]
-
-
-def evaluate(eval_step: Callable[..., dict], params: Any,
-             eval_batches: Iterator[dict], batch_shardings: Any,
-             max_batches: int = 0) -> dict[str, float]:
-  """Token-weighted held-out loss and perplexity over the eval batches."""
-  totals: dict[str, float] = {}
-  n = 0
-  for batch in eval_batches:
-    out = eval_step(params, sharding.put(batch, batch_shardings))
-    for k, v in jax.device_get(out).items():
-      totals[k] = totals.get(k, 0.0) + float(v)
-    n += 1
-    if max_batches and n >= max_batches:
-      break
-  if not n:
-    raise ValueError("the eval set produced no batches")
-  w = max(totals.pop("weight"), 1e-8)
-  res = {f"eval/{k}": v / w for k, v in totals.items()}
-  res["eval/perplexity"] = math.exp(min(res["eval/loss"], 50.0))
-  res["eval/tokens"] = w
-  return res
-
-
-def run_evals(eval_step: Callable[..., dict] | None, state: TrainState,
-              eval_sets: EvalSets | None, evaluators: Sequence[Evaluator],
-              batch_shardings: Any, max_batches: int, step: int
-              ) -> dict[str, float]:
-  """All eval metrics at `step`: loss/perplexity per eval set + evaluators.
-
-  A single eval set reports `eval/loss`, ...; named sets report
-  `eval/<name>/loss`, ...
-  """
-  out: dict[str, float] = {}
-  if eval_step is not None and eval_sets is not None:
-    named = (eval_sets if isinstance(eval_sets, Mapping)
-             else {"": eval_sets})
-    for name, batches in named.items():
-      m = evaluate(eval_step, loss_params(state), batches(), batch_shardings,
-                   max_batches)
-      if name:
-        m = {f"eval/{name}/{k[len('eval/'):]}": v for k, v in m.items()}
-      out.update(m)
-  for ev in evaluators:
-    out.update(ev(state, step))
-  return out
 
 
 class _EarlyStopper:
@@ -144,9 +128,23 @@ def train_loop(
     tokens_per_step: int = 0,
     hooks: tuple[Hook, ...] = (),
     restored_extra: dict | None = None,
+    on_end: Callable[[TrainState, int], None] | None = None,
 ) -> dict[str, Any]:
-  """Runs steps state["step"]..cfg.num_steps; returns a summary dict."""
-  writer = MetricsWriter(run_dir)
+  """Runs steps state["step"]..cfg.num_steps; returns a summary dict.
+
+  A logged row holds the mean of each step metric over the steps since the
+  previous row, beside the latest metrics the data source reported.
+  `on_end(state, step)` sees the final state before the run closes (e.g. to
+  export a policy).
+  """
+  has_evals = (eval_step is not None and eval_batches is not None) or bool(
+      evaluators)
+  if not has_evals:
+    for name in ("eval_every", "eval_at_start", "early_stop_patience"):
+      if getattr(cfg, name):
+        raise checks.unused(f"LoopConfig.{name}",
+                            "this run has no eval set and no evaluator")
+  writer = MetricsWriter(run_dir, tensorboard=cfg.tensorboard)
   stopper = _EarlyStopper(cfg)
   if restored_extra and "early_stop" in restored_extra:
     stopper.load(restored_extra["early_stop"])
@@ -157,35 +155,45 @@ def train_loop(
     bar = tqdm(total=cfg.num_steps, initial=start, desc=progress_desc("train"),
                dynamic_ncols=True, mininterval=1.0)
 
-  pending: tuple[int, dict] | None = None
+  pending: tuple[int, dict, dict] | None = None
+  window: dict[str, float] = {}
+  window_steps = 0
+  source_metrics: dict[str, float] = {}
+  pop_metrics = getattr(train_iter, "pop_metrics", dict)
   last_logged: dict[str, float] = {}
   t_last, tok_since = time.perf_counter(), 0
   stopped_early = False
   eval_metrics: dict[str, float] = {}
 
-  def flush(step_and_metrics: tuple[int, dict]) -> None:
-    nonlocal last_logged, t_last, tok_since
-    step, dev_metrics = step_and_metrics
+  def flush(pending_step: tuple[int, dict, dict]) -> None:
+    nonlocal last_logged, t_last, tok_since, window, window_steps
+    nonlocal source_metrics
+    step, dev_metrics, from_source = pending_step
     host = {k: float(v) for k, v in jax.device_get(dev_metrics).items()}
     if not math.isfinite(host["loss"]):
       logging.warning("step %d: non-finite loss %s", step, host["loss"])
     for hook in hooks:
       hook(step, host)
+    for k, v in host.items():
+      window[k] = window.get(k, 0.0) + v
+    window_steps += 1
+    source_metrics.update(from_source)
     if step % cfg.log_every == 0 or step == cfg.num_steps:
+      row = _merge({k: v / window_steps for k, v in window.items()},
+                   source_metrics)
+      window, window_steps, source_metrics = {}, 0, {}
       now = time.perf_counter()
-      host["tokens_per_sec"] = tok_since / max(now - t_last, 1e-9)
+      row["tokens_per_sec"] = tok_since / max(now - t_last, 1e-9)
       t_last, tok_since = now, 0
-      writer.write(step, host)
-      last_logged = host
+      writer.write(step, row)
+      last_logged = row
       if bar is not None:
-        bar.set_postfix(loss=f"{host['loss']:.4f}",
-                        tok_s=f"{host['tokens_per_sec']:.0f}")
+        bar.set_postfix(loss=f"{row['loss']:.4f}",
+                        tok_s=f"{row['tokens_per_sec']:.0f}")
 
   def extra() -> dict:
     return {"early_stop": stopper.state()}
 
-  has_evals = (eval_step is not None and eval_batches is not None) or bool(
-      evaluators)
   if has_evals and cfg.eval_at_start and start == 0:
     eval_metrics = run_evals(eval_step, state, eval_batches, evaluators,
                              batch_shardings, cfg.eval_batches, 0)
@@ -195,13 +203,14 @@ def train_loop(
 
   step = start
   while step < cfg.num_steps:
-    batch = next(train_iter)
+    batch = next_batch(train_iter, state)
+    from_source = pop_metrics()
     state, metrics = train_step(state, sharding.put(batch, batch_shardings))
     step += 1
     tok_since += tokens_per_step
     if pending is not None:
       flush(pending)  # step N-1's metrics, fetched after step N is dispatched
-    pending = (step, metrics)
+    pending = (step, metrics, from_source)
     if bar is not None:
       bar.update(1)
 
@@ -240,6 +249,8 @@ def train_loop(
 
   if pending is not None:
     flush(pending)
+  if on_end is not None:
+    on_end(state, step)
   checkpointer.wait()
   if bar is not None:
     bar.close()
@@ -247,8 +258,7 @@ def train_loop(
   summary = {"final_step": step, "stopped_early": stopped_early,
              "last_train_metrics": last_logged, "eval": eval_metrics,
              "best_step": checkpointer.best_step()}
-  with open(os.path.join(run_dir, "summary.json"), "w") as f:
+  with open(RunDir(run_dir).summary, "w") as f:
     json.dump(summary, f, indent=2)
-  plot_curves(os.path.join(run_dir, "metrics.jsonl"),
-              os.path.join(run_dir, "loss_curve.png"))
+  plot_curves(RunDir(run_dir).metrics, RunDir(run_dir).loss_curve)
   return summary

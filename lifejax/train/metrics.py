@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import json
 import math
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
+
+from lifejax.data.jsonl import append_jsonl, read_jsonl
+from lifejax.run.layout import RunDir
 
 _PROGRESS_LABEL = contextvars.ContextVar("progress_label", default="")
 
@@ -36,12 +38,11 @@ class MetricsWriter:
 
   def __init__(self, run_dir: str, tensorboard: bool = True):
     os.makedirs(run_dir, exist_ok=True)
-    self.path = os.path.join(run_dir, "metrics.jsonl")
-    self._f = open(self.path, "a", encoding="utf-8")
+    self.path = RunDir(run_dir).metrics
     self._tb = None
     if tensorboard:
       from tensorboardX import SummaryWriter  # lazy: only for real runs
-      self._tb = SummaryWriter(os.path.join(run_dir, "tensorboard"))
+      self._tb = SummaryWriter(RunDir(run_dir).tensorboard)
 
   def write(self, step: int, metrics: Mapping[str, float]) -> None:
     row = {"step": int(step)}
@@ -50,29 +51,20 @@ class MetricsWriter:
       row[k] = v if math.isfinite(v) else str(v)
       if self._tb is not None and math.isfinite(v):
         self._tb.add_scalar(k, v, int(step))
-    self._f.write(json.dumps(row) + "\n")
-    self._f.flush()
+    # Opened per row (cheap at logging rates): a resumed run's first append
+    # drops a torn last line left by the killed one (data.jsonl's policy).
+    append_jsonl(self.path, row)
 
   def close(self) -> None:
-    self._f.close()
     if self._tb is not None:
       self._tb.close()
 
 
 def read_metrics(path: str) -> list[dict]:
-  """Rows of metrics.jsonl; a restarted run's repeated steps keep the last."""
+  """Rows of a metrics.jsonl file by step (data.jsonl's torn-last-line
+  policy); a restarted run's repeated steps keep the last."""
   by_step: dict[tuple[int, frozenset], dict] = {}
-  rows = []
-  with open(path, encoding="utf-8") as f:
-    for i, line in enumerate(f, 1):
-      line = line.strip()
-      if not line:
-        continue
-      try:
-        rows.append(json.loads(line))
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{i}: not valid JSON ({e.msg})") from None
-  for r in rows:
+  for r in read_jsonl(path):
     by_step[(r["step"], frozenset(k for k in r if k != "step"))] = r
   return sorted(by_step.values(), key=lambda r: r["step"])
 

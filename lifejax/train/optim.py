@@ -8,6 +8,8 @@ from typing import Any
 import jax
 import optax
 
+from lifejax import checks
+
 # Parameter-path components that mark parameters exempt from weight decay.
 # Gains, biases and gate logits (smear: the smeared keys' mix) keep their
 # values unless the loss moves them.
@@ -42,6 +44,17 @@ class OptimizerConfig:
       raise ValueError("OptimizerConfig: warmup_steps must be >= 0 and "
                        f"total_steps >= 1, got {self.warmup_steps}, "
                        f"{self.total_steps}")
+    checks.at_least("OptimizerConfig.learning_rate", self.learning_rate, 0.0)
+    checks.at_least("OptimizerConfig.end_lr_ratio", self.end_lr_ratio, 0.0)
+    checks.in_range("OptimizerConfig.b1", self.b1, 0.0, 1.0, high_open=True)
+    checks.in_range("OptimizerConfig.b2", self.b2, 0.0, 1.0, high_open=True)
+    checks.at_least("OptimizerConfig.weight_decay", self.weight_decay, 0.0)
+    if not self.eps > 0:
+      raise ValueError(f"OptimizerConfig.eps={self.eps!r}: must be > 0")
+    if self.clip_norm is not None and not self.clip_norm > 0:
+      # 0 used to switch clipping off silently; None is the one way to.
+      raise ValueError(f"OptimizerConfig.clip_norm={self.clip_norm!r}: must "
+                       "be > 0 (None turns clipping off)")
 
 
 def make_schedule(cfg: OptimizerConfig) -> optax.Schedule:

@@ -58,13 +58,32 @@ def _key(k: Any) -> Any:
   return k
 
 
+def base_params_key(state: TrainState) -> str:
+  """Where a state (or its shardings / abstract shapes) holds the model's
+  params tree: "frozen" when LoRA trains adapters over it, else "params"."""
+  return "frozen" if "frozen" in state else "params"
+
+
+def _specs_at_same_paths(tree: Any, param_specs: Any) -> Any:
+  """Each leaf of `tree` gets the spec of the param at the same key path,
+  or P() where there is none."""
+  by_path = {tuple(_key(k) for k in path): spec
+             for path, spec in jax.tree_util.tree_flatten_with_path(
+                 param_specs, is_leaf=lambda x: isinstance(x, P))[0]}
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: by_path.get(tuple(_key(k) for k in path), P()), tree)
+
+
 def state_specs(abstract_state: TrainState, param_specs: Any) -> TrainState:
   """Specs for the whole state. With frozen params (LoRA), the frozen base is
-  sharded like the model and the small trainable adapters are replicated."""
+  sharded like the model; in the trainable tree the small adapters are
+  replicated and leaves trained in full (heads outside the trunks, at the
+  same paths as in the base) keep their param specs."""
   specs = {k: jax.tree.map(lambda _: P(), v) for k, v in abstract_state.items()}
   if "frozen" in abstract_state:
     specs["frozen"] = param_specs
-    trainable_specs = specs["params"]
+    specs["params"] = trainable_specs = _specs_at_same_paths(
+        abstract_state["params"], param_specs)
   else:
     specs["params"] = trainable_specs = param_specs
   specs["opt_state"] = opt_state_specs(abstract_state["opt_state"],

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import numpy as np
+import jax.numpy as jnp
 import optax
 from flax import nnx
 from jax.sharding import Mesh
@@ -42,13 +42,6 @@ class Trainer:
   schedule: optax.Schedule
   restored_extra: dict | None = None
   restored_data_state: dict | None = None
-
-
-def example_lm_batch(batch_size: int, seq_len: int) -> dict[str, np.ndarray]:
-  """A zero batch with the LM batch layout (for shapes and shardings)."""
-  z = np.zeros((batch_size, seq_len), np.int32)
-  return {"tokens": z, "targets": z, "loss_mask": z.astype(np.float32),
-          "segment_ids": z, "positions": z}
 
 
 @dataclasses.dataclass
@@ -82,15 +75,23 @@ def plan_training(
     make_eval_loss: Callable[[nnx.GraphDef], LossFn] | None = None,
     lora_cfg: lora.LoraConfig | None = None,
     model_cls: type[nnx.Module] = transformer.Transformer,
+    params_tree: tuple[Any, Any] | None = None,
 ) -> Plan:
   """Derives shardings from abstract shapes and builds the jitted steps.
 
   `example_batch` may hold numpy arrays or ShapeDtypeStructs (only shapes are
   read). Nothing is materialized: use it to plan memory or AOT-compile
-  published shapes on any mesh. With `lora_cfg`, the model params are frozen
-  and only LoRA adapters are trained (and have optimizer state); losses are
-  wrapped to see the merged weights. `model_cls(cfg, rngs)` builds the
-  model (the decoder LM by default; a reward or value model for RL stages).
+  published shapes on any mesh. With `lora_cfg`, the params go to
+  state["frozen"] and state["params"] holds `lora.init_lora`'s trainable
+  tree (adapters on every LM trunk, heads outside the trunks in full), the
+  only part with optimizer state; losses are wrapped to see the merged
+  weights and `initial_params` places into state_shardings["frozen"].
+  `model_cls(cfg, rngs)` builds the
+  model (the decoder LM by default; a reward model). `params_tree` =
+  (abstract params, PartitionSpecs) instead trains a tree that is not one
+  model (an RL stage's policy and critic); `make_loss` then gets graphdef
+  None and `init_params` defaults to zeros (the stage passes the real
+  starting params to `init_state`).
   """
   batch_size = jax.tree.leaves(example_batch)[0].shape[0]
   sharding.check_batch_divisible(batch_size, mesh, rules)
@@ -100,12 +101,19 @@ def plan_training(
   sharding.check_batch_divisible(batch_size // num_microbatches, mesh, rules,
                                  what="microbatch size")
 
-  with nnx.use_eager_sharding(False):
-    abstract_model = nnx.eval_shape(
-        lambda: model_cls(model_cfg, nnx.Rngs(params=0)))
-  graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
-  param_specs = nnx.to_pure_dict(
-      sharding.param_specs(abstract_params, mesh, rules))
+  if params_tree is not None:
+    graphdef, (abstract_tree, param_specs) = None, params_tree
+    if init_params is None:
+      def init_params():
+        return jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype),
+                            abstract_tree)
+  else:
+    with nnx.use_eager_sharding(False):
+      abstract_model = nnx.eval_shape(
+          lambda: model_cls(model_cfg, nnx.Rngs(params=0)))
+    graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
+    param_specs = nnx.to_pure_dict(
+        sharding.param_specs(abstract_params, mesh, rules))
 
   if init_params is None:
     def init_params():

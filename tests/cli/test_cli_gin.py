@@ -10,7 +10,9 @@ import gin
 import pytest
 
 from lifejax import main as main_lib
+from lifejax.data.jsonl import read_jsonl
 from lifejax.model.config import TransformerConfig
+from lifejax.run.layout import RunDir
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
@@ -120,13 +122,14 @@ def test_cli_pretrains_on_a_jsonl_file(tmp_path):
             "--gin_param=LoopConfig.progress=False",
             "--gin_param=OptimizerConfig.warmup_steps=2"], tmp_path)
   assert r.returncode == 0, r.stderr[-3000:]
-  rows = [json.loads(l) for l in open(run_dir / "metrics.jsonl")]
+  run = RunDir(run_dir)
+  rows = read_jsonl(run.metrics)
   losses = [r["loss"] for r in rows if "loss" in r]
   evals = [r["eval/loss"] for r in rows if "eval/loss" in r]
   assert len(losses) == 20 and len(evals) == 2
   assert losses[-1] < losses[0] - 0.5  # a repetitive corpus is learnable
-  for name in ("config.gin", "operative_config.gin", "loss_curve.png",
-               "tokenizer.model", "lineage.json", "summary.json"):
-    assert (run_dir / name).exists(), name
-  assert "pretrain.seq_len = 32" in open(run_dir / "operative_config.gin").read()
-  assert os.listdir(run_dir / "tensorboard")
+  for path in (run.config_gin, run.operative_gin, run.loss_curve,
+               run.tokenizer_model, run.lineage, run.summary):
+    assert os.path.exists(path), path
+  assert "pretrain.seq_len = 32" in open(run.operative_gin).read()
+  assert os.listdir(run.tensorboard)

@@ -2,7 +2,7 @@
 
 from lifejax.curation import run_curation
 from lifejax.curation.config import embedded_world_config
-from lifejax.data.synthetic import generate_world
+from lifejax.world.generator import generate_world
 
 
 def test_embedded_world_defects_are_found(tmp_path):

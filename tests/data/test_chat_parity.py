@@ -5,7 +5,7 @@ import dataclasses
 
 import pytest
 
-from lifejax.data import chat
+from lifejax.data import chat, chat_render
 from lifejax.data import chat_parity
 from lifejax.data import tokenizer as tokenizer_lib
 
@@ -36,25 +36,26 @@ def _kinds(template, tok, prompts, **kwargs):
 @pytest.mark.parametrize("name", sorted(chat.TEMPLATES))
 def test_clean_prompts_have_no_findings(tok, name):
   template = chat.TEMPLATES[name]
-  prompts = [chat.render_prompt(template, tok, CONV),
-             chat.render_text(template, CONV, add_generation_prompt=True),
-             chat.render_prompt(template, tok, CONV[1:2])]
+  prompts = [chat_render.render_prompt(template, tok, CONV),
+             chat_render.render_text(template, CONV,
+                                     add_generation_prompt=True),
+             chat_render.render_prompt(template, tok, CONV[1:2])]
   assert _kinds(template, tok, prompts, system_prompts=[SYSTEM]) == []
 
 
 def test_missing_generation_prompt(tok):
-  ids = chat.render_prompt(chat.LIFEJAX, tok, CONV)
+  ids = chat_render.render_prompt(chat.LIFEJAX, tok, CONV)
   assert ids[-1] == tok.special_ids["<|assistant|>"]
   assert _kinds(chat.LIFEJAX, tok, [ids[:-1]]) == [
       ("missing_generation_prompt", 0)]
-  text = chat.render_text(chat.CHATML, CONV)
+  text = chat_render.render_text(chat.CHATML, CONV)
   assert _kinds(chat.CHATML, tok, [text]) == [("missing_generation_prompt", 0)]
 
 
 def test_system_prompt_in_user_role(tok):
   as_user = [{"role": "user", "content": SYSTEM}] + CONV[1:]
   # Two leading user turns (a template that forbids that).
-  text = "<s><|user|>" + chat.render_text(
+  text = "<s><|user|>" + chat_render.render_text(
       chat.LIFEJAX, CONV[1:], add_generation_prompt=True)[3:].replace(
           "<|user|>", SYSTEM + "<|end_of_turn|><|user|>", 1)
   assert chat_parity.check_parity(chat.LIFEJAX, tok, [text])[0].detail
@@ -62,45 +63,47 @@ def test_system_prompt_in_user_role(tok):
   # Merged into the first user turn (found with the known system prompt).
   merged = [{"role": "user", "content": SYSTEM + "\n\n" + CONV[1]["content"]}]
   merged += CONV[2:]
-  ids = chat.render_prompt(chat.LLAMA3, tok, merged)
+  ids = chat_render.render_prompt(chat.LLAMA3, tok, merged)
   assert _kinds(chat.LLAMA3, tok, [ids]) == []
   assert _kinds(chat.LLAMA3, tok, [ids], system_prompts=[SYSTEM]) == [
       ("system_in_user", 0)]
   # Where user,user is legal, only a known system prompt gives it away.
   loose = dataclasses.replace(chat.LIFEJAX, name="loose", alternate=False)
-  ids = chat.render_prompt(loose, tok, as_user)
+  ids = chat_render.render_prompt(loose, tok, as_user)
   assert _kinds(loose, tok, [ids]) == []
   assert _kinds(loose, tok, [ids], system_prompts=[SYSTEM]) == [
       ("system_in_user", 0)]
 
 
 def test_duplicated_bos(tok):
-  ids = chat.render_prompt(chat.LIFEJAX, tok, CONV)
+  ids = chat_render.render_prompt(chat.LIFEJAX, tok, CONV)
   assert _kinds(chat.LIFEJAX, tok, [[tok.bos_id] + ids]) == [
       ("duplicated_bos", 0)]
-  text = chat.render_text(chat.LLAMA3, CONV, add_generation_prompt=True)
+  text = chat_render.render_text(chat.LLAMA3, CONV, add_generation_prompt=True)
   assert _kinds(chat.LLAMA3, tok, ["<|begin_of_text|>" + text]) == [
       ("duplicated_bos", 0)]
   # Template BOS plus the tokenizer's own BOS.
-  ids = chat.render_prompt(chat.LLAMA3, tok, CONV)
+  ids = chat_render.render_prompt(chat.LLAMA3, tok, CONV)
   assert _kinds(chat.LLAMA3, tok, [[tok.bos_id] + ids]) == [
       ("duplicated_bos", 0)]
 
 
 def test_templates_mixed_across_a_dataset(tok):
-  lifejax = chat.render_prompt(chat.LIFEJAX, tok, CONV)
-  chatml = chat.render_prompt(chat.CHATML, tok, CONV)
-  llama3 = chat.render_text(chat.LLAMA3, CONV, add_generation_prompt=True)
+  lifejax = chat_render.render_prompt(chat.LIFEJAX, tok, CONV)
+  chatml = chat_render.render_prompt(chat.CHATML, tok, CONV)
+  llama3 = chat_render.render_text(chat.LLAMA3, CONV,
+                                   add_generation_prompt=True)
   assert _kinds(chat.LIFEJAX, tok, [lifejax, chatml, lifejax]) == [
       ("mixed_templates", 1)]
   assert _kinds(chat.LIFEJAX, tok, [chatml, llama3]) == [
       ("mixed_templates", 0), ("mixed_templates", 1)]
   # Two templates inside one prompt.
-  inside = chat.render_text(chat.CHATML, CONV[:1]) + chat.render_text(
-      chat.LIFEJAX, CONV[1:], add_generation_prompt=True)
+  inside = (chat_render.render_text(chat.CHATML, CONV[:1])
+            + chat_render.render_text(chat.LIFEJAX, CONV[1:],
+                                      add_generation_prompt=True))
   assert _kinds(chat.LIFEJAX, tok, [inside]) == [("mixed_templates", 0)]
   # One consistent foreign template is a plain mismatch.
-  plain = chat.render_text(chat.PLAIN, CONV, add_generation_prompt=True)
+  plain = chat_render.render_text(chat.PLAIN, CONV, add_generation_prompt=True)
   assert _kinds(chat.LIFEJAX, tok, [chatml]) == [("template_mismatch", 0)]
   assert _kinds(chat.LIFEJAX, tok, [plain]) == [("template_mismatch", 0)]
   # The tokenizer's own BOS is no template's signature.
@@ -109,7 +112,7 @@ def test_templates_mixed_across_a_dataset(tok):
 
 
 def test_whitespace_drift(tok):
-  text = chat.render_text(chat.LLAMA3, CONV, add_generation_prompt=True)
+  text = chat_render.render_text(chat.LLAMA3, CONV, add_generation_prompt=True)
   one_newline = text.replace("user<|end_header_id|>\n\n",
                              "user<|end_header_id|>\n", 1)
   findings = chat_parity.check_parity(chat.LLAMA3, tok, [one_newline])
@@ -117,17 +120,18 @@ def test_whitespace_drift(tok):
   assert "has 'header_id|>\\n\\nWhat" in findings[0].detail
   assert "has 'header_id|>\\nWhat" in findings[0].detail
   assert _kinds(chat.LLAMA3, tok, [text + " "]) == [("whitespace_drift", 0)]
-  plain = chat.render_text(chat.PLAIN, CONV, add_generation_prompt=True)
+  plain = chat_render.render_text(chat.PLAIN, CONV, add_generation_prompt=True)
   assert plain.endswith("Assistant: ")
   assert _kinds(chat.PLAIN, tok, [plain.rstrip(), plain + " "]) == [
       ("whitespace_drift", 0), ("whitespace_drift", 1)]
-  chatml = chat.render_text(chat.CHATML, CONV, add_generation_prompt=True)
+  chatml = chat_render.render_text(chat.CHATML, CONV,
+                                   add_generation_prompt=True)
   blank_lines = chatml.replace("<|im_end|>\n", "<|im_end|>\n\n")
   assert _kinds(chat.CHATML, tok, [blank_lines]) == [("whitespace_drift", 0)]
 
 
 def test_marker_tokenized_as_text(tok):
-  ids = chat.render_prompt(chat.LIFEJAX, tok, CONV)
+  ids = chat_render.render_prompt(chat.LIFEJAX, tok, CONV)
   user = tok.special_ids["<|user|>"]
   k = ids.index(user)
   as_text = ids[:k] + tok.encode("<|user|>") + ids[k + 1:]
@@ -139,7 +143,7 @@ def test_marker_tokenized_as_text(tok):
 
 
 def test_token_mismatch_and_unparseable(tok):
-  ids = chat.render_prompt(chat.PLAIN, tok, CONV)
+  ids = chat_render.render_prompt(chat.PLAIN, tok, CONV)
   content = tok.encode("Paris.")
   assert len(content) < len("Paris.")
   k = next(i for i in range(len(ids)) if ids[i:i + len(content)] == content)
@@ -148,14 +152,14 @@ def test_token_mismatch_and_unparseable(tok):
   assert tok.decode(same_text) == tok.decode(ids)
   assert _kinds(chat.PLAIN, tok, [same_text]) == [("token_mismatch", 0)]
   assert _kinds(chat.LIFEJAX, tok, ["just some text"]) == [("unparseable", 0)]
-  user_user = chat.render_text(chat.LIFEJAX, CONV[:2]) + "<|user|>x" + (
+  user_user = chat_render.render_text(chat.LIFEJAX, CONV[:2]) + "<|user|>x" + (
       "<|end_of_turn|><|assistant|>")
   assert _kinds(chat.LIFEJAX, tok, [user_user]) == [("invalid_conversation",
                                                      0)]
 
 
 def test_findings_explain_themselves(tok):
-  ids = chat.render_prompt(chat.LIFEJAX, tok, CONV)
+  ids = chat_render.render_prompt(chat.LIFEJAX, tok, CONV)
   assert not chat_parity.check_parity(chat.LIFEJAX, tok, [])
   (finding,) = chat_parity.check_parity(chat.LIFEJAX, tok, [ids[:-1]])
   assert finding.explanation == chat_parity.FINDING_KINDS[finding.kind]

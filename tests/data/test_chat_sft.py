@@ -4,7 +4,7 @@ import grain
 import numpy as np
 import pytest
 
-from lifejax.data import chat
+from lifejax.data import chat, chat_render
 from lifejax.data import packing
 from lifejax.data import pipeline
 from lifejax.data import sft
@@ -49,8 +49,8 @@ def test_sft_batches_carry_assistant_only_masks(source, tokenizer):
                        seed=0, shuffle=False, num_epochs=1, **ONE_SHARD)
   expected = {}
   for r in RECORDS:
-    ids, mask = chat.render_conversation(chat.LIFEJAX, tokenizer,
-                                         r["messages"])
+    ids, mask = chat_render.render_conversation(chat.LIFEJAX, tokenizer,
+                                                r["messages"])
     expected[tuple(ids[:-1].tolist())] = (ids[1:], mask[1:])
   seen = 0
   for batch in ds:
@@ -151,8 +151,8 @@ def test_too_long_conversations(tokenizer):
       {k: v[0] for k, v in b.items()}).values()]
   assert len(segments) == 4
   # A conversation longer than a row keeps its beginning; it is never split.
-  ids, mask = chat.render_conversation(chat.LIFEJAX, tokenizer,
-                                       RECORDS[0]["messages"])
+  ids, mask = chat_render.render_conversation(chat.LIFEJAX, tokenizer,
+                                              RECORDS[0]["messages"])
   assert len(ids) > 29
   tokens, targets, weights, _ = segments[0]
   assert tokens.tolist() == ids[:28].tolist()
@@ -201,11 +201,11 @@ def test_chat_render_plugs_into_preference_dataset(tokenizer):
     for side in ("chosen", "rejected"):
       half = batch[side]
       trained = half["targets"][b][half["loss_mask"][b] > 0].tolist()
-      assert trained == chat.render_response(chat.LIFEJAX, tokenizer,
-                                             pair[side])
+      assert trained == chat_render.render_response(chat.LIFEJAX, tokenizer,
+                                                    pair[side])
       # Prompt + reply is exactly what SFT renders for that conversation.
       conv = pair["prompt"] + [{"role": "assistant", "content": pair[side]}]
-      ids, mask = chat.render_conversation(chat.LIFEJAX, tokenizer, conv)
+      ids, mask = chat_render.render_conversation(chat.LIFEJAX, tokenizer, conv)
       n = len(ids) - 1
       assert half["tokens"][b][:n].tolist() == ids[:-1].tolist()
       np.testing.assert_array_equal(half["loss_mask"][b][:n], mask[1:])
@@ -223,8 +223,8 @@ def test_chat_prompt_render_plugs_into_prompt_dataset(source, tokenizer):
     record = RECORDS[batch["record_index"][b]]
     # The reference answer is dropped; the prompt ends with the assistant
     # marker and is the start of the training rendering.
-    ids, _ = chat.render_conversation(chat.LIFEJAX, tokenizer,
-                                      record["messages"])
+    ids, _ = chat_render.render_conversation(chat.LIFEJAX, tokenizer,
+                                             record["messages"])
     prompt = batch["prompt_tokens"][b][-n:].tolist()
     assert prompt[-1] == tokenizer.special_ids["<|assistant|>"]
     assert ids[:n].tolist() == prompt

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from lifejax.data import file_sources
 from lifejax.data import packing
 from lifejax.data import pipeline
 from lifejax.data import sources
@@ -23,14 +24,15 @@ def web(tmp_path):
   path = tmp_path / "web.jsonl"
   path.write_text("".join(json.dumps({"text": t}) + "\n"
                           for t in _texts("web", 60)))
-  return sources.JsonlSource(path)
+  return file_sources.JsonlSource(path)
 
 
 @pytest.fixture
 def books(tmp_path):
   path = tmp_path / "books.array_record"
-  sources.write_array_record(path, [{"text": t} for t in _texts("book", 25)])
-  return sources.ArrayRecordSource(path)
+  file_sources.write_array_record(path,
+                                  [{"text": t} for t in _texts("book", 25)])
+  return file_sources.ArrayRecordSource(path)
 
 
 def _pairs(tokenizer, texts) -> collections.Counter:

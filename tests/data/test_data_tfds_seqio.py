@@ -11,6 +11,7 @@ import tensorflow_datasets as tfds
 from lifejax.data import mixture
 from lifejax.data import pipeline
 from lifejax.data import sources
+from lifejax.data import tfds_sources
 
 TFDS_TEXTS = ["first doc", "Grüße 日本", "third doc", "fourth", "fifth"]
 
@@ -49,8 +50,9 @@ def tfds_dir(request, tmp_path_factory):
 
 def test_tfds_source_by_name(tfds_dir):
   data_dir, file_format = tfds_dir
-  src = sources.TfdsSource("lifejax_tiny_corpus", split="train",
-                           data_dir=data_dir, fields={"text": str, "n": int})
+  src = tfds_sources.TfdsSource("lifejax_tiny_corpus", split="train",
+                                data_dir=data_dir,
+                                fields={"text": str, "n": int})
   assert src.random_access == (file_format == "array_record")
   assert src.name == "lifejax_tiny_corpus:train"
   records = list(src)
@@ -58,15 +60,15 @@ def test_tfds_source_by_name(tfds_dir):
   assert all(isinstance(r["n"], int) for r in records)
   ds = src.as_map_dataset()
   assert len(ds) == 5 and ds[len(ds) - 1] in records
-  held_out = sources.TfdsSource("lifejax_tiny_corpus", split="test",
-                                data_dir=data_dir)
+  held_out = tfds_sources.TfdsSource("lifejax_tiny_corpus", split="test",
+                                     data_dir=data_dir)
   assert sorted(r["text"] for r in held_out) == ["also held out", "held out"]
 
 
 def test_tfds_wrong_field_type_names_row(tfds_dir):
   data_dir, _ = tfds_dir
-  src = sources.TfdsSource("lifejax_tiny_corpus", split="train",
-                           data_dir=data_dir, fields={"n": str})
+  src = tfds_sources.TfdsSource("lifejax_tiny_corpus", split="train",
+                                data_dir=data_dir, fields={"n": str})
   with pytest.raises(
       sources.RecordError,
       match=r"tfds lifejax_tiny_corpus/train row \d: wrong_type"):
@@ -75,7 +77,8 @@ def test_tfds_wrong_field_type_names_row(tfds_dir):
 
 def test_tfds_not_prepared_is_a_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match="never downloads"):
-    sources.TfdsSource("lifejax_tiny_corpus", split="train", data_dir=tmp_path)
+    tfds_sources.TfdsSource("lifejax_tiny_corpus", split="train",
+                            data_dir=tmp_path)
 
 
 def _register_text_task(name: str, path, feature: str = "text",
@@ -110,11 +113,11 @@ def seqio_tasks(tmp_path_factory):
 
 
 def test_seqio_task_source(seqio_tasks):
-  src = sources.SeqioSource("lifejax_test_a", split="train")
+  src = tfds_sources.SeqioSource("lifejax_test_a", split="train")
   assert src.name == "lifejax_test_a"
   assert [r["text"] for r in src] == [f"alpha {i}" for i in range(30)]
   with pytest.raises(ValueError, match="is a seqio Mixture"):
-    sources.SeqioSource("lifejax_test_mix", split="train")
+    tfds_sources.SeqioSource("lifejax_test_mix", split="train")
 
 
 def test_seqio_mixture_feeds_grain_mixing_with_its_rates(seqio_tasks,
@@ -154,8 +157,8 @@ def test_pre_tokenized_seqio_task_is_used_verbatim(tmp_path, tokenizer):
   _register_text_task("lifejax_test_tok", tmp_path / "c.txt",
                       feature="targets",
                       vocabulary=tokenizer.as_seqio_vocabulary())
-  src = sources.SeqioSource("lifejax_test_tok", split="train",
-                            fields={"targets": list})
+  src = tfds_sources.SeqioSource("lifejax_test_tok", split="train",
+                                 fields={"targets": list})
   records = list(src)
   assert records[0]["targets"] == tokenizer.encode("gamma one")
   batch = next(iter(pipeline.lm_eval_dataset(

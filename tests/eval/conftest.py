@@ -17,9 +17,11 @@ import sys
 
 import pytest
 
+from lifejax.run import layout
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
-HEAVY = ("checkpoints", "best", "tensorboard")
+HEAVY = (layout.CHECKPOINTS, layout.BEST, layout.TENSORBOARD)
 
 
 def run_tiny_lifecycle(root: str, run_ppo: bool = False) -> str:
@@ -54,7 +56,7 @@ def copy_root(src: str, dst: str, heavy: bool = True) -> str:
   its lifecycle.json at the copy's run directories."""
   ignore = None if heavy else shutil.ignore_patterns(*HEAVY)
   shutil.copytree(src, dst, ignore=ignore)
-  path = os.path.join(dst, "lifecycle.json")
+  path = layout.LifecycleRoot(dst).ledger
   with open(path) as f:
     ledger = json.load(f)
   for s in ledger["stages"]:

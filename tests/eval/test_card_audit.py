@@ -11,7 +11,9 @@ import sys
 import gin
 import yaml
 
-from lifejax.eval import card
+from lifejax.eval import card, card_audit
+from lifejax.run.layout import LifecycleRoot, RunDir
+from lifejax.run.lineage import read_lineage
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
@@ -30,7 +32,7 @@ def _read(path: str):
 
 def _runs(root: str) -> dict[str, str]:
   return {s["name"]: s["run_dir"]
-          for s in _read(os.path.join(root, "lifecycle.json"))["stages"]}
+          for s in _read(LifecycleRoot(root).ledger)["stages"]}
 
 
 def _audit_cli(card_path: str) -> subprocess.CompletedProcess:
@@ -41,9 +43,9 @@ def _audit_cli(card_path: str) -> subprocess.CompletedProcess:
 def test_card_is_filled_from_the_runs(tiny_lifecycle):
   runs = _runs(tiny_lifecycle)
   path = card.write_model_card(tiny_lifecycle, "dpo")
-  assert path == os.path.join(runs["dpo"], "model_card.yaml")
+  assert path == RunDir(runs["dpo"]).model_card
   c = _read(path)
-  assert set(card.SECTIONS) <= set(c)
+  assert set(card_audit.SECTIONS) <= set(c)
   assert [e["stage"] for e in c["lineage"]] == ["dpo", "sft", "pretrain"]
   here = os.path.dirname(path)
 
@@ -53,31 +55,32 @@ def test_card_is_filled_from_the_runs(tiny_lifecycle):
   # Config hashes are the sha256 of each run's operative config.
   for entry in c["lineage"]:
     cfg = resolve(entry["config"]["path"])
-    assert cfg == os.path.join(runs[entry["stage"]], "operative_config.gin")
+    assert cfg == RunDir(runs[entry["stage"]]).operative_gin
     assert entry["config"]["sha256"] == _sha(cfg)
   # Data manifests name the files each stage read, with full hashes that
   # extend the digests the stages recorded.
-  sft_lineage = _read(os.path.join(runs["sft"], "lineage.json"))
+  sft_inputs = read_lineage(runs["sft"]).inputs
   files = {resolve(f["path"]): f for f in c["sft_dataset"]["files"]}
-  assert set(files) == (set(sft_lineage["train_files"])
-                        | set(sft_lineage["general_files"])
-                        | set(sft_lineage.get("eval_files", {})))
+  # Every input role the lineage records (train, general, eval and the
+  # forgetting panel's general_eval_files).
+  assert set(sft_inputs["train_files"]) and set(sft_inputs["general_files"])
+  assert set(files) == set().union(*sft_inputs.values())
   for p, f in files.items():
     assert f["sha256"] == _sha(p)
     assert f["sha256"].startswith(f["recorded_sha256_16"])
-  pre_lineage = _read(os.path.join(runs["pretrain"], "lineage.json"))
+  pre_lineage = read_lineage(runs["pretrain"])
   assert {resolve(f["path"]) for f in c["base_model"]["pretraining_data"]
-          } == set(pre_lineage["train_files"])
+          } == set(pre_lineage.inputs["train_files"])
   assert c["base_model"]["stage"] == "pretrain"
   assert c["base_model"]["tokenizer"]["sha256"] == _sha(
-      pre_lineage["tokenizer"]["path"])
+      pre_lineage.tokenizer.path)
   assert c["preference_dataset"]["loss"] == "dpo"
   assert [(r["role"], r["stage"]) for r in c["related_runs"]] == [
       ("reference", "sft")]
   assert c["chat_template"]["template"] == _read(
-      os.path.join(runs["sft"], "chat_template.json"))
+      RunDir(runs["sft"]).chat_template)
   # The evaluation and the safety report come from the stage's eval.json.
-  ev = _read(os.path.join(runs["dpo"], "eval.json"))
+  ev = _read(RunDir(runs["dpo"]).eval)
   assert c["eval_report"]["metrics"]["win_rate_vs_ref"] == ev[
       "win_rate_vs_ref"]
   assert c["safety_report"]["refusal_correctness"] == ev["instruct/refusal"]
@@ -89,11 +92,10 @@ def test_card_is_filled_from_the_runs(tiny_lifecycle):
   assert [r["stage"] for r in c["rollback_artifacts"]] == ["sft", "pretrain"]
   for r in c["rollback_artifacts"]:
     ck = r["checkpoint"]
-    steps = sorted(int(s) for s in os.listdir(
-        os.path.join(runs[r["stage"]], "checkpoints")) if s.isdigit())
+    run = RunDir(runs[r["stage"]])
     assert resolve(ck["path"]) == os.path.join(
-        runs[r["stage"]], "checkpoints", str(steps[-1]))
-    assert ck["sha256"] == card.sha256_dir(resolve(ck["path"]))
+        run.checkpoints, str(run.checkpoint_steps()[-1]))
+    assert ck["sha256"] == card_audit.sha256_dir(resolve(ck["path"]))
     assert f"--run_dir={runs[r['stage']]}" in r["restore"]["export_hf"]
 
 
@@ -110,8 +112,8 @@ def test_restore_commands_run(tiny_lifecycle, tmp_path):
         [a.split("=", 1)[1] for a in argv if a.startswith("--gin_file=")],
         [a.split("=", 1)[1] for a in argv if a.startswith("--gin_param=")])
     assert gin.query_parameter("dpo.init_from") == runs["sft"]
-    assert gin.query_parameter("TransformerConfig.d_model") == _read(
-        os.path.join(runs["sft"], "lineage.json"))["model"]["d_model"]
+    assert gin.query_parameter("TransformerConfig.d_model") == read_lineage(
+        runs["sft"]).model.d_model
   finally:
     gin.clear_config()
   # The export command writes a HF checkpoint of exactly that step.
@@ -129,20 +131,21 @@ def test_restore_commands_run(tiny_lifecycle, tmp_path):
 
 def test_audit_passes_then_names_tampered_and_missing(lifecycle_copy):
   root = lifecycle_copy(heavy=True)  # a relocated root: relative paths
-  path = os.path.join(root, "dpo", card.CARD_FILE)
+  lr = LifecycleRoot(root)
+  path = lr.stage("dpo").model_card
   assert os.path.isfile(path)  # written by the lifecycle itself
-  assert card.audit_card(path) == []
+  assert card_audit.audit_card(path) == []
   out = _audit_cli(path)
   assert out.returncode == 0, out.stderr
   assert "artifacts intact" in out.stdout
 
-  ckpt = os.path.join(root, "sft", "checkpoints")
+  ckpt = lr.stage("sft").checkpoints
   step_dir = os.path.join(ckpt, max(os.listdir(ckpt), key=int))
   victim = next(os.path.join(d, f) for d, _, fs in sorted(os.walk(step_dir))
                 for f in sorted(fs))
   with open(victim, "ab") as f:
     f.write(b"\0")
-  problems = card.audit_card(path)
+  problems = card_audit.audit_card(path)
   rel = os.path.relpath(step_dir, os.path.dirname(path))
   # Named wherever the card references it (rollback, DPO's reference).
   assert {(p.status, p.path) for p in problems} == {("tampered", rel)}
@@ -151,16 +154,16 @@ def test_audit_passes_then_names_tampered_and_missing(lifecycle_copy):
   assert out.returncode == 1
   assert f"tampered: {rel}" in out.stderr
 
-  os.remove(os.path.join(root, "world", "preferences", "train.jsonl"))
-  problems = card.audit_card(path)
+  os.remove(lr.world_preferences("train"))
+  problems = card_audit.audit_card(path)
   missing = {p.path for p in problems if p.status == "missing"}
   assert missing == {"../world/preferences/train.jsonl"}
   out = _audit_cli(path)
   assert out.returncode == 1 and "missing: ../world/preferences" in out.stderr
 
-  shutil.rmtree(os.path.join(root, "pretrain", "best"))
-  assert {p.path for p in card.audit_card(path) if p.status == "missing"} > {
-      "../world/preferences/train.jsonl"}
+  shutil.rmtree(lr.stage("pretrain").best)
+  assert {p.path for p in card_audit.audit_card(path)
+          if p.status == "missing"} > {"../world/preferences/train.jsonl"}
 
 
 def test_sha256_dir_sees_names_and_contents(tmp_path):
@@ -169,36 +172,36 @@ def test_sha256_dir_sees_names_and_contents(tmp_path):
     (d / "sub").mkdir(parents=True)
     (d / "x.bin").write_bytes(b"123")
     (d / "sub" / "y.bin").write_bytes(b"456")
-  assert card.sha256_dir(str(a)) == card.sha256_dir(str(b))
+  assert card_audit.sha256_dir(str(a)) == card_audit.sha256_dir(str(b))
   (b / "sub" / "y.bin").rename(b / "sub" / "z.bin")
-  assert card.sha256_dir(str(a)) != card.sha256_dir(str(b))
+  assert card_audit.sha256_dir(str(a)) != card_audit.sha256_dir(str(b))
   (b / "sub" / "z.bin").rename(b / "sub" / "y.bin")
   (b / "x.bin").write_bytes(b"124")
-  assert card.sha256_dir(str(a)) != card.sha256_dir(str(b))
+  assert card_audit.sha256_dir(str(a)) != card_audit.sha256_dir(str(b))
 
 
 def test_audit_flags_unhashed_sections_and_data_changed_since_training(
     tmp_path):
   data = tmp_path / "train.jsonl"
   data.write_text('{"text": "a"}\n')
-  digest = card.sha256_file(str(data))
+  digest = card_audit.sha256_file(str(data))
   doc = {"lineage": [{"data": [
       {"path": "train.jsonl", "sha256": digest,
        "recorded_sha256_16": digest[:16]}]}]}
   path = tmp_path / "model_card.yaml"
   path.write_text(yaml.safe_dump(doc))
-  problems = card.audit_card(str(path))
+  problems = card_audit.audit_card(str(path))
   assert {p.where for p in problems if p.status == "missing_section"} == (
-      set(card.SECTIONS) - {"lineage"})
+      set(card_audit.SECTIONS) - {"lineage"})
   assert [p for p in problems if p.status != "missing_section"] == []
   # The card was written after the file changed: its hash agrees, but the
   # stage trained on other bytes.
   data.write_text('{"text": "b"}\n')
-  doc["lineage"][0]["data"][0]["sha256"] = card.sha256_file(str(data))
+  doc["lineage"][0]["data"][0]["sha256"] = card_audit.sha256_file(str(data))
   doc["lineage"][0]["data"].append({"path": "nothing_here.bin",
                                     "sha256": None})
   path.write_text(yaml.safe_dump(doc))
-  statuses = {p.path: p.status for p in card.audit_card(str(path))
+  statuses = {p.path: p.status for p in card_audit.audit_card(str(path))
               if p.status != "missing_section"}
   assert statuses == {"train.jsonl": "changed_since_training",
                       "nothing_here.bin": "missing"}

@@ -14,6 +14,8 @@ import os
 
 import pytest
 
+from lifejax.run.layout import LifecycleRoot
+
 GOLDEN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))), "goldens", "lifecycle_eval.json")
 
@@ -38,11 +40,12 @@ TIMINGS = ("latency", "per_sec", "seconds")
 
 
 def _eval_jsons(root):
-  with open(os.path.join(root, "lifecycle.json")) as f:
+  lr = LifecycleRoot(root)
+  with open(lr.ledger) as f:
     names = [s["name"] for s in json.load(f)["stages"]]
   out = {}
   for name in names:
-    path = os.path.join(root, name, "eval.json")
+    path = lr.stage(name).eval
     if os.path.exists(path):
       with open(path) as f:
         out[name] = json.load(f)

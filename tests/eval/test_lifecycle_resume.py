@@ -6,21 +6,19 @@ import shutil
 
 import pytest
 
-from lifejax.eval import card
+from lifejax.data.jsonl import read_jsonl
+from lifejax.eval import card_audit
+from lifejax.run.layout import LifecycleRoot
 
 
 def _ledger(root):
-  with open(os.path.join(root, "lifecycle.json")) as f:
+  with open(LifecycleRoot(root).ledger) as f:
     return {s["name"]: s["status"] for s in json.load(f)["stages"]}
 
 
 def _losses(path):
-  out = {}
-  for line in open(path):
-    r = json.loads(line)
-    if "loss" in r:
-      out[r["step"]] = r["loss"]
-  return out
+  """(step, loss) of each training row of metrics.jsonl, in file order."""
+  return [(r["step"], r["loss"]) for r in read_jsonl(path) if "loss" in r]
 
 
 def test_skip_and_resume(lifecycle_copy, run_lifecycle):
@@ -31,24 +29,29 @@ def test_skip_and_resume(lifecycle_copy, run_lifecycle):
 
   # Interrupt DPO after its step-2 checkpoint: drop what a crash would not
   # have written (the last checkpoint, the summary, the stage's eval).
-  dpo = os.path.join(root, "dpo")
-  before = _losses(os.path.join(dpo, "metrics.jsonl"))
-  for name in ("eval.json", "summary.json"):
-    os.remove(os.path.join(dpo, name))
-  ckpts = os.path.join(dpo, "checkpoints")
-  steps = sorted(int(s) for s in os.listdir(ckpts) if s.isdigit())
+  dpo = LifecycleRoot(root).stage("dpo")
+  before = _losses(dpo.metrics)
+  for path in (dpo.eval, dpo.summary):
+    os.remove(path)
+  steps = dpo.checkpoint_steps()
   assert len(steps) >= 2, steps
-  shutil.rmtree(os.path.join(ckpts, str(steps[-1])))
+  shutil.rmtree(os.path.join(dpo.checkpoints, str(steps[-1])))
   run_lifecycle(root)
   statuses = _ledger(root)
   assert statuses["dpo"] == "resumed", statuses
   assert all(v == "skipped" for k, v in statuses.items()
              if k not in ("dpo", "release")), statuses
-  assert os.path.exists(os.path.join(dpo, "eval.json"))
-  after = _losses(os.path.join(dpo, "metrics.jsonl"))
-  assert after[steps[-1]] == before[steps[-1]]  # the redone step matches
+  assert os.path.exists(dpo.eval)
+  after = _losses(dpo.metrics)
+  # metrics.jsonl is appended to: the resumed run adds one row for each step
+  # after the checkpoint it restarts from, with the loss the interrupted run
+  # logged for it (bitwise: same state, same batch), and nothing else.
+  redone = [(s, loss) for s, loss in before if s > steps[-2]]
+  assert steps[-1] in [s for s, _ in redone]
+  assert after[:len(before)] == before
+  assert after[len(before):] == redone
   # The refreshed report and cards still audit clean.
-  problems = card.audit_card(os.path.join(root, "dpo", "model_card.yaml"))
+  problems = card_audit.audit_card(dpo.model_card)
   assert not problems, [str(p) for p in problems]
 
 
@@ -57,7 +60,7 @@ def test_a_world_from_an_older_generator_is_refused(lifecycle_copy,
   """Reusing a root whose world predates the current format (e.g. without
   the mail source) stops with the manifest's path, not deep in curation."""
   root = lifecycle_copy(heavy=False)
-  manifest = os.path.join(root, "world", "manifest.json")
+  manifest = LifecycleRoot(root).world_manifest
   with open(manifest) as f:
     data = json.load(f)
   data["format_version"] = 1

@@ -4,25 +4,27 @@ numbers, the failure -> fix chain computed from them, plots, curation."""
 import json
 import os
 
+from lifejax.data.jsonl import write_jsonl
 from lifejax.eval import report, runs
+from lifejax.run.layout import LifecycleRoot, RunDir
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _eval(run_dir: str) -> dict:
-  with open(os.path.join(run_dir, "eval.json")) as f:
+  with open(RunDir(run_dir).eval) as f:
     return json.load(f)
 
 
 def _write_eval(run_dir: str, **updates: float) -> None:
   ev = _eval(run_dir)
   ev.update(updates)
-  with open(os.path.join(run_dir, "eval.json"), "w") as f:
+  with open(RunDir(run_dir).eval, "w") as f:
     json.dump(ev, f)
 
 
 def _ledger(root: str) -> dict:
-  with open(os.path.join(root, "lifecycle.json")) as f:
+  with open(LifecycleRoot(root).ledger) as f:
     return json.load(f)
 
 
@@ -39,7 +41,7 @@ def _is_png(path: str) -> bool:
 
 def test_one_row_per_stage_with_the_runs_numbers(tiny_lifecycle):
   path = report.write_report(tiny_lifecycle)
-  assert path == os.path.join(tiny_lifecycle, "report.md")
+  assert path == LifecycleRoot(tiny_lifecycle).report
   with open(path, encoding="utf-8") as f:
     md = f.read()
   stages = _ledger(tiny_lifecycle)["stages"]
@@ -70,7 +72,7 @@ def test_one_row_per_stage_with_the_runs_numbers(tiny_lifecycle):
       if s["kind"] == "pretrain" and key.startswith("perplexity/"):
         name = key.split("/", 1)[1]
         assert f"ppl {name} {report.fmt(ev[key])}" in row
-    summary = os.path.join(s["run_dir"], "summary.json")
+    summary = RunDir(s["run_dir"]).summary
     if s["kind"] == "release":  # an evaluation, not a training run
       assert not os.path.exists(summary)
       continue
@@ -88,15 +90,14 @@ def test_one_row_per_stage_with_the_runs_numbers(tiny_lifecycle):
 
 def test_plots_and_curation_summary(tiny_lifecycle):
   report.write_report(tiny_lifecycle)
-  plots = os.path.join(tiny_lifecycle, "plots")
-  assert _is_png(os.path.join(plots, "loss_curves.png"))
-  assert _is_png(os.path.join(plots, "forgetting.png"))
-  with open(os.path.join(tiny_lifecycle, "report.md"), encoding="utf-8") as f:
+  lr = LifecycleRoot(tiny_lifecycle)
+  assert _is_png(lr.loss_curves_plot)
+  assert _is_png(lr.forgetting_plot)
+  with open(lr.report, encoding="utf-8") as f:
     md = f.read()
   assert "![Loss curves](plots/loss_curves.png)" in md
   assert "![Forgetting panel](plots/forgetting.png)" in md
-  with open(os.path.join(tiny_lifecycle, "curated",
-                         "curation_report.json")) as f:
+  with open(lr.curation_report) as f:
     cur = json.load(f)
   t = cur["totals"]
   assert f"Documents in {t['docs_in']:,} → out {t['docs_out']:,}" in md
@@ -136,23 +137,23 @@ def test_missing_metrics_show_a_dash_and_a_ppo_run_is_plotted(lifecycle_copy):
   root = lifecycle_copy(heavy=False)
   ledger = _ledger(root)
   dirs = {s["name"]: s["run_dir"] for s in ledger["stages"]}
-  os.remove(os.path.join(dirs["reward"], "eval.json"))
-  os.remove(os.path.join(dirs["reward"], "reward_eval.json"))
-  with open(os.path.join(dirs["reward"], "summary.json"), "w") as f:
+  reward = RunDir(dirs["reward"])
+  os.remove(reward.eval)
+  os.remove(reward.reward_eval)
+  with open(reward.summary, "w") as f:
     json.dump({"final_step": 3, "eval": {}}, f)
   # A PPO run directory as lifejax.rl writes it: rollout rows per iteration.
   ppo = os.path.join(root, "ppo_layout")
   os.makedirs(ppo)
-  with open(os.path.join(ppo, "metrics.jsonl"), "w") as f:
-    for it in range(1, 5):
-      f.write(json.dumps({"step": it, "reward": 0.1 * it, "kl": 0.5 * it,
-                          "true_judge": 0.3, "loss": 1.0 / it}) + "\n")
-  with open(os.path.join(ppo, "eval.json"), "w") as f:
+  write_jsonl(RunDir(ppo).metrics, [
+      {"step": it, "reward": 0.1 * it, "kl": 0.5 * it, "true_judge": 0.3,
+       "loss": 1.0 / it} for it in range(1, 5)])
+  with open(RunDir(ppo).eval, "w") as f:
     json.dump({"win_rate_vs_ref": 0.6, "kl_to_ref": 1.5,
                "reward_gain_vs_ref": 0.25, "judge_gain_vs_ref": -0.1}, f)
   ledger["stages"].append({"name": "ppo", "kind": "ppo", "run_dir": ppo,
                            "status": "done", "seconds": 1.0})
-  with open(os.path.join(root, "lifecycle.json"), "w") as f:
+  with open(LifecycleRoot(root).ledger, "w") as f:
     json.dump(ledger, f)
   with open(report.write_report(root), encoding="utf-8") as f:
     md = f.read()
@@ -164,7 +165,7 @@ def test_missing_metrics_show_a_dash_and_a_ppo_run_is_plotted(lifecycle_copy):
   assert "reward hacking suspected" in md
   assert "PPO win rate 60.0% vs SFT" in md
   # The same drop within two paired SEs of zero is not called hacking.
-  with open(os.path.join(ppo, "eval.json"), "w") as f:
+  with open(RunDir(ppo).eval, "w") as f:
     json.dump({"win_rate_vs_ref": 0.6, "kl_to_ref": 1.5,
                "reward_gain_vs_ref": 0.25, "judge_gain_vs_ref": -0.1,
                "judge_gain_se": 0.06}, f)
@@ -172,7 +173,7 @@ def test_missing_metrics_show_a_dash_and_a_ppo_run_is_plotted(lifecycle_copy):
     md = f.read()
   assert "reward hacking suspected" not in md
   assert "judge change within 2 SE of zero" in md
-  assert _is_png(os.path.join(root, "plots", "reward_vs_kl.png"))
+  assert _is_png(LifecycleRoot(root).reward_vs_kl_plot)
   series = runs.reward_kl_series(ppo)
   assert series["kl"] == [0.5, 1.0, 1.5, 2.0]
 

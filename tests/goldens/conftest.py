@@ -18,7 +18,6 @@ Regenerate `losses.json` (only in a commit of its own that says why):
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 
@@ -26,7 +25,9 @@ import jax
 import pytest
 
 from lifejax import sharding
+from lifejax.data.jsonl import read_jsonl, write_jsonl
 from lifejax.model.config import TransformerConfig
+from lifejax.run.layout import LifecycleRoot, RunDir
 from lifejax.train import step as step_lib
 from lifejax.train.checkpoint import CheckpointConfig
 from lifejax.train.loop import LoopConfig
@@ -78,39 +79,33 @@ class StepRecorder:
     return [float(v) for v in jax.device_get(self.losses)]
 
 
-def kill_after(run_dir: str, copy_to: str, keep_step: int) -> str:
-  """A copy of `run_dir` as a crash right after checkpoint `keep_step`
-  would have left it: later checkpoints, the summary, the exported policy
-  and later metric rows are gone."""
+def kill_after_first_checkpoint(run_dir: str, copy_to: str) -> int:
+  """Makes `copy_to` a copy of `run_dir` as a crash right after its first
+  checkpoint would have left it: later checkpoints, the summary, the
+  exported policy and later metric rows are gone. Returns that step."""
   shutil.copytree(run_dir, copy_to)
-  for sub in ("checkpoints", "best"):
-    d = os.path.join(copy_to, sub)
-    for s in os.listdir(d) if os.path.isdir(d) else ():
-      if s.isdigit() and int(s) > keep_step:
-        shutil.rmtree(os.path.join(d, s))
-  for name in ("summary.json", "eval.json"):
-    if os.path.exists(os.path.join(copy_to, name)):
-      os.remove(os.path.join(copy_to, name))
-  if os.path.isdir(os.path.join(copy_to, "policy")):
-    shutil.rmtree(os.path.join(copy_to, "policy"))
-  metrics = os.path.join(copy_to, "metrics.jsonl")
-  with open(metrics, encoding="utf-8") as f:
-    rows = [json.loads(line) for line in f]
-  with open(metrics, "w", encoding="utf-8") as f:
-    for r in rows:
-      if r["step"] <= keep_step:
-        f.write(json.dumps(r) + "\n")
-  return copy_to
+  run = RunDir(copy_to)
+  keep_step = run.checkpoint_steps()[0]
+  for best in (False, True):
+    for s in run.checkpoint_steps(best):
+      if s > keep_step:
+        shutil.rmtree(os.path.join(run.checkpoint_dir(best), str(s)))
+  for path in (run.summary, run.eval):
+    if os.path.exists(path):
+      os.remove(path)
+  if os.path.isdir(run.policy.root):
+    shutil.rmtree(run.policy.root)
+  write_jsonl(run.metrics, [r for r in read_jsonl(run.metrics)
+                            if r["step"] <= keep_step])
+  return keep_step
 
 
 def eval_rows(run_dir: str) -> dict[str, dict[str, float]]:
   out = {}
-  with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
-    for line in f:
-      r = json.loads(line)
-      ev = {k: v for k, v in r.items() if k.startswith("eval/")}
-      if ev:
-        out[str(r["step"])] = ev
+  for r in read_jsonl(RunDir(run_dir).metrics):
+    ev = {k: v for k, v in r.items() if k.startswith("eval/")}
+    if ev:
+      out[str(r["step"])] = ev
   return out
 
 
@@ -118,26 +113,26 @@ def _loop(steps: int, **kw) -> LoopConfig:
   return LoopConfig(num_steps=steps, log_every=1, progress=False, **kw)
 
 
-def _stage_calls(root: str) -> list[tuple[str, int, object, dict]]:
-  """(name, resume-from step, stage function, kwargs) in dependency order."""
+def _stage_calls(root: str) -> list[tuple[str, object, dict]]:
+  """(name, stage function, kwargs) in dependency order."""
   from lifejax import stages
-  from lifejax.rl import learner as learner_lib, rollout as rollout_lib
+  from lifejax.rl import iteration as iteration_lib, rollout as rollout_lib
   from lifejax.stages import rl as rl_stages
 
   ckpt = CheckpointConfig(every_steps=3, keep_last=2, async_save=False)
-  rl_loop = learner_lib.RLLoopConfig(
+  rl_loop = iteration_lib.RLLoopConfig(
       num_iterations=2, prompts_per_iteration=4, epochs=2, minibatch_size=4,
       samples_every=0, checkpoint_every=1, tensorboard=False, progress=False)
   rollout = rollout_lib.RolloutConfig(prompt_len=96, max_new_tokens=8)
   rl_opt = OptimizerConfig(learning_rate=1e-3, schedule="constant",
                            warmup_steps=0, weight_decay=0.0)
-  run = lambda name: os.path.join(root, name)  # noqa: E731
+  run = lambda name: LifecycleRoot(root).stage(name).root  # noqa: E731
   return [
-      ("pretrain", 3, stages.pretrain, dict(
+      ("pretrain", stages.pretrain, dict(
           model=MODEL, train_files=[data("corpus.jsonl")], mesh=MESH,
           optimizer=OPT, loop=_loop(6, eval_every=3, eval_batches=2),
           checkpoint=ckpt, batch_size=4, seq_len=64, eval_holdout=0.1)),
-      ("sft", 3, stages.sft, dict(
+      ("sft", stages.sft, dict(
           model=MODEL, init_from=run("pretrain"),
           train_files=[data("sft_train.jsonl")],
           eval_files=[data("sft_eval.jsonl")], skip_bad=True, mesh=MESH,
@@ -148,25 +143,25 @@ def _stage_calls(root: str) -> list[tuple[str, int, object, dict]]:
               every_steps=3, async_save=False,
               best_metric="eval/sft_sft_eval/loss"),
           batch_size=4, seq_len=256, eval_generation_records=0)),
-      ("reward", 3, stages.reward, dict(
+      ("reward", stages.reward, dict(
           model=MODEL, init_from=run("sft"),
           train_files=[data("pref_train.jsonl")],
           eval_file=data("pref_eval.jsonl"), mesh=MESH, optimizer=OPT,
           loop=_loop(6, eval_every=3), checkpoint=ckpt, batch_size=4,
           seq_len=256)),
-      ("dpo", 3, stages.dpo, dict(
+      ("dpo", stages.dpo, dict(
           model=MODEL, init_from=run("sft"),
           train_files=[data("pref_train.jsonl")],
           eval_file=data("pref_eval.jsonl"), loss="dpo",
           loss_hparams={"beta": 0.1}, mesh=MESH, optimizer=OPT,
           loop=_loop(6, eval_every=3), checkpoint=ckpt, batch_size=4,
           seq_len=256)),
-      ("ppo", 1, rl_stages.ppo, dict(
+      ("ppo", rl_stages.ppo, dict(
           sft_run=run("sft"), prompt_files=[data("prompts.jsonl")],
           reward="reward_model", reward_run=run("reward"),
           value_model="separate", loop=rl_loop, rollout=rollout,
           optimizer=rl_opt, mesh=MESH, checkpoint=ckpt, seed=0)),
-      ("grpo", 1, rl_stages.grpo, dict(
+      ("grpo", rl_stages.grpo, dict(
           sft_run=run("sft"), prompt_files=[data("prompts.jsonl")],
           reward="reward_model", reward_run=run("reward"),
           loop=rl_loop, rollout=rollout, optimizer=rl_opt, mesh=MESH,
@@ -178,15 +173,15 @@ def _stage_calls(root: str) -> list[tuple[str, int, object, dict]]:
 def golden_runs(tmp_path_factory) -> dict[str, dict]:
   root = str(tmp_path_factory.mktemp("golden_runs"))
   out: dict[str, dict] = {}
-  for name, keep, fn, kwargs in _stage_calls(root):
+  for name, fn, kwargs in _stage_calls(root):
     run_dir = os.path.join(root, name)
     with StepRecorder() as rec:
       fn(run_dir=run_dir, **kwargs)
     entry = {"losses": rec.values()}
     if name not in ("ppo", "grpo"):
       entry["eval"] = eval_rows(run_dir)
-    resumed = kill_after(run_dir, os.path.join(root, f"{name}_resumed"),
-                         keep)
+    resumed = os.path.join(root, f"{name}_resumed")
+    keep = kill_after_first_checkpoint(run_dir, resumed)
     with StepRecorder() as rec:
       fn(run_dir=resumed, **kwargs)
     entry["resumed_from"] = keep

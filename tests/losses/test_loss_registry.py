@@ -72,3 +72,50 @@ def test_make_preference_loss_fn_rejects_other_losses():
     dpo.make_preference_loss_fn("cdpo", None, label_smoothing=0.5)
   with pytest.raises(KeyError, match="aggregation"):
     grpo.make_grpo_loss_fn(None, aggregation="mean")
+
+
+def _builtin(kind):
+  # Other test modules register losses under "test_" names in the same
+  # process (the registry is global); the built-ins are the rest.
+  return [n for n in registry.available_losses(kind)
+          if not n.startswith("test_")]
+
+
+def test_builtin_kinds_and_lookup_by_kind():
+  assert _builtin("preference") == ["cdpo", "dpo", "ipo", "simpo"]
+  assert _builtin("lm") == ["lm"]
+  for name in ("reward", "ppo", "grpo"):
+    assert _builtin(name) == [name]
+  assert registry.get_loss("dpo", kind="preference") is dpo.make_dpo_loss_fn
+  with pytest.raises(KeyError, match="not a preference loss") as err:
+    registry.get_loss("ppo", kind="preference", option="dpo.loss")
+  msg = str(err.value)
+  assert msg.startswith("\"dpo.loss: 'ppo'")
+  assert "preference losses: cdpo, dpo, ipo, simpo" in msg
+  with pytest.raises(KeyError, match="dpo.loss: unknown loss 'dpoo'"):
+    registry.get_loss("dpoo", kind="preference", option="dpo.loss")
+
+
+def test_a_kind_change_is_a_conflict(monkeypatch):
+  registry.available_losses()
+  monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+  monkeypatch.setattr(registry, "_KINDS", dict(registry._KINDS))
+  registry.register_loss("dpo", kind="preference")(dpo.make_dpo_loss_fn)
+  with pytest.raises(ValueError, match="already registered"):
+    registry.register_loss("dpo", kind="lm")(dpo.make_dpo_loss_fn)
+  with pytest.raises(ValueError, match="kind"):
+    registry.register_loss("test_registry_toy", kind="")
+
+
+def test_check_hparams_names_the_option():
+  registry.check_hparams(dpo.make_ipo_loss_fn, {"tau": 0.2, "nll_weight": 1},
+                         "dpo.loss_hparams")
+  with pytest.raises(ValueError, match="dpo.loss_hparams") as err:
+    registry.check_hparams(dpo.make_ipo_loss_fn, {"beta": 0.1},
+                           "dpo.loss_hparams")
+  assert "'beta'" in str(err.value) and "'tau'" in str(err.value)
+  with pytest.raises(ValueError, match="set by the stage"):
+    registry.check_hparams(dpo.make_dpo_loss_fn, {"ref_params": {}},
+                           "dpo.loss_hparams", reserved=("ref_params",))
+  # A factory taking **kwargs takes any key.
+  registry.check_hparams(lambda g, **kw: None, {"anything": 1}, "x.loss")

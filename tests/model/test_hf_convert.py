@@ -6,7 +6,6 @@ trainer-written checkpoint (with optimizer state) exports, and that a chat
 template lands in the HF tokenizer.
 """
 
-import dataclasses
 import glob
 import importlib.util
 import json
@@ -25,8 +24,10 @@ from safetensors.numpy import load_file
 
 from lifejax import main as main_lib
 from lifejax import sharding
-from lifejax.model import hf, transformer
+from lifejax.model import hf_format, hf_import, transformer
 from lifejax.model.config import TransformerConfig
+from lifejax.run.layout import RunDir
+from lifejax.run.lineage import Lineage, read_lineage, write_lineage
 from lifejax.train import checkpoint as ckpt_lib
 
 transformers = pytest.importorskip("transformers")
@@ -101,8 +102,8 @@ def test_round_trip_is_exact(converted):
   for name in a:
     assert a[name].dtype == b[name].dtype, name
     np.testing.assert_array_equal(a[name], b[name], err_msg=name)
-  assert os.path.exists(os.path.join(out, hf.INDEX_FILE))
-  src, dst = hf.read_hf_config(hf_dir), hf.read_hf_config(out)
+  assert os.path.exists(os.path.join(out, hf_format.INDEX_FILE))
+  src, dst = hf_format.read_hf_config(hf_dir), hf_format.read_hf_config(out)
   for key in ("vocab_size", "hidden_size", "num_hidden_layers",
               "num_attention_heads", "num_key_value_heads", "head_dim",
               "intermediate_size", "tie_word_embeddings", "rms_norm_eps",
@@ -117,17 +118,18 @@ def test_round_trip_is_exact(converted):
 
 def test_run_dir_gin_and_config(converted):
   _, hf_dir, run_dir, _ = converted
-  want = hf.config_from_hf(hf.read_hf_config(hf_dir))
+  want = hf_format.config_from_hf(hf_format.read_hf_config(hf_dir))
   assert convert.read_run_config(run_dir) == want
   gin.clear_config()
   try:
-    main_lib.parse_gin([os.path.join(run_dir, "model.gin")], [])
+    main_lib.parse_gin([RunDir(run_dir).model_gin], [])
     assert gin.get_configurable(TransformerConfig)() == want
     assert gin.query_parameter("%INIT_FROM") == os.path.abspath(run_dir)
   finally:
     gin.clear_config()
-  for name in ("tokenizer.json", "tokenizer_config.json", "lineage.json"):
+  for name in ("tokenizer.json", "tokenizer_config.json"):
     assert os.path.exists(os.path.join(run_dir, name)), name
+  assert read_lineage(run_dir).details["source"] == os.path.abspath(hf_dir)
 
 
 def test_restore_params_into_mesh(converted, devices):
@@ -135,11 +137,11 @@ def test_restore_params_into_mesh(converted, devices):
   cfg = convert.read_run_config(run_dir)
   mesh = sharding.make_mesh(sharding.MeshConfig(data=2, fsdp=2, model=2),
                             devices)
-  shardings = hf.param_shardings(cfg, mesh)
+  shardings = hf_import.param_shardings(cfg, mesh)
   _, abstract = nnx.split(transformer.abstract_model(cfg), nnx.Param)
   params = ckpt_lib.restore_params(run_dir, nnx.to_pure_dict(abstract),
                                    shardings)
-  want = hf.load_hf_params(hf_dir, cfg)
+  want = hf_import.load_hf_params(hf_dir, cfg)
   wq = params["layers"]["attn"]["wq"]
   assert wq.sharding.is_equivalent_to(
       NamedSharding(mesh, jax.sharding.PartitionSpec(
@@ -166,7 +168,7 @@ def test_chat_template_lands_in_tokenizer(converted, tmp_path):
   text = tok.apply_chat_template([{"role": "user", "content": "hi"}],
                                  tokenize=False, add_generation_prompt=True)
   assert text == "<|user|>hi</s><|assistant|>"
-  config = hf.read_hf_config(out)
+  config = hf_format.read_hf_config(out)
   assert config["eos_token_id"] == tok.eos_token_id
   assert config["torch_dtype"] == "bfloat16"
   model = transformers.LlamaForCausalLM.from_pretrained(out)
@@ -205,9 +207,8 @@ def test_exports_a_trainer_checkpoint(tmp_path):
   ckpt.save(7, state, data_state={"epoch": 0})
   ckpt.wait()
   ckpt.close()
-  with open(os.path.join(run_dir, "lineage.json"), "w") as f:
-    json.dump({"stage": "pretrain", "model": dataclasses.asdict(cfg)}, f,
-              default=str)
+  write_lineage(run_dir, Lineage(stage="pretrain", model_kind="lm",
+                                 model=cfg))
   out = str(tmp_path / "hf")
   convert.main(["lifejax-to-hf", f"--run_dir={run_dir}", f"--hf_dir={out}"])
   model = transformers.LlamaForCausalLM.from_pretrained(out).eval()

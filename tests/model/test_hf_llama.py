@@ -21,7 +21,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from safetensors.numpy import load_file, save_file
 
 from lifejax import sharding
-from lifejax.model import hf, transformer
+from lifejax.model import hf_export, hf_format, hf_import, transformer
 
 transformers = pytest.importorskip("transformers")
 
@@ -100,7 +100,7 @@ class Saved:
     self.model.save_pretrained(self.dir, safe_serialization=True, **kwargs)
     self.tokens = _tokens(CONFIGS[name]["vocab_size"])
     self.ref = _hf_logits(self.model, self.tokens)
-    self.cfg, self.params = hf.load_hf_checkpoint(self.dir)
+    self.cfg, self.params = hf_import.load_hf_checkpoint(self.dir)
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +140,7 @@ def test_config_mapping(saved):
 
 def test_shards_were_written(saved):
   names = os.listdir(saved["gqa_sharded"].dir)
-  assert hf.INDEX_FILE in names
+  assert hf_format.INDEX_FILE in names
   assert sum(n.endswith(".safetensors") for n in names) > 2
 
 
@@ -161,9 +161,9 @@ def test_parity_check_is_sensitive_to_rope_scaling(saved):
 @pytest.mark.parametrize("name", ["gqa", "head_dim6", "llama3_rope"])
 def test_export_reloads_in_transformers(saved, name, tmp_path):
   s = saved[name]
-  files = hf.save_hf_checkpoint(tmp_path, s.cfg, s.params,
-                                max_shard_size=16 * 1024)
-  assert len(files) > 1 and os.path.exists(tmp_path / hf.INDEX_FILE)
+  files = hf_export.save_hf_checkpoint(tmp_path, s.cfg, s.params,
+                                       max_shard_size=16 * 1024)
+  assert len(files) > 1 and os.path.exists(tmp_path / hf_format.INDEX_FILE)
   reloaded = transformers.LlamaForCausalLM.from_pretrained(
       tmp_path, dtype=torch.float32).eval()
   assert reloaded.config.tie_word_embeddings == s.cfg.tie_embeddings
@@ -173,19 +173,21 @@ def test_export_reloads_in_transformers(saved, name, tmp_path):
         reloaded.state_dict()[key].numpy(), want.numpy(), err_msg=key)
   _check(f"{name}_exported", _hf_logits(reloaded, s.tokens), s.ref)
   # And back again: the export imports to the same params.
-  cfg2, params2 = hf.load_hf_checkpoint(tmp_path)
+  cfg2, params2 = hf_import.load_hf_checkpoint(tmp_path)
   assert cfg2 == s.cfg
   jax.tree.map(np.testing.assert_array_equal, params2, s.params)
 
 
 def test_export_refuses_to_mix_with_old_weights(saved, tmp_path):
   s = saved["gqa"]
-  hf.save_hf_checkpoint(tmp_path, s.cfg, s.params, max_shard_size=16 * 1024)
+  hf_export.save_hf_checkpoint(tmp_path, s.cfg, s.params,
+                               max_shard_size=16 * 1024)
   with pytest.raises(FileExistsError, match="overwrite"):
-    hf.save_hf_checkpoint(tmp_path, s.cfg, s.params)
-  hf.save_hf_checkpoint(tmp_path, s.cfg, s.params, overwrite=True)
-  assert not os.path.exists(tmp_path / hf.INDEX_FILE)  # stale index removed
-  _, params = hf.load_hf_checkpoint(tmp_path)
+    hf_export.save_hf_checkpoint(tmp_path, s.cfg, s.params)
+  hf_export.save_hf_checkpoint(tmp_path, s.cfg, s.params, overwrite=True)
+  # The stale index is removed.
+  assert not os.path.exists(tmp_path / hf_format.INDEX_FILE)
+  _, params = hf_import.load_hf_checkpoint(tmp_path)
   jax.tree.map(np.testing.assert_array_equal, params, s.params)
 
 
@@ -248,7 +250,7 @@ def test_sharded_import(saved, devices):
   mesh = sharding.make_mesh(sharding.MeshConfig(data=2, fsdp=2, model=2),
                             devices)
   rules = sharding.DEFAULT_RULES
-  cfg, params = hf.load_hf_checkpoint(s.dir, mesh=mesh, rules=rules)
+  cfg, params = hf_import.load_hf_checkpoint(s.dir, mesh=mesh, rules=rules)
   flat = {tuple(k.key for k in path): x for path, x in
           jax.tree_util.tree_flatten_with_path(params)[0]}
   assert set(flat) == set(EXPECTED_SPECS)
@@ -276,7 +278,7 @@ def _get(tree, path):
 def test_bf16_checkpoint(tmp_path):
   model = _hf_model("gqa").to(torch.bfloat16)
   model.save_pretrained(tmp_path, safe_serialization=True)
-  cfg, params = hf.load_hf_checkpoint(tmp_path)
+  cfg, params = hf_import.load_hf_checkpoint(tmp_path)
   assert params["embed"].dtype == jnp.float32  # upcast to the param dtype
   want = model.model.embed_tokens.weight.detach().float().numpy()
   np.testing.assert_array_equal(np.asarray(params["embed"]), want)
@@ -285,12 +287,12 @@ def test_bf16_checkpoint(tmp_path):
   tokens = _tokens(cfg.vocab_size)
   _check("gqa_bf16_weights", _lifejax_logits(cfg, params, tokens),
          _hf_logits(ref_model, tokens))
-  _, params16 = hf.load_hf_checkpoint(tmp_path, param_dtype="bfloat16")
+  _, params16 = hf_import.load_hf_checkpoint(tmp_path, param_dtype="bfloat16")
   assert params16["layers"]["attn"]["wq"].dtype == jnp.bfloat16
   out = tmp_path / "out"
-  hf.save_hf_checkpoint(out, cfg, params, dtype="bfloat16")
-  a = load_file(os.path.join(tmp_path, hf.WEIGHTS_FILE))
-  b = load_file(os.path.join(out, hf.WEIGHTS_FILE))
+  hf_export.save_hf_checkpoint(out, cfg, params, dtype="bfloat16")
+  a = load_file(os.path.join(tmp_path, hf_format.WEIGHTS_FILE))
+  b = load_file(os.path.join(out, hf_format.WEIGHTS_FILE))
   assert sorted(a) == sorted(b)
   for k in a:
     assert b[k].dtype == a[k].dtype, k
@@ -330,50 +332,50 @@ def _edit_config(d: str, **changes) -> None:
 def test_unsupported_architecture(saved, tmp_path, changes, message):
   d = _copy(saved["gqa"].dir, tmp_path / "bad")
   _edit_config(d, **changes)
-  with pytest.raises(hf.UnsupportedCheckpointError, match=message):
-    hf.load_hf_checkpoint(d)
+  with pytest.raises(hf_format.UnsupportedCheckpointError, match=message):
+    hf_import.load_hf_checkpoint(d)
 
 
 def test_unexpected_tensor_is_an_error(saved, tmp_path):
   d = _copy(saved["gqa"].dir, tmp_path / "bias")
-  path = os.path.join(d, hf.WEIGHTS_FILE)
+  path = os.path.join(d, hf_format.WEIGHTS_FILE)
   tensors = load_file(path)
   tensors["model.layers.0.self_attn.q_proj.bias"] = np.zeros(32, np.float32)
   save_file(tensors, path, metadata={"format": "pt"})
-  with pytest.raises(hf.UnsupportedCheckpointError, match="q_proj.bias"):
-    hf.load_hf_checkpoint(d)
+  with pytest.raises(hf_format.UnsupportedCheckpointError, match="q_proj.bias"):
+    hf_import.load_hf_checkpoint(d)
 
 
 def test_missing_tensor_names_tensor_and_file(saved, tmp_path):
   d = _copy(saved["gqa"].dir, tmp_path / "single")
-  path = os.path.join(d, hf.WEIGHTS_FILE)
+  path = os.path.join(d, hf_format.WEIGHTS_FILE)
   tensors = load_file(path)
   del tensors["model.layers.1.mlp.up_proj.weight"]
   save_file(tensors, path, metadata={"format": "pt"})
-  with pytest.raises(hf.MissingTensorError,
+  with pytest.raises(hf_import.MissingTensorError,
                      match=r"'model\.layers\.1\.mlp\.up_proj\.weight'.*"
                      r"model\.safetensors"):
-    hf.load_hf_checkpoint(d)
+    hf_import.load_hf_checkpoint(d)
 
 
 def test_missing_tensor_in_a_shard(saved, tmp_path):
   d = _copy(saved["gqa_sharded"].dir, tmp_path / "sharded")
-  with open(os.path.join(d, hf.INDEX_FILE)) as f:
+  with open(os.path.join(d, hf_format.INDEX_FILE)) as f:
     weight_map = json.load(f)["weight_map"]
   name = "model.layers.0.self_attn.k_proj.weight"
   shard = weight_map[name]
   tensors = load_file(os.path.join(d, shard))
   del tensors[name]
   save_file(tensors, os.path.join(d, shard), metadata={"format": "pt"})
-  with pytest.raises(hf.MissingTensorError, match=rf"{name}.*{shard}"):
-    hf.load_hf_checkpoint(d)
+  with pytest.raises(hf_import.MissingTensorError, match=rf"{name}.*{shard}"):
+    hf_import.load_hf_checkpoint(d)
 
 
 def test_shape_mismatch_is_an_error(saved, tmp_path):
   d = _copy(saved["gqa"].dir, tmp_path / "shape")
   _edit_config(d, intermediate_size=96)
   with pytest.raises(ValueError, match=r"gate_proj.*\(64, 32\).*\(96, 32\)"):
-    hf.load_hf_checkpoint(d)
+    hf_import.load_hf_checkpoint(d)
 
 
 def test_pickled_weights_are_not_read(tmp_path):
@@ -381,4 +383,4 @@ def test_pickled_weights_are_not_read(tmp_path):
       {"model_type": "llama", **CONFIGS["gqa"]}))
   (tmp_path / "pytorch_model.bin").write_bytes(b"")
   with pytest.raises(FileNotFoundError, match="pytorch_model.bin"):
-    hf.load_hf_checkpoint(tmp_path)
+    hf_import.load_hf_checkpoint(tmp_path)

@@ -100,7 +100,8 @@ def test_lora_training_through_the_trainer(tmp_path):
   from lifejax import sharding
   from lifejax.train.checkpoint import CheckpointConfig
   from lifejax.train.optim import OptimizerConfig
-  from lifejax.train.trainer import build_trainer, example_lm_batch
+  from lifejax.data.batching import example_lm_batch
+  from lifejax.train.trainer import build_trainer
 
   mesh_cfg = sharding.MeshConfig(data=1, fsdp=-1, model=1)
   mesh = sharding.make_mesh(mesh_cfg, jax.devices()[:2])

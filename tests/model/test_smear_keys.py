@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 
 from lifejax.eval import copy_probe
-from lifejax.model import hf, transformer
+from lifejax.model import hf_export, hf_format, transformer
 from lifejax.model.config import TransformerConfig
 
 
@@ -69,10 +69,10 @@ def test_one_smeared_layer_learns_induction_a_plain_layer_cannot():
 
 def test_smeared_keys_have_no_huggingface_export(tmp_path):
   cfg = TransformerConfig(vocab_size=64, num_layers=1, smear_keys=True)
-  with pytest.raises(hf.UnsupportedCheckpointError, match="smear_keys"):
-    hf.config_to_hf(cfg)
+  with pytest.raises(hf_format.UnsupportedCheckpointError, match="smear_keys"):
+    hf_format.config_to_hf(cfg)
   params = nnx.to_pure_dict(nnx.state(transformer.create_model(cfg),
                                       nnx.Param))
-  with pytest.raises(hf.UnsupportedCheckpointError, match="smear_keys"):
-    hf.save_hf_checkpoint(tmp_path / "hf", cfg, params)
+  with pytest.raises(hf_format.UnsupportedCheckpointError, match="smear_keys"):
+    hf_export.save_hf_checkpoint(tmp_path / "hf", cfg, params)
   assert not (tmp_path / "hf").exists()  # refused before writing anything

@@ -4,6 +4,7 @@ ids, and a score that prefers a set of tokens (no tokenizer, no world)."""
 from __future__ import annotations
 
 import functools
+import os
 import types
 
 import jax
@@ -13,9 +14,11 @@ import pytest
 from flax import nnx
 
 from lifejax import sharding
+from lifejax.eval import generation
 from lifejax.model import transformer
 from lifejax.model.config import TransformerConfig
-from lifejax.rl import learner as learner_lib, rollout as rollout_lib
+from lifejax.rl import fit, iteration as iteration_lib, layout as layout_lib
+from lifejax.rl import rollout as rollout_lib
 from lifejax.train.checkpoint import CheckpointConfig
 from lifejax.train.optim import OptimizerConfig
 
@@ -61,47 +64,55 @@ def preferred_share(rollout: rollout_lib.Rollout) -> np.ndarray:
   return (hit.sum(1) / np.maximum(real.sum(1), 1)).astype(np.float32)
 
 
-def build_learner(run_dir, algorithm, kind, *, lr=1e-2, minibatch=8,
-                  rollout_cfg=None, seed=0, lm_params=None, ref_params=None):
+def build_forwards(algorithm, kind, *, lm_params=None, ref_params=None):
+  """The rollout forwards of a `kind` layout whose trained params start
+  from `lm_params`: sampler(cfg), stats(rows), ref_logp(rows)."""
+  del algorithm  # the forwards do not depend on the loss
   mesh = sharding.make_mesh(MESH_CFG)
-  rollout_cfg = rollout_cfg or rollout_lib.RolloutConfig(
-      prompt_len=8, max_new_tokens=6)
-  layout, abstract, specs = learner_lib.make_layout(kind, CFG, mesh,
-                                                    MESH_CFG.rules)
+  layout, abstract, specs = layout_lib.make_layout(kind, CFG, mesh,
+                                                   MESH_CFG.rules)
   if lm_params is None:
     _, lm_params = random_lm()
-  return learner_lib.Learner(
-      run_dir=str(run_dir), layout=layout, abstract_params=abstract,
-      param_specs=specs,
-      initial_params=lambda: learner_lib.assemble_params(
-          layout, abstract, lm_params),
-      ref_params=lm_params if ref_params is None else ref_params,
-      loss_fn=algorithm.make_loss(layout),
-      optimizer_cfg=OptimizerConfig(learning_rate=lr, schedule="constant",
-                                    warmup_steps=0, weight_decay=0.0),
-      mesh=mesh, rules=MESH_CFG.rules,
-      example_minibatch=algorithm.example_minibatch(minibatch,
-                                                    rollout_cfg.seq_len),
-      seed=seed, checkpoint_cfg=CheckpointConfig(async_save=False))
+  params = jax.device_put(
+      layout_lib.assemble_params(layout, abstract, lm_params),
+      sharding.named(mesh, specs))
+  forwards = layout_lib.PolicyForwards(
+      layout, mesh, MESH_CFG.rules,
+      lm_params if ref_params is None else ref_params)
+  return types.SimpleNamespace(
+      sampler=lambda cfg: forwards.sampler(params, cfg),
+      stats=lambda rows: forwards.stats(params, rows),
+      ref_logp=forwards.ref_logp)
 
 
 def run_toy(run_dir, algorithm, kind, *, iterations, prompts=16, epochs=4,
-            minibatch=8, lr=1e-2, stop=False, seed=0, checkpoint_every=0):
+            minibatch=8, lr=1e-2, stop=False, seed=0, checkpoint_every=0,
+            lora_cfg=None, loss_scale=None, eval_records=(), eval_every=0,
+            early_stop_patience=0):
+  """An RL run on the toy (LoRA with `lora_cfg`); returns (summary,
+  fit.RLRun)."""
   rollout_cfg = rollout_lib.RolloutConfig(prompt_len=8, max_new_tokens=6)
-  learner = build_learner(run_dir, algorithm, kind, lr=lr,
-                          minibatch=minibatch, rollout_cfg=rollout_cfg,
-                          seed=seed)
-  loop = learner_lib.RLLoopConfig(
+  loop = iteration_lib.RLLoopConfig(
       num_iterations=iterations, prompts_per_iteration=prompts,
       epochs=epochs, minibatch_size=minibatch, samples_every=0,
-      checkpoint_every=checkpoint_every, tensorboard=False, progress=False)
-  summary = learner_lib.run(
-      run_dir=str(run_dir), learner=learner, algorithm=algorithm,
-      prompts=learner_lib.PromptBatches(prompt_records(16), prompts, seed=0),
+      checkpoint_every=checkpoint_every, eval_every=eval_every,
+      early_stop_patience=early_stop_patience, tensorboard=False,
+      progress=False)
+  _, lm_params = random_lm()
+  run = fit.train(
+      run_dir=str(run_dir), algorithm=algorithm, layout_kind=kind,
+      policy_cfg=CFG, lm_params=lm_params,
+      mesh=sharding.make_mesh(MESH_CFG), rules=MESH_CFG.rules,
+      prompts=iteration_lib.PromptBatches(prompt_records(16), prompts,
+                                          seed=0),
       codec=codec(stop), scorer=preferred_share, rollout_cfg=rollout_cfg,
-      loop_cfg=loop, seed=seed)
-  learner.close()
-  return summary, learner
+      loop_cfg=loop,
+      optimizer_cfg=OptimizerConfig(learning_rate=lr, schedule="constant",
+                                    warmup_steps=0, weight_decay=0.0),
+      checkpoint_cfg=CheckpointConfig(async_save=False), seed=seed,
+      samples_dir=os.path.join(str(run_dir), "samples"), lora_cfg=lora_cfg,
+      loss_scale=loss_scale, eval_records=eval_records)
+  return run.summary, run
 
 
 @functools.lru_cache(maxsize=None)
@@ -109,8 +120,8 @@ def eval_rows(seed: int = 5) -> dict[str, np.ndarray]:
   """Fixed rows to measure policies on: 16 prompts + reference samples."""
   graphdef, ref = random_lm()
   cfg = rollout_lib.RolloutConfig(prompt_len=8, max_new_tokens=6)
-  sample = rollout_lib.make_sampler(
-      rollout_lib.default_generate(), graphdef, ref,
+  sample = generation.make_sampler(
+      generation.default_sample_fn(), graphdef, ref,
       cfg.sampling_config((), 0))
   return rollout_lib.collect(prompt_records(16, seed), codec=codec(),
                              cfg=cfg, sample=sample,
@@ -148,5 +159,5 @@ def toy() -> types.SimpleNamespace:
   return types.SimpleNamespace(
       cfg=CFG, mesh_cfg=MESH_CFG, preferred=PREFERRED, stop_id=STOP_ID,
       random_lm=random_lm, prompt_records=prompt_records, codec=codec,
-      preferred_share=preferred_share, build_learner=build_learner,
+      preferred_share=preferred_share, build_forwards=build_forwards,
       run_toy=run_toy, eval_rows=eval_rows, exact_stats=exact_stats)

@@ -1,13 +1,13 @@
 """GRPO on the toy: group-relative advantages raise the reward."""
 
 import math
-import os
 
 import jax
 import numpy as np
 import pytest
 
 from lifejax.rl import grpo, rollout as rollout_lib
+from lifejax.run.layout import RunDir
 from lifejax.train.metrics import read_metrics
 
 
@@ -36,7 +36,7 @@ def test_grpo_raises_the_reward(toy, tmp_path):
   algo = grpo.GRPO(grpo.GRPOConfig(group_size=4, kl_coef=0.04))
   _, learner = toy.run_toy(tmp_path, algo, "policy", iterations=4,
                            prompts=4)
-  rows = read_metrics(os.path.join(tmp_path, "metrics.jsonl"))
+  rows = read_metrics(RunDir(tmp_path).metrics)
   assert len(rows) == 4
   for r in rows:
     assert all(math.isfinite(r[k]) for k in ("reward", "kl", "kl_k3",

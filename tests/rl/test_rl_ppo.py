@@ -1,7 +1,6 @@
 """PPO on the toy: the reward goes up, beta bounds the KL, the reference
 never moves, the step compiles once, and a restart continues identically."""
 
-import json
 import math
 import os
 import shutil
@@ -10,12 +9,14 @@ import jax
 import numpy as np
 import pytest
 
+from lifejax.data.jsonl import read_jsonl
 from lifejax.rl import ppo
+from lifejax.run.layout import RunDir
 from lifejax.train.metrics import read_metrics
 
 
 def _rows(run_dir):
-  return read_metrics(os.path.join(run_dir, "metrics.jsonl"))
+  return read_metrics(RunDir(run_dir).metrics)
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,10 @@ def beta_runs(toy, tmp_path_factory):
 def test_ppo_raises_the_reward_and_keeps_kl_finite(toy, beta_runs):
   run_dir, learner = beta_runs[0.0]
   rows = _rows(run_dir)
-  assert [r["step"] for r in rows] == [1, 2, 3, 4]
+  assert [r["iteration"] for r in rows] == [1, 2, 3, 4]
+  # One row per iteration, at its last engine step (16 rows x 4 epochs /
+  # minibatch 8 = 8 steps per iteration).
+  assert [r["step"] for r in rows] == [8, 16, 24, 32]
   for r in rows:
     for k in ("reward", "kl", "kl_k3", "clip_fraction", "approx_kl",
               "value_loss", "explained_variance", "entropy",
@@ -53,8 +57,7 @@ def test_ppo_raises_the_reward_and_keeps_kl_finite(toy, beta_runs):
                   jax.tree.leaves(ref)):
     np.testing.assert_array_equal(a, b)
   assert learner.train_step.jitted._cache_size() == 1  # compiled once
-  samples = os.path.join(run_dir, "samples", "iter_000001.jsonl")
-  first = json.loads(open(samples).readline())
+  first = read_jsonl(RunDir(run_dir).iteration_sample_file(1))[0]
   assert {"response_ids", "score", "length"} <= set(first)
 
 
@@ -84,12 +87,16 @@ def test_ppo_resume_continues_identically(toy, tmp_path):
 
   restarted = tmp_path / "restarted"
   shutil.copytree(full, restarted)
-  shutil.rmtree(restarted / "checkpoints" / "2")  # "killed" after iter 1
+  per_iter = want[0]["step"]
+  shutil.rmtree(os.path.join(RunDir(restarted).checkpoints,
+                             str(2 * per_iter)))  # "killed"
+  # after iteration 1
   summary, learner2 = toy.run_toy(restarted, algo(), "shared", iterations=2,
                                   checkpoint_every=1)
   assert summary["resumed_from"] == 1
-  got = json.loads(open(restarted / "metrics.jsonl").readlines()[-1])
-  assert got["step"] == 2
+  got = read_jsonl(RunDir(restarted).metrics)[-1]
+  assert got["iteration"] == 2 and got["step"] == 2 * per_iter
+  del got["tokens_per_sec"], want[1]["tokens_per_sec"]  # wall clock
   assert got == pytest.approx(want[1], rel=1e-6, abs=1e-7)
   for a, b in zip(jax.tree.leaves(final),
                   jax.tree.leaves(jax.device_get(learner2.state["params"]))):

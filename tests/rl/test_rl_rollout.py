@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from lifejax.eval import generation
 from lifejax.losses import ppo as ppo_loss
 from lifejax.rl import ppo, rollout as rollout_lib
 
@@ -34,8 +35,8 @@ def _unpadded_logp(graphdef, params, prompt, response):
 
 def _sampler(toy, params, cfg, stops=()):
   graphdef, _ = toy.random_lm()
-  return rollout_lib.make_sampler(rollout_lib.default_generate(), graphdef,
-                                  params, cfg.sampling_config(stops, 0))
+  return generation.make_sampler(generation.default_sample_fn(), graphdef,
+                                 params, cfg.sampling_config(stops, 0))
 
 
 def test_build_rows_layout():
@@ -69,9 +70,8 @@ def learner_and_rollout(toy, tmp_path_factory):
   first = probe.response_BxN[0]
   stop_at = next(j for j in range(1, len(first)) if first[j] not in first[:j])
   stop = int(first[stop_at])
-  learner = toy.build_learner(tmp_path_factory.mktemp("l"),
-                              ppo.PPO(ppo.PPOConfig()), "separate",
-                              lm_params=policy, ref_params=ref)
+  learner = toy.build_forwards(ppo.PPO(ppo.PPOConfig()), "separate",
+                               lm_params=policy, ref_params=ref)
   codec = rollout_lib.Codec(encode=lambda r: list(r["prompt_ids"]),
                             decode=None, stop_ids=(stop,), pad_id=0)
   rollout = rollout_lib.collect(
@@ -196,7 +196,7 @@ def test_ppo_advantages_from_a_rollout_match_gae(learner_and_rollout):
 
 
 def test_judge_config_by_name_or_instance():
-  from lifejax.data import judge as judge_lib
+  from lifejax.world import judge as judge_lib
   assert rollout_lib.judge_config("default") is judge_lib.DEFAULT
   custom = judge_lib.JudgeConfig(length=0.0, length_bonus_per_word=0.05)
   assert rollout_lib.judge_config(custom) is custom

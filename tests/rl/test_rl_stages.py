@@ -14,18 +14,23 @@ import pytest
 from flax import nnx
 
 from lifejax import main as main_lib, sharding
-from lifejax.data import chat, judge, preference, sft as sft_data, synthetic
+from lifejax.data import preference, sft as sft_data
 from lifejax.model import heads, transformer
+from lifejax.data.jsonl import read_jsonl
 from lifejax.model.config import TransformerConfig
-from lifejax.rl import learner as learner_lib, rlaif as rlaif_lib
+from lifejax.rl import iteration as iteration_lib, rlaif as rlaif_lib
 from lifejax.rl import rollout as rollout_lib
+from lifejax.run import artifacts
+from lifejax.run.layout import RunDir
+from lifejax.run.lineage import Lineage, read_lineage, write_lineage
 from lifejax.stages import rl as rl_stages
-from lifejax.stages.common import write_json
+from lifejax.stages.rlaif import rlaif
 from lifejax.stages.pretrain import pretrain
 from lifejax.stages.sft import sft
 from lifejax.train.checkpoint import Checkpointer, CheckpointConfig
 from lifejax.train.loop import LoopConfig
 from lifejax.train.optim import OptimizerConfig
+from lifejax.world import generator, judge
 
 MODEL = TransformerConfig(vocab_size=512, d_model=32, num_layers=2,
                           num_heads=4, num_kv_heads=2, mlp_dim=64)
@@ -38,7 +43,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(
 
 
 def _loop(iterations):
-  return learner_lib.RLLoopConfig(
+  return iteration_lib.RLLoopConfig(
       num_iterations=iterations, prompts_per_iteration=8, epochs=1,
       minibatch_size=8, samples_every=1, checkpoint_every=iterations,
       tensorboard=False, progress=False)
@@ -48,8 +53,8 @@ def _reward_run(sft_run: str, out: str) -> None:
   """A RewardModel run directory as the reward stage writes it: backbone
   from the SFT LM, a fresh head, reward_stats.json, chat template."""
   mesh = sharding.make_mesh(MESH)
-  _, lm = rollout_lib.load_params(sft_run, transformer.Transformer, MODEL,
-                                  mesh, MESH.rules)
+  _, lm = artifacts.load_params(sft_run, transformer.Transformer, MODEL,
+                                mesh, MESH.rules)
   _, abstract = nnx.split(heads.abstract(heads.RewardModel, MODEL),
                           nnx.Param)
   fresh = nnx.to_pure_dict(abstract)
@@ -64,19 +69,18 @@ def _reward_run(sft_run: str, out: str) -> None:
   ckpt.save(1, {"params": rm}, force=True)
   ckpt.wait()
   ckpt.close()
-  write_json(os.path.join(out, "lineage.json"), {
-      "stage": "reward", "model_kind": "reward",
-      "init_from": sft_run, "model": dataclasses.asdict(MODEL)})
-  write_json(os.path.join(out, "reward_stats.json"),
-             {"mean": 0.5, "std": 2.0})
-  chat.save_template(out, chat.load_template(sft_run))
+  write_lineage(out, Lineage(stage="reward", model_kind="reward",
+                             init_from=sft_run, model=MODEL))
+  with open(RunDir(out).reward_stats, "w") as f:
+    json.dump({"mean": 0.5, "std": 2.0}, f)
+  artifacts.save_template(out, artifacts.load_template(sft_run))
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp("rl_stages")
   world = root / "world"
-  synthetic.generate_world(str(world), seed=0, scale=0.2)
+  generator.generate_world(str(world), seed=0, scale=0.2)
   pretrain(run_dir=str(root / "base"), model=MODEL,
            train_files=[str(world / "corpus" / "wiki.jsonl")], mesh=MESH,
            optimizer=OptimizerConfig(learning_rate=3e-3, warmup_steps=1,
@@ -99,8 +103,7 @@ def runs(tmp_path_factory):
 
 
 def _metrics(run_dir):
-  with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
+  return read_jsonl(RunDir(run_dir).metrics)
 
 
 def test_ppo_stage_with_a_reward_model(runs):
@@ -112,28 +115,28 @@ def test_ppo_stage_with_a_reward_model(runs):
       value_model="separate", value_init="reward_model", loop=_loop(2),
       rollout=ROLLOUT, optimizer=OPT, mesh=MESH, missing_stop_penalty=0.5)
   rows = _metrics(run_dir)
-  assert [r["step"] for r in rows] == [1, 2]
+  assert [r["iteration"] for r in rows] == [1, 2]
   for k in ("reward", "true_judge", "kl", "kl_k3", "clip_fraction",
             "approx_kl", "value_loss", "explained_variance", "entropy",
             "response_length", "refusal_rate", "kl_coef"):
     assert all(np.isfinite(r[k]) for r in rows), k
-  sample = json.loads(open(os.path.join(run_dir, "samples",
-                                        "iter_000002.jsonl")).readline())
+  sample = read_jsonl(RunDir(run_dir).iteration_sample_file(2))[0]
   assert isinstance(sample["response"], str) and "true_judge" in sample
-  lineage = json.load(open(os.path.join(run_dir, "lineage.json")))
-  assert lineage["model_kind"] == "policy_value_separate"
-  assert lineage["critic"]["init_from"] == str(root / "reward")
-  assert lineage["reward"]["std"] == 2.0
+  lineage = read_lineage(run_dir)
+  assert lineage.model_kind == "policy_value_separate"
+  assert lineage.details["critic"]["init_from"] == str(root / "reward")
+  assert lineage.details["reward"]["std"] == 2.0
   # The exported policy is a plain LM run directory that differs from SFT.
   policy_dir = summary["policy_dir"]
-  assert chat.load_template(policy_dir) == chat.load_template(
+  assert policy_dir == RunDir(run_dir).policy.root
+  assert artifacts.load_template(policy_dir) == artifacts.load_template(
       str(root / "sft"))
   mesh = sharding.make_mesh(MESH)
-  _, new = rollout_lib.load_params(policy_dir, transformer.Transformer,
-                                   rollout_lib.config_from_lineage(policy_dir),
-                                   mesh, MESH.rules)
-  _, old = rollout_lib.load_params(str(root / "sft"), transformer.Transformer,
-                                   MODEL, mesh, MESH.rules)
+  _, new = artifacts.load_params(policy_dir, transformer.Transformer,
+                                 artifacts.load_model_config(policy_dir),
+                                 mesh, MESH.rules)
+  _, old = artifacts.load_params(str(root / "sft"), transformer.Transformer,
+                                 MODEL, mesh, MESH.rules)
   assert any(not np.array_equal(a, b) for a, b in zip(
       jax.tree.leaves(jax.device_get(new)),
       jax.tree.leaves(jax.device_get(old))))
@@ -149,21 +152,58 @@ def test_grpo_stage_with_the_judge(runs):
       grpo_config=rl_stages.grpo_lib.GRPOConfig(group_size=2),
       loop=loop, rollout=ROLLOUT, optimizer=OPT, mesh=MESH)
   rows = _metrics(run_dir)
-  assert len(rows) == 2
-  assert all(np.isfinite(r["true_judge"]) and np.isfinite(r["kl"])
-             for r in rows)
-  # The GRPO run directory itself holds the LM (init_from-compatible).
+  assert [r["iteration"] for r in rows] == [1, 2]
+  records = {r["id"]: r for p in prompts for r in map(json.loads, open(p))}
+  g = 2
+  for row in rows:
+    samples = read_jsonl(RunDir(run_dir).iteration_sample_file(
+        row["iteration"]))
+    assert len(samples) == 4 * g
+    # Each prompt's group is g consecutive rows, scored by the
+    # length-hackable judge; the logged group statistics are theirs.
+    ids_NxG = np.array([s["id"] for s in samples]).reshape(-1, g)
+    assert (ids_NxG == ids_NxG[:, :1]).all() and len(set(ids_NxG[:, 0])) == 4
+    for s in samples:
+      want = judge.score(records[s["id"]], s["response"],
+                         judge.LENGTH_HACKABLE).total
+      assert s["score"] == pytest.approx(want, abs=1e-6)
+    s_NxG = np.array([s["score"] for s in samples]).reshape(-1, g)
+    assert row["reward"] == pytest.approx(s_NxG.mean(), abs=1e-6)
+    assert row["group_score_std"] == pytest.approx(
+        s_NxG.std(axis=1).mean(), abs=1e-6)
+    assert row["flat_group_rate"] == np.mean(s_NxG.max(1) == s_NxG.min(1))
+    # One update per rollout, from the sampling policy (ratio 1, nothing
+    # clipped): the policy loss is minus the mean advantage, 0 for advantages
+    # centred within each group (not for raw scores).
+    assert row["clip_fraction"] == 0.0
+    assert row["policy_loss"] == pytest.approx(0.0, abs=1e-5)
+  assert rows[0]["flat_group_rate"] < 1  # iteration 1 has a gradient
+  # The policy starts at the SFT reference (zero KL on iteration 1's own
+  # samples) and has moved away from it by iteration 2.
+  assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-6)
+  assert rows[0]["kl_k3"] == pytest.approx(0.0, abs=1e-6)
+  assert rows[0]["update/kl"] == pytest.approx(0.0, abs=1e-6)
+  assert rows[1]["kl_k3"] > 1e-6
+  # The GRPO run directory itself holds the LM (init_from-compatible): the
+  # final policy, two Adam steps from the SFT params (a step moves a
+  # parameter by at most ~lr, one with a gradient by about lr).
   mesh = sharding.make_mesh(MESH)
-  rollout_lib.load_params(run_dir, transformer.Transformer, MODEL, mesh,
-                          MESH.rules)
-  assert json.load(open(os.path.join(run_dir, "lineage.json")))[
-      "reward"]["judge"] == "length_hackable"
+  _, new = artifacts.load_params(run_dir, transformer.Transformer, MODEL,
+                                 mesh, MESH.rules)
+  _, old = artifacts.load_params(str(root / "sft"), transformer.Transformer,
+                                 MODEL, mesh, MESH.rules)
+  moved = max(float(np.max(np.abs(np.asarray(a, np.float64) - b)))
+              for a, b in zip(jax.tree.leaves(jax.device_get(new)),
+                              jax.tree.leaves(jax.device_get(old))))
+  assert 0.9 * OPT.learning_rate <= moved <= 2.001 * OPT.learning_rate
+  assert read_lineage(run_dir).details["reward"]["judge"] == (
+      "length_hackable")
 
 
 def test_rlaif_stage_writes_a_dpo_dataset(runs):
   root, _, prompts = runs
   run_dir = str(root / "rlaif")
-  report = rl_stages.rlaif(
+  report = rlaif(
       run_dir=run_dir, policy_run=str(root / "sft"), prompt_files=prompts,
       judge="judge", num_prompts=12,
       config=rlaif_lib.RLAIFConfig(min_margin=0.01, drop_truncated=False,
@@ -175,11 +215,10 @@ def test_rlaif_stage_writes_a_dpo_dataset(runs):
   assert report["kept"] >= 1 and report["filtered_by_reason"]["tie"] >= 1
   assert report["kept"] + report["filtered"] == 12
   assert report["filtered"] == sum(report["filtered_by_reason"].values())
-  with open(os.path.join(run_dir, "preferences.jsonl")) as f:
-    pairs = [json.loads(line) for line in f]
+  pairs = read_jsonl(RunDir(run_dir).preferences)
   assert len(pairs) == report["kept"]
-  template = chat.load_template(run_dir)
-  tokenizer = rl_stages.tokenizer_of(str(root / "sft"))
+  template = artifacts.load_template(run_dir)
+  tokenizer = artifacts.load_tokenizer(str(root / "sft"))
   to_rows = preference.PreferencePairToRows(
       sft_data.ChatRender(template, tokenizer), seq_len=128)
   for p in pairs:
@@ -193,13 +232,21 @@ def test_rlaif_stage_writes_a_dpo_dataset(runs):
     to_rows.map(p)  # what the DPO stage does with each record
 
 
-def test_rlaif_stage_best_of_n_with_the_greedy_answer(runs):
+def test_rlaif_stage_best_of_n_with_the_greedy_answer(runs, monkeypatch):
   """Three samples plus the greedy answer per prompt: every prompt is kept
   or filtered once, and the report counts the pairs in which the greedy
   answer is the chosen or the rejected side."""
   root, _, prompts = runs
   run_dir = str(root / "rlaif_greedy")
-  report = rl_stages.rlaif(
+  seen = []  # (records, texts) of each rollout the judge scores
+  judge_call = rollout_lib.JudgeScorer.__call__
+
+  def recording(self, rollout):
+    seen.append(([r["id"] for r in rollout.records], list(rollout.texts)))
+    return judge_call(self, rollout)
+
+  monkeypatch.setattr(rollout_lib.JudgeScorer, "__call__", recording)
+  report = rlaif(
       run_dir=run_dir, policy_run=str(root / "sft"), prompt_files=prompts,
       judge="judge", num_prompts=8,
       config=rlaif_lib.RLAIFConfig(min_margin=0.0, drop_truncated=False,
@@ -208,9 +255,35 @@ def test_rlaif_stage_best_of_n_with_the_greedy_answer(runs):
       rollout=ROLLOUT, mesh=MESH)
   assert report["prompts"] == 8 and report["samples_per_prompt"] == 3
   assert report["kept"] + report["filtered"] == 8
-  roles = report["greedy_answer_in_pairs"]
-  assert roles["chosen"] + roles["rejected"] <= report["kept"]
-  assert report["mean_best_score"] >= report["mean_score"]
+  # Each batch of 4 prompts: 3 samples per prompt, then the greedy answers.
+  assert [len(texts) for _, texts in seen] == [12, 4, 12, 4]
+  ids, cands = [], []  # per prompt: [greedy answer, sample 1, 2, 3]
+  for (s_ids, s_texts), (g_ids, g_texts) in zip(seen[::2], seen[1::2]):
+    for i, pid in enumerate(g_ids):
+      assert s_ids[3 * i:3 * i + 3] == [pid] * 3
+      ids.append(pid)
+      cands.append([g_texts[i]] + s_texts[3 * i:3 * i + 3])
+  records = {r["id"]: r for p in prompts for r in map(json.loads, open(p))}
+  scores = np.array([[judge.score(records[pid], t).total for t in c]
+                     for pid, c in zip(ids, cands)])
+  assert report["mean_score"] == pytest.approx(scores.mean(), abs=1e-6)
+  assert report["mean_best_score"] == pytest.approx(
+      scores.max(axis=1).mean(), abs=1e-6)
+  # The kept pairs are the best against the worst candidate of their
+  # prompt; the greedy answer's roles are counted from them.
+  pairs = read_jsonl(RunDir(run_dir).preferences)
+  assert len(pairs) == report["kept"] >= 1
+  roles = {"chosen": 0, "rejected": 0}
+  for p in pairs:
+    k = int(p["id"].rsplit("-", 1)[1])
+    assert p["chosen"] in cands[k] and p["rejected"] in cands[k]
+    assert judge.score(records[ids[k]], p["chosen"]).total == scores[k].max()
+    assert judge.score(records[ids[k]], p["rejected"]).total == min(
+        s for t, s in zip(cands[k], scores[k])
+        if t.strip() and t.strip() != p["chosen"].strip())
+    for side in roles:
+      roles[side] += p[side] == cands[k][0]
+  assert report["greedy_answer_in_pairs"] == roles
 
 
 def test_label_pairs_on_world_pairs(runs):

@@ -3,12 +3,12 @@
 import pytest
 
 from lifejax import sharding, stages
-from lifejax.data import synthetic
 from lifejax.eval.instruct import GenerationSpec
 from lifejax.model.config import TransformerConfig
 from lifejax.train.checkpoint import CheckpointConfig
 from lifejax.train.loop import LoopConfig
 from lifejax.train.optim import OptimizerConfig
+from lifejax.world import generator
 
 TINY = TransformerConfig(vocab_size=640, d_model=32, num_layers=2,
                          num_heads=4, num_kv_heads=2, mlp_dim=64)
@@ -29,7 +29,7 @@ def tiny_runs(tmp_path_factory):
   """(root, world) with root/base (pretrained) and root/sft runs."""
   root = tmp_path_factory.mktemp("stage_runs")
   world = root / "world"
-  synthetic.generate_world(str(world), seed=0, scale=0.2)
+  generator.generate_world(str(world), seed=0, scale=0.2)
   stages.pretrain(
       run_dir=str(root / "base"), model=TINY,
       train_files=[str(world / "corpus" / "wiki.jsonl")], mesh=MESH1,

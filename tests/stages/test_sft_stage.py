@@ -7,13 +7,18 @@ import numpy as np
 import pytest
 
 from lifejax import sharding, stages
-from lifejax.data import chat, synthetic
+from lifejax.data import chat
+from lifejax.eval.forgetting import ForgettingPanel
 from lifejax.eval.instruct import GenerationSpec
 from lifejax.model.config import TransformerConfig
-from lifejax.stages.sft import ForgettingPanel, MixedIterator, sft
+from lifejax.data.mixture import MixedIterator
+from lifejax.run import artifacts
+from lifejax.run.lineage import read_lineage
+from lifejax.stages.sft import sft
 from lifejax.train.checkpoint import CheckpointConfig
 from lifejax.train.loop import LoopConfig
 from lifejax.train.optim import OptimizerConfig
+from lifejax.world import generator
 
 MODEL = TransformerConfig(vocab_size=640, d_model=32, num_layers=2,
                           num_heads=4, num_kv_heads=2, mlp_dim=64)
@@ -71,7 +76,7 @@ def test_forgetting_panel_warns_only_on_forgetting():
 def world_and_base(tmp_path_factory):
   root = tmp_path_factory.mktemp("sft")
   world = root / "world"
-  synthetic.generate_world(str(world), seed=0, scale=0.2)
+  generator.generate_world(str(world), seed=0, scale=0.2)
   stages.pretrain(
       run_dir=str(root / "base"), model=MODEL,
       train_files=[str(world / "corpus" / "wiki.jsonl")], mesh=MESH,
@@ -116,10 +121,10 @@ def test_sft_run_layout_and_resume(world_and_base):
   root, world = world_and_base
   full = _sft(root, world, "full", 6)
   run = root / "full"
-  assert chat.load_template(str(run)) == chat.get_template("lifejax")
-  lineage = json.load(open(run / "lineage.json"))
-  assert lineage["chat_template"]["name"] == "lifejax"
-  assert lineage["init_from"].endswith("base")
+  assert artifacts.load_template(str(run)) == chat.get_template("lifejax")
+  lineage = read_lineage(str(run))
+  assert lineage.chat_template["name"] == "lifejax"
+  assert lineage.init_from == str(root / "base")
   ev = full["eval"]
   for key in ("eval/sft_validation/loss", "eval/instruct/accuracy",
               "eval/general_general_holdout/perplexity",

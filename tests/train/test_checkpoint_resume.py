@@ -17,6 +17,8 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from lifejax import sharding
+from lifejax.data.jsonl import read_jsonl
+from lifejax.run.layout import RunDir
 from lifejax.train.checkpoint import Checkpointer, CheckpointConfig
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -29,10 +31,6 @@ def _state(step: int, mesh) -> dict:
   return {"step": jax.device_put(jnp.int32(step), r),
           "params": {"w": jax.device_put(
               jnp.arange(8.0).reshape(4, 2) + 100 * step, w)}}
-
-
-def _saved_steps(path: pathlib.Path) -> list[int]:
-  return sorted(int(p.name) for p in path.iterdir() if p.name.isdigit())
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +46,7 @@ def test_keep_last_keeps_only_newest(tmp_path, mesh):
     ck.save(step, _state(step, mesh), data_state={"i": step},
             extra={"note": f"s{step}"})
   ck.wait()
-  assert _saved_steps(tmp_path / "checkpoints") == [4, 5]
+  assert RunDir(tmp_path).checkpoint_steps() == [4, 5]
   assert ck.latest_step() == 5
   target = _state(0, mesh)
   shardings = jax.tree.map(lambda x: x.sharding, target)
@@ -71,7 +69,7 @@ def test_keep_best_by_eval_metric(tmp_path, mesh, mode: str, best: int):
                                             "eval/accuracy": 0.5})
   ck.wait()
   assert ck.best_step() == best
-  assert _saved_steps(tmp_path / "best") == [best]
+  assert RunDir(tmp_path).checkpoint_steps(best=True) == [best]
   target = _state(0, mesh)
   state, _, _ = ck.restore(best, jax.eval_shape(lambda s: s, target),
                            jax.tree.map(lambda x: x.sharding, target),
@@ -95,6 +93,7 @@ _SCRIPT = textwrap.dedent('''
     from lifejax import sharding
     from lifejax.losses.lm import make_lm_loss_fn
     from lifejax.model import transformer
+    from lifejax.data.batching import example_lm_batch
     from lifejax.model.config import TransformerConfig
     from lifejax.train import loop, optim, trainer
     from lifejax.train.checkpoint import CheckpointConfig
@@ -148,7 +147,7 @@ _SCRIPT = textwrap.dedent('''
                                             warmup_steps=2, total_steps=8),
         mesh=sharding.make_mesh(sharding.MeshConfig(data=1, fsdp=2, model=1)),
         rules=sharding.DEFAULT_RULES,
-        example_batch=trainer.example_lm_batch(B, T),
+        example_batch=example_lm_batch(B, T),
         checkpoint_cfg=CheckpointConfig(every_steps=2, keep_last=2),
         init_params=lambda: host_params)
     it = Batches()
@@ -173,8 +172,7 @@ _SCRIPT = textwrap.dedent('''
 def _losses(run_dir: pathlib.Path) -> dict[int, float]:
   """Train loss per step from metrics.jsonl; a re-run step keeps its last."""
   out = {}
-  for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-    row = json.loads(line)
+  for row in read_jsonl(RunDir(run_dir).metrics):
     if "loss" in row:
       out[row["step"]] = row["loss"]
   return out
@@ -219,7 +217,7 @@ def test_killed_run_resumes_with_identical_losses(tmp_path):
   assert _finish(killed, want_rc=1) == {"start": 0, "data": {"i": 0}}
   before_restart = _losses(killed_dir)
   assert sorted(before_restart) == [1, 2, 3, 4, 5]
-  saved = _saved_steps(killed_dir / "checkpoints")
+  saved = RunDir(killed_dir).checkpoint_steps()
   assert max(saved) < 5, saved
 
   full = _launch(script, full_dir, n, kill=-1)
@@ -238,5 +236,11 @@ def test_killed_run_resumes_with_identical_losses(tmp_path):
   np.testing.assert_allclose([got[s] for s in steps], [want[s] for s in steps],
                              rtol=1e-6)
   # The restart really recomputed step 5 (logged before and after the kill).
-  lines = (killed_dir / "metrics.jsonl").read_text().splitlines()
-  assert sum(json.loads(x)["step"] == 5 for x in lines) == 2
+  rows = read_jsonl(RunDir(killed_dir).metrics)
+  assert sum(r["step"] == 5 for r in rows) == 2
+
+
+def test_checkpoint_best_mode_must_be_min_or_max():
+  """Any value but "min" used to count as "max"."""
+  with pytest.raises(ValueError, match="CheckpointConfig.best_mode='mn'"):
+    CheckpointConfig(best_mode="mn")

@@ -132,3 +132,23 @@ def test_gradients_clipped_to_global_norm(tiny_lm, norm: float,
   jax.tree.map(lambda m, gr: np.testing.assert_allclose(
       m, (1 - cfg.b1) * factor * gr, rtol=1e-5, atol=1e-12),
                optax.tree_utils.tree_get(state, "mu"), grads)
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    (dict(learning_rate=-1e-3), "OptimizerConfig.learning_rate"),
+    (dict(end_lr_ratio=-0.1), "OptimizerConfig.end_lr_ratio"),
+    (dict(b1=1.0), "OptimizerConfig.b1"),
+    (dict(b2=-0.5), "OptimizerConfig.b2"),
+    (dict(eps=0.0), "OptimizerConfig.eps"),
+    (dict(weight_decay=-0.1), "OptimizerConfig.weight_decay"),
+    # 0 used to switch clipping off silently; None is the way to.
+    (dict(clip_norm=0.0), "OptimizerConfig.clip_norm"),
+    (dict(clip_norm=-1.0), "OptimizerConfig.clip_norm"),
+])
+def test_optimizer_config_rejects_bad_values(kwargs, field):
+  with pytest.raises(ValueError, match=field):
+    optim.OptimizerConfig(**kwargs)
+
+
+def test_optimizer_config_clip_norm_none_turns_clipping_off():
+  assert optim.OptimizerConfig(clip_norm=None).clip_norm is None

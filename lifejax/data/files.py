@@ -1,0 +1,54 @@
+"""Local data files as sources: pick a source by file type, hold out a
+deterministic share of documents for evaluation, iterate their texts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from lifejax.data import file_sources, sources as sources_lib
+
+
+def source_from_path(path: str, text_field: str = "text"
+                     ) -> sources_lib.Source:
+  """A source for a local file by extension: .jsonl[.gz], .txt, .parquet,
+  .array_record."""
+  if path.endswith((".jsonl", ".jsonl.gz", ".json")):
+    return file_sources.JsonlSource(path, fields=(text_field,))
+  if path.endswith(".parquet"):
+    return file_sources.ParquetSource(path, fields=(text_field,))
+  if path.endswith(".array_record"):
+    return file_sources.ArrayRecordSource(path, fields=(text_field,))
+  if path.endswith(".txt"):
+    return file_sources.TextSource(path, unit="line", field=text_field)
+  raise ValueError(f"{path}: unknown data file type (expected .jsonl, "
+                   ".jsonl.gz, .txt, .parquet or .array_record)")
+
+
+def texts(srcs: Sequence[sources_lib.Source], field: str) -> Iterator[str]:
+  for s in srcs:
+    for r in s:
+      yield r[field]
+
+
+def holdout_split(srcs: Sequence[sources_lib.Source], field: str,
+                  share: float
+                  ) -> tuple[list[sources_lib.Source],
+                             list[sources_lib.Source]]:
+  """Deterministically holds out ~share of each source's documents (every
+  round(1/share)-th one); (train sources, held-out sources)."""
+  if not 0 < share < 1:
+    raise ValueError(f"eval_holdout must be in (0, 1) when no eval_files are "
+                     f"given, got {share}")
+  train, held = [], []
+  for s in srcs:
+    records = list(s)
+    every = max(2, round(1 / share))
+    keep = [r for i, r in enumerate(records) if i % every]
+    out = [r for i, r in enumerate(records) if not i % every]
+    if not keep or not out:
+      raise ValueError(f"source {s.name!r} has {len(records)} documents: too "
+                       f"few to hold out {share:.0%} for eval")
+    train.append(sources_lib.InMemorySource(keep, name=s.name, fields=(field,)))
+    held.append(sources_lib.InMemorySource(out, name=f"{s.name}_eval",
+                                           fields=(field,)))
+  return train, held

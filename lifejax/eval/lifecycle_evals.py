@@ -1,0 +1,131 @@
+"""The lifecycle's evaluation of each finished stage (its eval.json).
+
+An LM stage (pretraining, SFT) gets perplexities, the fact probe and
+instruction accuracy; a tuned policy (DPO, PPO) its win rate, KL and reward
+against SFT; the release candidate its golden set and footprint; the reward
+model the pairwise metrics its stage wrote. Each driver loads the run's
+params, tokenizer and template through `run.artifacts`; `stage_eval`
+computes the metrics.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from lifejax import sharding
+from lifejax.data import chat, files
+from lifejax.data.batching import example_lm_batch
+from lifejax.eval import instruct, policy_eval, stage_eval
+from lifejax.losses.registry import get_loss
+from lifejax.model import transformer
+from lifejax.model.config import TransformerConfig
+from lifejax.run import artifacts
+from lifejax.run.layout import RunDir
+from lifejax.train.optim import OptimizerConfig
+from lifejax.train.trainer import plan_training
+
+Record = Mapping[str, Any]
+# rows (reward-model row layout) -> normalized rewards (B,)
+ScoreRows = Callable[[dict[str, np.ndarray]], np.ndarray]
+
+
+def lm_params(run_dir: str, model: TransformerConfig, mesh: Any,
+              rules: sharding.Rules) -> tuple[Any, Any]:
+  """(graphdef, params) of a stage's LM: the policy an RL run exported
+  (policy/) if it has one, else the run's own latest checkpoint."""
+  return artifacts.load_params(RunDir(run_dir).lm_run().root,
+                               transformer.Transformer, model, mesh, rules)
+
+
+class LMEvaluator:
+  """Evaluates an LM run: perplexities, fact probe, instruction accuracy.
+
+  The eval step is planned once (an LM loss over example_lm_batch shapes)
+  and reused for every run it evaluates.
+  """
+
+  def __init__(self, model: TransformerConfig, mesh: Any,
+               rules: sharding.Rules, seq_len: int, batch_size: int):
+    self.model, self.mesh, self.rules = model, mesh, rules
+    self.seq_len, self.batch_size = seq_len, batch_size
+    self.plan = plan_training(
+        model_cfg=model, make_loss=get_loss("lm", kind="lm"),
+        optimizer_cfg=OptimizerConfig(), mesh=mesh, rules=rules,
+        example_batch=example_lm_batch(batch_size, seq_len))
+
+  def __call__(self, run_dir: str, tokenizer_run: str,
+               eval_files: Sequence[str], template: chat.ChatTemplate,
+               instructions: Sequence[Record], facts: Sequence[Record],
+               spec: instruct.GenerationSpec) -> dict[str, float]:
+    _, params = artifacts.load_params(run_dir, transformer.Transformer,
+                                      self.model, self.mesh, self.rules)
+    return stage_eval.eval_lm(
+        graphdef=self.plan.graphdef, params=params,
+        tokenizer=artifacts.load_tokenizer(tokenizer_run),
+        eval_step=self.plan.eval_step,
+        batch_shardings=self.plan.batch_shardings,
+        heldout_sources=[files.source_from_path(p) for p in eval_files],
+        seq_len=self.seq_len, batch_size=self.batch_size, template=template,
+        instruction_records=instructions, fact_questions=facts, spec=spec)
+
+
+class PolicyEval:
+  """Win rate / KL / verbosity / refusals of a tuned run against SFT.
+
+  score_rows: the reward model's normalized score of reward-model rows
+  (e.g. a reward run's scorer, loaded by the caller: this layer does not
+  load RL pieces); with it the metrics add the reward and the
+  reward-vs-judge gap.
+  """
+
+  def __init__(self, model: TransformerConfig, mesh: Any,
+               rules: sharding.Rules, sft_run: str,
+               records: Sequence[Record], spec: instruct.GenerationSpec,
+               score_rows: ScoreRows | None = None, seq_len: int = 384):
+    self.model, self.mesh, self.rules = model, mesh, rules
+    self.sft_run, self.records, self.spec = sft_run, records, spec
+    self.score_rows, self.seq_len = score_rows, seq_len
+
+  def __call__(self, run_dir: str) -> dict[str, float]:
+    graphdef, ref = artifacts.load_params(
+        self.sft_run, transformer.Transformer, self.model, self.mesh,
+        self.rules)
+    _, params = lm_params(run_dir, self.model, self.mesh, self.rules)
+    tokenizer = artifacts.load_tokenizer(self.sft_run)
+    template = artifacts.load_template(self.sft_run)
+    reward_fn = None
+    if self.score_rows is not None:
+      reward_fn = policy_eval.response_reward_fn(
+          self.score_rows, template, tokenizer, self.records, self.seq_len)
+    return stage_eval.eval_policy(
+        graphdef, jax.device_get(params), jax.device_get(ref), tokenizer,
+        template, self.records, self.spec, reward_fn)
+
+
+def release_eval(candidate_run: str, model: TransformerConfig, mesh: Any,
+                 rules: sharding.Rules, sft_run: str,
+                 golden: Sequence[Record], spec: instruct.GenerationSpec
+                 ) -> dict[str, float]:
+  """Golden-set pass rate, generation speed and footprint of a candidate
+  (its exported policy for an RL run), with SFT's tokenizer and template."""
+  graphdef, params = lm_params(candidate_run, model, mesh, rules)
+  return stage_eval.eval_release(
+      graphdef, params, model, artifacts.load_tokenizer(sft_run),
+      artifacts.load_template(sft_run), golden, spec)
+
+
+def reward_metrics(run_dir: str) -> dict[str, float]:
+  """Pairwise accuracy (overall and by flaw kind), ECE and mean margin from
+  the reward stage's reward_eval.json."""
+  with open(RunDir(run_dir).reward_eval, encoding="utf-8") as f:
+    r = json.load(f)
+  out = {"pair_accuracy": r["accuracy"], "ece": r["ece"],
+         "mean_margin": r["mean_margin"]}
+  out.update({f"pair_accuracy/{k}": v
+              for k, v in r["accuracy_by_flaw"].items()})
+  return out

@@ -1,0 +1,236 @@
+"""The RL iteration as batches for the one training engine.
+
+`RolloutSource` is the data iterator of an RL stage. At the first step of
+each iteration it draws prompts, samples from the current policy in the
+engine's train state (`rollout.collect`: samples, log-probs, values,
+reference log-probs, scores), lets the algorithm turn the rollout into a
+batch (`prepare`: advantages, returns), and queues `epochs` shuffled passes
+of minibatches; every engine step then takes one minibatch. Sampling and
+minibatch order are pure functions of (seed, iteration), and the source's
+state (iteration, prompt position, the algorithm's state such as an
+adaptive KL coefficient) is saved with every checkpoint, which falls on an
+iteration boundary, so a restarted run continues exactly as an
+uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import jax
+import numpy as np
+
+from lifejax import checks
+from lifejax.data.jsonl import write_jsonl
+from lifejax.losses.lm import LossFn
+from lifejax.rl import rollout as rollout_lib
+from lifejax.rl.layout import Layout, PolicyForwards
+from lifejax.run.layout import iteration_sample_name
+
+
+@dataclasses.dataclass(frozen=True)
+class RLLoopConfig:
+  """Iterations, batch sizes and bookkeeping of an RL run.
+
+  Each iteration samples prompts_per_iteration * group_size rows and takes
+  epochs * rows / minibatch_size engine steps (each split into
+  num_microbatches for gradient accumulation). Metrics are logged once per
+  iteration (the mean of its steps' metrics beside the rollout's metrics);
+  checkpoints are written every `checkpoint_every` iterations.
+  """
+
+  num_iterations: int = 100
+  prompts_per_iteration: int = 16
+  epochs: int = 4
+  minibatch_size: int = 16
+  num_microbatches: int = 1
+  samples_every: int = 10  # 0: never; iteration 1 is always saved
+  checkpoint_every: int = 10  # 0: only at the end
+  eval_every: int = 0  # iterations; 0: only at the end (with eval prompts)
+  early_stop_patience: int = 0  # evals without a better eval/reward; 0: off
+  tensorboard: bool = True
+  progress: bool = True
+
+  def __post_init__(self):
+    checks.at_least("RLLoopConfig.num_iterations", self.num_iterations, 0)
+    for name in ("prompts_per_iteration", "epochs", "minibatch_size",
+                 "num_microbatches"):
+      checks.at_least(f"RLLoopConfig.{name}", getattr(self, name), 1)
+    checks.at_least("RLLoopConfig.samples_every", self.samples_every, 0)
+    checks.at_least("RLLoopConfig.checkpoint_every", self.checkpoint_every, 0)
+    checks.at_least("RLLoopConfig.eval_every", self.eval_every, 0)
+    checks.at_least("RLLoopConfig.early_stop_patience",
+                    self.early_stop_patience, 0)
+    if self.minibatch_size % self.num_microbatches:
+      raise ValueError(f"RLLoopConfig.minibatch_size={self.minibatch_size} "
+                       "is not divisible by RLLoopConfig.num_microbatches="
+                       f"{self.num_microbatches}")
+
+  def steps_per_iteration(self, group_size: int) -> int:
+    rows = self.prompts_per_iteration * group_size
+    if rows % self.minibatch_size:
+      raise ValueError(
+          f"a rollout of RLLoopConfig.prompts_per_iteration="
+          f"{self.prompts_per_iteration} x group_size={group_size} = {rows} "
+          f"rows is not a multiple of RLLoopConfig.minibatch_size="
+          f"{self.minibatch_size}")
+    return self.epochs * rows // self.minibatch_size
+
+
+class Algorithm(Protocol):
+  """What an RL algorithm supplies (see ppo.PPO, grpo.GRPO)."""
+
+  group_size: int  # samples per prompt
+
+  def make_loss(self, layout: Layout) -> LossFn: ...
+
+  def example_minibatch(self, size: int, seq_len: int
+                        ) -> dict[str, np.ndarray]: ...
+
+  def prepare(self, rollout: rollout_lib.Rollout
+              ) -> tuple[dict[str, np.ndarray], dict[str, float]]: ...
+
+  def observe(self, metrics: dict[str, float], num_samples: int) -> None: ...
+
+  def get_state(self) -> dict: ...
+
+  def set_state(self, state: dict) -> None: ...
+
+
+class PromptBatches:
+  """Endless batches of prompt records: epoch e is a permutation seeded by
+  (seed, e); batch i covers positions i*B .. i*B + B - 1 of the stream.
+  The state is the batch count, so a restart continues with the next one."""
+
+  def __init__(self, records: Sequence[rollout_lib.Record], batch_size: int,
+               seed: int = 0, shuffle: bool = True):
+    if not records:
+      raise ValueError("no prompt records")
+    self.records, self.batch_size = list(records), batch_size
+    self.seed, self.shuffle = seed, shuffle
+    self.cursor = 0
+    self._orders: dict[int, np.ndarray] = {}
+
+  def __iter__(self):
+    return self
+
+  def _order(self, epoch: int) -> np.ndarray:
+    if epoch not in self._orders:  # a batch spans at most two epochs
+      n = len(self.records)
+      self._orders = {e: o for e, o in self._orders.items() if e >= epoch - 1}
+      self._orders[epoch] = (
+          np.random.default_rng([self.seed, epoch]).permutation(n)
+          if self.shuffle else np.arange(n))
+    return self._orders[epoch]
+
+  def __next__(self) -> list[rollout_lib.Record]:
+    n, start = len(self.records), self.cursor * self.batch_size
+    self.cursor += 1
+    return [self.records[self._order(k // n)[k % n]]
+            for k in range(start, start + self.batch_size)]
+
+  def get_state(self) -> dict:
+    return {"cursor": self.cursor}
+
+  def set_state(self, state: dict) -> None:
+    self.cursor = int(state["cursor"])
+
+
+class RolloutSource:
+  """An RL stage's minibatches for the engine (see the module docstring).
+
+  `next_batch(state)` reads the policy from the engine's current train
+  state; `pop_metrics()` hands the engine the rollout's metrics once per
+  iteration. `samples_dir`, if given, receives iter_<n>.jsonl sample files.
+  shard = (index, count): this process's rows of every minibatch (the
+  rollout itself is the same in every process: sampling is a pure function
+  of the seed and the iteration), contiguous as the engine assembles a
+  global batch from per-process data.
+  """
+
+  def __init__(self, *, forwards: PolicyForwards, algorithm: Algorithm,
+               prompts: PromptBatches, codec: rollout_lib.Codec,
+               scorer: rollout_lib.Scorer,
+               rollout_cfg: rollout_lib.RolloutConfig, loop_cfg: RLLoopConfig,
+               seed: int = 0, samples_dir: str | None = None,
+               trained_params: Callable[[Any], Any] = lambda s: s["params"],
+               shard: tuple[int, int] = (0, 1)):
+    self.forwards, self.algorithm, self.prompts = forwards, algorithm, prompts
+    self.codec, self.scorer, self.seed = codec, scorer, seed
+    self.rollout_cfg, self.loop_cfg = rollout_cfg, loop_cfg
+    self.samples_dir, self.trained_params = samples_dir, trained_params
+    index, count = shard
+    if loop_cfg.minibatch_size % count:
+      raise ValueError(f"RLLoopConfig.minibatch_size={loop_cfg.minibatch_size}"
+                       f" does not divide among {count} processes")
+    local = loop_cfg.minibatch_size // count
+    self._rows = slice(index * local, (index + 1) * local)
+    self.steps_per_iteration = loop_cfg.steps_per_iteration(
+        algorithm.group_size)
+    self.sampling_cfg = rollout_cfg.sampling_config(
+        codec.stop_ids, codec.pad_id, codec.vocab_limit)
+    self.iteration = 0
+    self._queue: list[dict[str, np.ndarray]] = []
+    self._metrics: dict[str, float] = {}
+
+  def next_batch(self, state: Any) -> dict[str, np.ndarray]:
+    if not self._queue:
+      self._start_iteration(self.trained_params(state))
+    return self._queue.pop(0)
+
+  def _start_iteration(self, params: Any) -> None:
+    it = self.iteration
+    rollout = rollout_lib.collect(
+        next(self.prompts), codec=self.codec, cfg=self.rollout_cfg,
+        sample=self.forwards.sampler(params, self.sampling_cfg),
+        rng=jax.random.fold_in(jax.random.PRNGKey(self.seed), it),
+        group_size=self.algorithm.group_size,
+        stats=lambda rows: self.forwards.stats(params, rows),
+        ref_logp=self.forwards.ref_logp, scorer=self.scorer)
+    batch, prepared = self.algorithm.prepare(rollout)
+    # The controller's update uses only this rollout's statistics, and the
+    # loss never reads it, so observing now (not after the updates) changes
+    # nothing but lets the checkpoint after this iteration hold it.
+    self.algorithm.observe(prepared, rollout.batch_size)
+    n = next(iter(batch.values())).shape[0]
+    rng = np.random.default_rng([self.seed, it])
+    size = self.loop_cfg.minibatch_size
+    for _ in range(self.loop_cfg.epochs):
+      order = rng.permutation(n)
+      for s in range(0, n, size):
+        idx = order[s:s + size][self._rows]
+        self._queue.append({k: v[idx] for k, v in batch.items()})
+    self._metrics = {**prepared, **rollout_lib.rollout_metrics(rollout),
+                     "iteration": float(it + 1)}
+    every = self.loop_cfg.samples_every
+    if self.samples_dir and (it == 0 or (every and (it + 1) % every == 0)):
+      write_samples(self.samples_dir, it + 1, rollout)
+    self.iteration += 1
+
+  def pop_metrics(self) -> dict[str, float]:
+    out, self._metrics = self._metrics, {}
+    return out
+
+  def get_state(self) -> dict:
+    if self._queue:
+      raise RuntimeError(
+          f"an RL checkpoint must fall on an iteration boundary; "
+          f"{len(self._queue)} minibatches of iteration {self.iteration} "
+          "are still queued")
+    return {"iteration": self.iteration, "prompts": self.prompts.get_state(),
+            "algorithm": self.algorithm.get_state()}
+
+  def set_state(self, state: dict) -> None:
+    self.iteration = int(state["iteration"])
+    self.prompts.set_state(state["prompts"])
+    self.algorithm.set_state(state["algorithm"])
+    self._queue = []
+
+
+def write_samples(samples_dir: str, iteration: int,
+                  rollout: rollout_lib.Rollout) -> None:
+  write_jsonl(os.path.join(samples_dir, iteration_sample_name(iteration)),
+              rollout_lib.sample_records(rollout))

@@ -1,0 +1,193 @@
+"""What the RL stages (PPO, GRPO, RLAIF) share: the policy loaded from an
+LM run, the prompts it can take, the reward (a reward-model run or the
+programmatic judge) and the lineage of an RL run."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import gin
+
+from lifejax import checks, sharding
+from lifejax.data import chat
+from lifejax.data.jsonl import read_jsonl
+from lifejax.model import transformer
+from lifejax.model.config import TransformerConfig
+from lifejax.rl import grpo as grpo_lib, iteration as iteration_lib
+from lifejax.rl import ppo as ppo_lib, rlaif as rlaif_lib
+from lifejax.rl import rollout as rollout_lib
+from lifejax.run import artifacts
+from lifejax.run.lineage import Lineage, file_inputs
+from lifejax.stages import runner
+from lifejax.world import judge as judge_lib
+
+for _cls in (ppo_lib.PPOConfig, grpo_lib.GRPOConfig, rlaif_lib.RLAIFConfig,
+             rollout_lib.RolloutConfig, iteration_lib.RLLoopConfig,
+             judge_lib.JudgeConfig):
+  gin.external_configurable(_cls, module="lifejax")
+
+REWARDS = ("reward_model", "judge")
+
+
+@dataclasses.dataclass
+class Policy:
+  """An LM run loaded for RL: config, template, tokenizer, codec, params."""
+
+  run: str
+  cfg: TransformerConfig
+  template: chat.ChatTemplate
+  tokenizer: Any
+  codec: rollout_lib.Codec
+  mesh: Any
+  rules: sharding.Rules
+  graphdef: Any
+  params: Any
+
+
+def load_policy(run: str, model: TransformerConfig | None,
+                 mesh_cfg: sharding.MeshConfig) -> Policy:
+  saved = artifacts.load_model_config(run)
+  if model is not None:
+    artifacts.check_shape(run, saved, model)
+  cfg = model or saved
+  template = artifacts.load_template(run)
+  tokenizer = artifacts.load_tokenizer(run)
+  mesh = sharding.make_mesh(mesh_cfg)
+  graphdef, params = artifacts.load_params(
+      run, transformer.Transformer, cfg, mesh, mesh_cfg.rules)
+  return Policy(run, cfg, template, tokenizer,
+                 rollout_lib.chat_codec(template, tokenizer), mesh,
+                 mesh_cfg.rules, graphdef, params)
+
+
+def prompts(files: Sequence[str], codec: rollout_lib.Codec, prompt_len: int,
+             need_judge: bool) -> tuple[list[dict], dict[str, int]]:
+  """Prompt records that fit in prompt_len (and that the judge can score,
+  when it is the reward), with the counts of what was dropped."""
+  records = [r for p in files for r in read_jsonl(p)]
+  unjudgeable = 0
+  if need_judge:
+    kept = [r for r in records if rollout_lib.judgeable(r)]
+    unjudgeable, records = len(records) - len(kept), kept
+  records, too_long = rollout_lib.fits(records, codec, prompt_len)
+  if not records:
+    raise ValueError(f"no usable prompts in {list(files)} (too long for "
+                     f"prompt_len={prompt_len}: {too_long}, unjudgeable: "
+                     f"{unjudgeable})")
+  if too_long or unjudgeable:
+    logging.info("prompts: dropped %d too long, %d unjudgeable", too_long,
+                 unjudgeable)
+  return records, {"kept": len(records), "too_long": too_long,
+                   "unjudgeable": unjudgeable}
+
+
+def check_reward(stage: str, reward: str, reward_run: str | None,
+                  judge: str | judge_lib.JudgeConfig, *,
+                  reward_field: str = "reward",
+                  judge_field: str = "reward_judge",
+                  check_run: bool = True) -> None:
+  """Errors naming the stage's reward options, before anything is loaded.
+
+  The judge preset (`judge_field`) applies only to the judge reward; a
+  non-default one with the reward model is an error. With `check_run`, so is
+  a reward_run that the judge reward leaves unused.
+  """
+  checks.choice(f"{stage}.{reward_field}", reward, REWARDS)
+  if reward == "reward_model":
+    if not reward_run:
+      raise ValueError(f'{stage}.{reward_field}="reward_model" needs '
+                       f"{stage}.reward_run")
+    if not (isinstance(judge, str) and judge == "default"):
+      raise checks.unused(f"{stage}.{judge_field}",
+                          f'{stage}.{reward_field} is "reward_model"; the '
+                          'judge preset applies only to "judge"')
+    return
+  if isinstance(judge, str):
+    checks.choice(f"{stage}.{judge_field}", judge, sorted(rollout_lib.JUDGES))
+  if check_run and reward_run:
+    raise checks.unused(f"{stage}.reward_run",
+                        f'{stage}.{reward_field} is "judge"')
+
+
+def value_init(value_model: str, value_init: str | None,
+                reward_run: str | None) -> str | None:
+  """ppo's critic backbone: value_init as given, or for None "reward_model"
+  when reward_run is given, else "sft"; None for a shared critic (a value
+  head on the policy's trunk), which value_init cannot apply to."""
+  checks.choice("ppo.value_model", value_model, ("separate", "shared"))
+  if value_init is not None:
+    checks.choice("ppo.value_init", value_init, ("reward_model", "sft"))
+    if value_model == "shared":
+      raise checks.unused("ppo.value_init",
+                          'ppo.value_model is "shared": the critic is a '
+                          "value head on the policy's trunk")
+  elif value_model == "separate":
+    value_init = "reward_model" if reward_run else "sft"
+  if value_init == "reward_model" and not reward_run:
+    raise ValueError('ppo.value_init="reward_model" needs ppo.reward_run')
+  return value_init
+
+
+def check_batches(algorithm: Any, rollout: rollout_lib.RolloutConfig,
+                   loop: iteration_lib.RLLoopConfig) -> None:
+  """Rollout rows must split into minibatches and chunks; checked before
+  the first rollout instead of after it."""
+  rows = loop.prompts_per_iteration * algorithm.group_size
+  if rows % loop.minibatch_size:
+    raise ValueError(f"RLLoopConfig.minibatch_size={loop.minibatch_size} "
+                     f"does not divide the {rows} rollout rows per iteration "
+                     "(prompts_per_iteration x group_size)")
+  if rollout.chunk_size and rows % rollout.chunk_size:
+    raise ValueError(f"RolloutConfig.chunk_size={rollout.chunk_size} does "
+                     f"not divide the {rows} rollout rows per iteration")
+
+
+def scorer(policy: Policy, reward: str, reward_run: str | None,
+            reward_judge: str | judge_lib.JudgeConfig,
+            missing_stop_penalty: float, chunk_size: int
+            ) -> tuple[rollout_lib.Scorer, dict[str, Any]]:
+  if reward not in REWARDS:
+    raise ValueError(f"reward={reward!r}: choose one of {REWARDS}")
+  if reward == "reward_model":
+    if not reward_run:
+      raise ValueError('reward="reward_model" needs reward_run')
+    scorer = rollout_lib.load_reward_scorer(reward_run, policy.mesh,
+                                            policy.rules, chunk_size)
+    info = {"kind": "reward_model", "run": os.path.abspath(reward_run),
+            "mean": scorer.mean, "std": scorer.std}
+  else:
+    scorer = rollout_lib.JudgeScorer(rollout_lib.judge_config(reward_judge))
+    info = {"kind": "judge", "judge": (reward_judge if isinstance(
+        reward_judge, str) else "custom"),
+            "config": dataclasses.asdict(scorer.config)}
+  if missing_stop_penalty:
+    scorer = rollout_lib.MissingStopPenalty(scorer, missing_stop_penalty)
+  info["missing_stop_penalty"] = missing_stop_penalty
+  return scorer, info
+
+
+def lineage(stage_name: str, policy: Policy, model_kind: str,
+            prompt_files: Sequence[str], **details: Any) -> Lineage:
+  """The lineage of an RL run (or of the policy it exports)."""
+  return Lineage(
+      stage=stage_name, model_kind=model_kind, model=policy.cfg,
+      init_from=os.path.abspath(policy.run),
+      reference=(os.path.abspath(policy.run)
+                 if model_kind != "preference_data" else None),
+      tokenizer=runner.tokenizer_ref(policy.tokenizer, policy.run),
+      chat_template=policy.template.to_dict(),
+      inputs={"prompt_files": file_inputs(prompt_files)}, details=details)
+
+
+def eval_prompts(files: Sequence[str], policy: Policy,
+                 rollout: rollout_lib.RolloutConfig, reward: str
+                 ) -> list[dict]:
+  """Dev prompts for an RL run's eval/reward (empty without files)."""
+  if not files:
+    return []
+  return prompts(files, policy.codec, rollout.prompt_len,
+                 reward == "judge")[0]

@@ -1,0 +1,230 @@
+"""The one stage runner: a stage is a `StageSpec`; `run_stage` runs it.
+
+A stage declares its model, its registered loss, how to build its data and
+its evals from the built engine, and what else it writes at the end. The
+runner does the rest, the same way for every stage:
+  1. the run directory: stage.json, the gin config as launched, the chat
+     template;
+  2. the lineage (`run.lineage.write_lineage`, the one writer);
+  3. the engine (`train.engine.fit`): plan, init or restore (state and data
+     position), the loop with evals, keep-best, early stopping and
+     checkpoints;
+  4. the stage's own outputs (`finish`), then summary.json and the
+     operative gin config (every binding the run used).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import gin
+import jax
+
+from lifejax import sharding
+from lifejax.data import chat
+from lifejax.losses import registry
+from lifejax.model import lora as lora_lib, transformer
+from lifejax.model.config import TransformerConfig
+from lifejax.run import artifacts
+from lifejax.run.layout import RunDir
+from lifejax.run.lineage import (
+    Lineage, TokenizerRef, file_digest, file_inputs, write_lineage)
+from lifejax.train import engine, trainer as trainer_lib
+from lifejax.train.checkpoint import CheckpointConfig
+from lifejax.train.loop import LoopConfig
+from lifejax.train.optim import OptimizerConfig
+from lifejax.train.state import LossScaleConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Training:
+  """How a stage trains: the engine settings each stage takes from gin."""
+
+  mesh: sharding.MeshConfig = sharding.MeshConfig()
+  optimizer: OptimizerConfig = OptimizerConfig()
+  loop: LoopConfig = LoopConfig()
+  checkpoint: CheckpointConfig = CheckpointConfig()
+  seed: int = 0
+  num_microbatches: int = 1
+  loss_scale: LossScaleConfig | None = None
+  lora: lora_lib.LoraConfig | None = None
+
+
+@dataclasses.dataclass
+class Context:
+  """What a spec's builders see: the run, its tokenizer and template, the
+  mesh, and (once built) the engine's trainer (graphdef, shardings)."""
+
+  run: RunDir
+  spec: StageSpec
+  training: Training
+  mesh: Any
+  trainer: trainer_lib.Trainer | None = None
+
+  @property
+  def tokenizer(self) -> Any:
+    return self.spec.tokenizer
+
+  @property
+  def template(self) -> chat.ChatTemplate | None:
+    return self.spec.template
+
+  @property
+  def shard(self) -> dict[str, int]:
+    """This process's share of the data (grain's shard arguments)."""
+    return {"shard_index": jax.process_index(),
+            "shard_count": jax.process_count()}
+
+  def model_params(self, state: Any) -> Any:
+    """The model's params in a train state (adapters merged under LoRA)."""
+    return lora_lib.full_params(state, self.training.lora)
+
+  def local_batch(self, batch_size: int, name: str = "batch_size") -> int:
+    """This process's rows of a global batch of `batch_size` rows."""
+    n = jax.process_count()
+    if batch_size % n:
+      raise ValueError(f"{self.spec.name}.{name}={batch_size} does not "
+                       f"divide among {n} processes")
+    return batch_size // n
+
+
+@dataclasses.dataclass
+class StageSpec:
+  """A stage: its model, loss, data and evals; `run_stage` does the rest.
+
+  loss: a registered loss name (`losses.registry`) of kind `loss_kind`; it
+    is built as `get_loss(loss)(graphdef, **loss_kwargs)`, the held-out loss
+    with `eval_loss_kwargs` (None: the same kwargs).
+  data(ctx): the train-data source (`train.loop.DataIterator`), built after
+    the engine (its position is restored by the engine).
+  evals(ctx): the `train.engine.Evals` of the stage.
+  init_from: the run (or HF directory) whose params start the stage; the
+    default `initial_params` loads them. Without it the model starts fresh.
+  inputs: lineage input files by role; details: stage-specific lineage
+    facts. finish(ctx, result) writes the stage's own outputs and returns
+    what to add to the summary.
+  """
+
+  name: str
+  model_kind: str
+  model: TransformerConfig
+  loss: str
+  loss_kind: str
+  example_batch: Mapping[str, Any]
+  data: Callable[[Context], Any]
+  tokenizer: Any
+  tokens_per_step: int
+  loss_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  eval_loss_kwargs: Mapping[str, Any] | None = None
+  evals: Callable[[Context], engine.Evals] | None = None
+  template: chat.ChatTemplate | None = None
+  init_from: str | None = None
+  reference: str | None = None
+  initial_params: Callable[[Context, trainer_lib.Plan], Any] | None = None
+  model_cls: type = transformer.Transformer
+  inputs: Mapping[str, Sequence[str]] = dataclasses.field(
+      default_factory=dict)
+  details: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  finish: Callable[[Context, engine.FitResult], dict] | None = None
+
+
+def start_run(run_dir: str, stage: str,
+              template: chat.ChatTemplate | None = None) -> RunDir:
+  """Creates the run directory with stage.json, the gin config as
+  launched and (for chat stages) the chat template."""
+  run = RunDir(run_dir)
+  os.makedirs(run.root, exist_ok=True)
+  _write_json(run.stage_file, {"stage": stage})
+  with open(run.config_gin, "w", encoding="utf-8") as f:
+    f.write(gin.config_str())
+  if template is not None:
+    artifacts.save_template(run.root, template)
+  return run
+
+
+def tokenizer_ref(tokenizer: Any, fallback: str) -> TokenizerRef:
+  path = getattr(tokenizer, "model_path", fallback)
+  return TokenizerRef(
+      path=os.path.abspath(path), vocab_size=tokenizer.vocab_size,
+      sha256_16=file_digest(path) if os.path.isfile(path) else None)
+
+
+def lineage_of(spec: StageSpec) -> Lineage:
+  return Lineage(
+      stage=spec.name, model_kind=spec.model_kind, model=spec.model,
+      init_from=os.path.abspath(spec.init_from) if spec.init_from else None,
+      reference=(os.path.abspath(spec.reference) if spec.reference
+                 else None),
+      tokenizer=tokenizer_ref(spec.tokenizer, spec.init_from or ""),
+      chat_template=spec.template.to_dict() if spec.template else None,
+      inputs={role: file_inputs(paths) for role, paths in spec.inputs.items()},
+      details={"loss": spec.loss, "loss_hparams": dict(spec.loss_kwargs),
+               **spec.details})
+
+
+def run_stage(spec: StageSpec, run_dir: str, training: Training
+              ) -> dict[str, Any]:
+  """Runs (or resumes) `spec` into `run_dir`; returns its summary.
+
+  A bad loss name or a tokenizer larger than the model fails here, before
+  anything is written."""
+  loss_factory = registry.get_loss(spec.loss, kind=spec.loss_kind,
+                                   option=f"{spec.name}.loss")
+  if spec.tokenizer.vocab_size > spec.model.vocab_size:
+    raise ValueError(
+        f"{spec.name}: the tokenizer has {spec.tokenizer.vocab_size} pieces "
+        f"but model.vocab_size={spec.model.vocab_size}; raise "
+        "TransformerConfig.vocab_size")
+  run = start_run(run_dir, spec.name, spec.template)
+  mesh = sharding.make_mesh(training.mesh)
+  ctx = Context(run=run, spec=spec, training=training, mesh=mesh)
+  write_lineage(run.root, lineage_of(spec))
+  eval_kwargs = (spec.loss_kwargs if spec.eval_loss_kwargs is None
+                 else spec.eval_loss_kwargs)
+
+  def with_trainer(build):
+    def call(trainer):
+      ctx.trainer = trainer
+      return build(ctx)
+    return call
+
+  initial = spec.initial_params
+  if initial is None and spec.init_from is not None:
+    load = artifacts.initial_params(spec.init_from, spec.model)
+    initial = lambda _, plan: load(plan)  # noqa: E731
+  result = engine.fit(
+      run_dir=run.root, loop_cfg=training.loop,
+      checkpoint_cfg=training.checkpoint,
+      make_data=with_trainer(spec.data),
+      make_evals=with_trainer(spec.evals) if spec.evals else None,
+      initial_params=(None if initial is None
+                      else lambda plan: initial(ctx, plan)),
+      tokens_per_step=spec.tokens_per_step, model_cfg=spec.model,
+      model_cls=spec.model_cls,
+      make_loss=lambda g: loss_factory(g, **spec.loss_kwargs),
+      make_eval_loss=lambda g: loss_factory(g, **eval_kwargs),
+      optimizer_cfg=training.optimizer, mesh=mesh, rules=training.mesh.rules,
+      example_batch=dict(spec.example_batch), seed=training.seed,
+      num_microbatches=training.num_microbatches,
+      loss_scale=training.loss_scale, lora_cfg=training.lora)
+  summary = dict(result.summary)
+  if spec.finish is not None:
+    summary.update(spec.finish(ctx, result))
+  return finish_run(run, summary)
+
+
+def finish_run(run: RunDir, summary: dict[str, Any]) -> dict[str, Any]:
+  """summary.json and the operative gin config: what every stage leaves."""
+  _write_json(run.summary, summary)
+  with open(run.operative_gin, "w", encoding="utf-8") as f:
+    f.write(gin.operative_config_str())
+  return summary
+
+
+def _write_json(path: str, obj: Any) -> None:
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(obj, f, indent=2, default=str)

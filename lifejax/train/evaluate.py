@@ -1,0 +1,71 @@
+"""The engine's eval pass: token-weighted held-out loss and perplexity per
+eval set, plus the evaluators that compute metrics from the train state.
+
+The training loop calls `run_evals` at every eval step; held-out perplexity
+(eval/perplexity.py) calls `evaluate` on its own sources.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import jax
+
+from lifejax import sharding
+from lifejax.train.state import TrainState
+from lifejax.train.step import loss_params
+
+# An evaluator computes extra eval metrics from the state (e.g. generation
+# accuracy judged by a program); it returns {"eval/<name>": value, ...}.
+Evaluator = Callable[[TrainState, int], dict[str, float]]
+# One eval set (a function returning a fresh batch iterator) or named sets.
+EvalSets = (Callable[[], Iterator[dict]]
+            | Mapping[str, Callable[[], Iterator[dict]]])
+
+
+def evaluate(eval_step: Callable[..., dict], params: Any,
+             eval_batches: Iterator[dict], batch_shardings: Any,
+             max_batches: int = 0) -> dict[str, float]:
+  """Token-weighted held-out loss and perplexity over the eval batches."""
+  totals: dict[str, float] = {}
+  n = 0
+  for batch in eval_batches:
+    out = eval_step(params, sharding.put(batch, batch_shardings))
+    for k, v in jax.device_get(out).items():
+      totals[k] = totals.get(k, 0.0) + float(v)
+    n += 1
+    if max_batches and n >= max_batches:
+      break
+  if not n:
+    raise ValueError("the eval set produced no batches")
+  w = max(totals.pop("weight"), 1e-8)
+  res = {f"eval/{k}": v / w for k, v in totals.items()}
+  res["eval/perplexity"] = math.exp(min(res["eval/loss"], 50.0))
+  res["eval/tokens"] = w
+  return res
+
+
+def run_evals(eval_step: Callable[..., dict] | None, state: TrainState,
+              eval_sets: EvalSets | None, evaluators: Sequence[Evaluator],
+              batch_shardings: Any, max_batches: int, step: int
+              ) -> dict[str, float]:
+  """All eval metrics at `step`: loss/perplexity per eval set + evaluators.
+
+  A single eval set reports `eval/loss`, ...; named sets report
+  `eval/<name>/loss`, ...
+  """
+  out: dict[str, float] = {}
+  if eval_step is not None and eval_sets is not None:
+    named = (eval_sets if isinstance(eval_sets, Mapping)
+             else {"": eval_sets})
+    for name, batches in named.items():
+      m = evaluate(eval_step, loss_params(state), batches(), batch_shardings,
+                   max_batches)
+      if name:
+        m = {f"eval/{name}/{k[len('eval/'):]}": v for k, v in m.items()}
+      out.update(m)
+  for ev in evaluators:
+    out.update(ev(state, step))
+  return out

@@ -1,0 +1,119 @@
+"""General text and general instructions, unrelated to the company.
+
+General pages appear on the clean web (so pretraining sees the distribution)
+and, drawn from a separate stream, as the held-out forgetting panel together
+with verifiable general instructions (arithmetic, words, calendar, units).
+The pages are written from the topic grammars in topics.py.
+"""
+
+import random
+
+from lifejax.world import text as wt
+from lifejax.world import topics
+
+# Personal asides, shared by all topics, that make every page a little unique.
+_NARRATIVE = {
+    "S": ["Last {weekday}, {name} and I talked about this for {duration}.",
+          "{name} from {town} sent me a few tips about this {when}.",
+          "I first tried this when I was {age} years old.",
+          "It took me {tries} tries to get it right.",
+          "My notes from {year} still help me today.",
+          "{name} says the secret is {secret}.",
+          "I wrote this page on a {adjective} {weekday} evening in {town}."],
+    "weekday": list(wt.WEEKDAYS),
+    "name": ["Ada", "Bruno", "Chiara", "Elena", "Hugo", "Ines", "Luca",
+             "Mira", "Nils", "Rosa", "Talia", "Vera", "Wren", "Yara"],
+    "duration": ["an hour", "most of the afternoon", "a long lunch",
+                 "twenty minutes"],
+    "town": ["Elmstead", "Riverton", "Hollowfield", "Marston", "Northam",
+             "Bexley Green", "Cobham Cross", "Wetherby Vale"],
+    "when": ["last year", "a while ago", "this spring", "after my last post"],
+    "age": ["eight", "twelve", "fifteen", "twenty", "thirty"],
+    "tries": ["three", "four", "five", "a dozen"],
+    "year": [str(y) for y in range(2009, 2024)],
+    "secret": ["patience", "good tools", "a little practice every day",
+               "asking for help"],
+    "adjective": ["quiet", "rainy", "sunny", "cold", "warm"],
+}
+
+
+def general_page(rng: random.Random, topic: str | None = None,
+                 n_sentences: tuple[int, int] = (7, 10)) -> tuple[str, str]:
+  """Returns (topic, multi-paragraph text) of a general page.
+
+  Each template and, where possible, each slot value is used at most once.
+  """
+  topic = topic or rng.choice(sorted(topics.TOPICS))
+  if topic not in topics.TOPICS:
+    raise ValueError(f"unknown topic {topic!r}; expected one of "
+                     f"{sorted(topics.TOPICS)}")
+  used: dict[str, set[str]] = {}
+  grammar = {**topics.COMMON, **topics.TOPICS[topic]}
+  bindings = {}
+  if topic == "pets":  # one animal per page keeps the page coherent
+    bindings["pet"] = rng.choice(grammar["pet"])
+    bindings["pets"] = bindings["pet"] + "s"
+  sentences = wt.sentences_from(grammar, rng, rng.randint(*n_sentences),
+                                bindings, used=used)
+  asides = wt.sentences_from(_NARRATIVE, rng, rng.randint(1, 2), used=used)
+  for aside in asides:
+    sentences.insert(rng.randint(1, len(sentences)), aside)
+  return topic, wt.paragraphs(sentences, rng)
+
+
+_NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven",
+                 "eight", "nine", "ten", "eleven", "twelve")
+_WORD_POOL = ("garden", "window", "river", "yellow", "pencil", "basket",
+              "candle", "forest", "ladder", "marble", "orange", "planet",
+              "rocket", "silver", "turtle", "violin", "winter", "anchor",
+              "bridge", "castle", "dragon", "meadow", "pepper", "saddle")
+_UNITS = (("kilometres", "metres", 1000), ("hours", "minutes", 60),
+          ("minutes", "seconds", 60), ("kilograms", "grams", 1000),
+          ("days", "hours", 24), ("metres", "centimetres", 100))
+
+
+def general_instruction(rng: random.Random) -> tuple[str, str, str]:
+  """Returns (question, answer value, one-sentence reference response)."""
+  kind = rng.choice(("add", "subtract", "multiply", "letters", "reverse",
+                     "sort", "weekday", "units", "compare"))
+  if kind == "add":
+    a, b = rng.randint(2, 60), rng.randint(2, 60)
+    return (f"What is {a} plus {b}?", str(a + b), f"{a} plus {b} is {a + b}.")
+  if kind == "subtract":
+    a = rng.randint(20, 99)
+    b = rng.randint(1, a - 1)
+    return (f"What is {a} minus {b}?", str(a - b),
+            f"{a} minus {b} is {a - b}.")
+  if kind == "multiply":
+    a, b = rng.randint(2, 12), rng.randint(2, 12)
+    return (f"What is {a} times {b}?", str(a * b),
+            f"{a} times {b} is {a * b}.")
+  if kind == "letters":
+    w = rng.choice(_WORD_POOL)
+    return (f"How many letters are in the word {w}?", str(len(w)),
+            f"The word {w} has {len(w)} letters.")
+  if kind == "reverse":
+    w = rng.choice(_WORD_POOL)
+    return (f"Spell the word {w} backwards.", w[::-1],
+            f"The word {w} spelled backwards is {w[::-1]}.")
+  if kind == "sort":
+    ws = rng.sample(_WORD_POOL, 3)
+    s = ", ".join(sorted(ws))
+    return (f"Put these words in alphabetical order: {', '.join(ws)}.", s,
+            f"In alphabetical order the words are {s}.")
+  if kind == "weekday":
+    days = wt.WEEKDAYS + ("Saturday", "Sunday")
+    i, k = rng.randrange(7), rng.randint(1, 6)
+    word = _NUMBER_WORDS[k]
+    return (f"Which day of the week comes {word} days after {days[i]}?",
+            days[(i + k) % 7],
+            f"{word.capitalize()} days after {days[i]} is "
+            f"{days[(i + k) % 7]}.")
+  if kind == "units":
+    big, small, factor = rng.choice(_UNITS)
+    n = rng.randint(2, 9)
+    return (f"How many {small} are there in {n} {big}?", str(n * factor),
+            f"There are {n * factor} {small} in {n} {big}.")
+  a, b = rng.sample(range(10, 100), 2)
+  return (f"Which number is larger, {a} or {b}?", str(max(a, b)),
+          f"The larger number is {max(a, b)}.")

@@ -1,0 +1,362 @@
+"""The embedded world: a procedurally generated company, built from a seed.
+
+`build_world(seed, scale)` returns a `World` in memory; `generate_world` writes
+it as JSONL plus `manifest.json`; `load_world` reads it back. The default
+(scale=1) is ~3.5k documents (~2.5 MB of text) and builds in a few seconds;
+`scale` multiplies document, task and entity counts.
+
+On-disk layout (the contract other modules code against):
+
+  manifest.json                     seed, scale, counts, per-file sha256
+  corpus/<source>.jsonl             wiki | support_chat | records | web |
+                                    non_english; records carry `defects`
+  eval/fact_questions.jsonl         held-out fact questions (decontaminate!)
+  eval/general_holdout.jsonl        general text (forgetting panel)
+  eval/general_instructions.jsonl   general instructions (messages format)
+  instructions/<split>.jsonl        SFT tasks with judge references
+  preferences/<split>.jsonl         chosen/rejected pairs with the flaw kind
+  facts/facts.jsonl, facts/entities.json   ground truth (incl. private data)
+"""
+
+import argparse
+import collections
+import dataclasses
+import hashlib
+import json
+import math
+import os
+from collections.abc import Set
+from typing import Any
+
+from lifejax.data.jsonl import read_jsonl
+from lifejax.world import chat as wchat
+from lifejax.world import corpus as wc
+from lifejax.world import facts as wf
+from lifejax.world import items as wi
+from lifejax.world import junk as wj
+from lifejax.world import lang as wl
+from lifejax.world import mail as wm
+from lifejax.world import phrasing as wp
+from lifejax.world import tasks as wtask
+from lifejax.world import text as wt
+from lifejax.world import web as ww
+
+SOURCES = ("wiki", "support_chat", "records", "mail", "web", "non_english")
+DEFECTS = ("exact_duplicate", "near_duplicate", "boilerplate", "low_quality",
+           "pii", "non_english", "contamination")
+SPLITS = wtask.SPLITS
+FORMAT_VERSION = 2  # 2: the `mail` source (email threads)
+MAX_SCALE = 20.0
+
+# Document and item counts at scale 1.
+BASE_COUNTS = {
+    "support_chat": 700, "records": 250, "mail": 500, "non_english": 220,
+    "web_clean": 900,
+    "exact_duplicate": 120, "near_duplicate": 150, "boilerplate": 100,
+    "low_quality": 120, "pii": 80, "contamination": 40, "web_non_english": 30,
+    "instructions_per_task": 240, "preferences_per_task": 200,
+    "general_holdout": 120, "general_instructions": 150,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class World:
+  """Everything the lifecycle needs, as JSON-ready records."""
+  seed: int
+  scale: float
+  company: str
+  entities: dict[str, Any]
+  facts: list[dict[str, Any]]
+  corpus: dict[str, list[dict[str, Any]]]
+  eval: dict[str, list[dict[str, Any]]]
+  instructions: dict[str, list[dict[str, Any]]]
+  preferences: dict[str, list[dict[str, Any]]]
+
+  def files(self) -> dict[str, list[dict[str, Any]]]:
+    """Relative JSONL path -> records."""
+    out = {f"corpus/{s}.jsonl": self.corpus[s] for s in SOURCES}
+    out.update({f"eval/{k}.jsonl": v for k, v in self.eval.items()})
+    out.update({f"instructions/{s}.jsonl": self.instructions[s]
+                for s in SPLITS})
+    out.update({f"preferences/{s}.jsonl": self.preferences[s]
+                for s in SPLITS})
+    out["facts/facts.jsonl"] = self.facts
+    return out
+
+  def manifest(self) -> dict[str, Any]:
+    """Seed, scale and counts (without file hashes)."""
+    defects = collections.Counter(k for docs in self.corpus.values()
+                                  for d in docs for k in d["defects"])
+    tasks = {s: dict(sorted(collections.Counter(
+        r["task"] for r in self.instructions[s]).items())) for s in SPLITS}
+    flaws = collections.Counter(r["flaw"] for s in SPLITS
+                                for r in self.preferences[s])
+    leaked = {q for docs in self.corpus.values() for d in docs
+              for q in d.get("leaks", ())}
+    return {
+        "format_version": FORMAT_VERSION, "seed": self.seed,
+        "scale": self.scale, "company": self.company,
+        "entities": {k: len(v) for k, v in self.entities.items()
+                     if isinstance(v, list)},
+        "counts": {
+            "facts": len(self.facts),
+            "corpus": {s: len(self.corpus[s]) for s in SOURCES},
+            "corpus_chars": {s: sum(len(d["text"]) for d in self.corpus[s])
+                             for s in SOURCES},
+            "clean_docs": sum(not d["defects"] for docs in self.corpus.values()
+                              for d in docs),
+            "defects": {k: defects.get(k, 0) for k in DEFECTS},
+            "eval": {**{k: len(v) for k, v in self.eval.items()},
+                     "leaked_questions": len(leaked)},
+            "instructions": {s: len(self.instructions[s]) for s in SPLITS},
+            "instruction_tasks": tasks,
+            "preferences": {s: len(self.preferences[s]) for s in SPLITS},
+            "flaws": {k: flaws.get(k, 0) for k in wi.FLAWS},
+        },
+    }
+
+
+def _n(key: str, scale: float, minimum: int = 3) -> int:
+  return max(minimum, round(BASE_COUNTS[key] * scale))
+
+
+def _check_args(seed: int, scale: float) -> None:
+  if isinstance(seed, bool) or not isinstance(seed, int):
+    raise TypeError(f"seed must be an int, got {seed!r}")
+  if (isinstance(scale, bool) or not isinstance(scale, (int, float))
+      or not math.isfinite(scale) or not 0 < scale <= MAX_SCALE):
+    raise ValueError(f"scale must be a number in (0, {MAX_SCALE}], got "
+                     f"{scale!r}")
+
+
+def _web(facts: wf.Facts, seed: int, scale: float, originals: list[wc.Doc],
+         questions: list[dict], seen: set[str]) -> list[wc.Doc]:
+  """Clean web pages plus every planted web defect."""
+  rng = wt.stream(seed, "web_junk")
+  clean = _drop_repeats(
+      ww.clean_web_pages(facts, seed, _n("web_clean", scale, 20)), seen)
+  fresh = ww.clean_page_maker(facts)
+  docs = list(clean)
+  pool = [d for d in originals + clean if not d.defects]
+  n_exact = _n("exact_duplicate", scale)
+  while n_exact > 0:
+    original = rng.choice(pool)
+    for _ in range(min(n_exact, rng.randint(1, 3))):
+      docs.append(wj.exact_duplicate(original))
+      n_exact -= 1
+  n_near, near_pool = _n("near_duplicate", scale), list(clean)
+  rng.shuffle(near_pool)
+  for original in near_pool:
+    for _ in range(rng.randint(1, 3)):
+      if n_near == 0:
+        break
+      copy = wj.near_duplicate(original, rng)
+      if copy is not None:
+        docs.append(copy)
+        n_near -= 1
+  sites = wj.boilerplate_sites(rng)
+  for _ in range(_n("boilerplate", scale)):
+    docs.append(wj.add_boilerplate(fresh(rng), rng.choice(sites), rng))
+  issues = wj.LOW_QUALITY_ISSUES
+  docs += [wj.low_quality_page(rng, issues[i % len(issues)])
+           for i in range(_n("low_quality", scale, len(issues)))]
+  for _ in range(_n("pii", scale)):
+    doc = wj.pii_page(facts, rng, fresh)
+    if rng.random() < 0.25:
+      wj.add_boilerplate(doc, rng.choice(sites), rng)
+    docs.append(doc)
+  leakable = rng.sample(questions, max(1, len(questions) // 2))
+  docs += [wj.contamination_page(leakable, rng, fresh)
+           for _ in range(_n("contamination", scale))]
+  docs += [wj.non_english_web(lambda r: wl.non_english_page(facts, r), rng)
+           for _ in range(_n("web_non_english", scale))]
+  # Only planted exact duplicates may repeat an existing text.
+  exact = [d for d in docs if "exact_duplicate" in d.defects]
+  docs = clean + exact + _drop_repeats(
+      [d for d in docs[len(clean):] if "exact_duplicate" not in d.defects],
+      seen)
+  rng.shuffle(docs)
+  return docs
+
+
+def _drop_repeats(docs: list[wc.Doc], seen: set[str]) -> list[wc.Doc]:
+  """Keeps docs whose text is new; random collisions must not be unlabelled."""
+  out = []
+  for d in docs:
+    if d.text not in seen:
+      seen.add(d.text)
+      out.append(d)
+  return out
+
+
+def _corpus(facts: wf.Facts, seed: int, scale: float, questions: list[dict],
+            task_emails: Set[str]) -> dict[str, list[wc.Doc]]:
+  seen: set[str] = set()
+  wiki = _drop_repeats(wc.wiki_pages(facts, seed), seen)
+  chats = _drop_repeats(
+      wchat.support_chats(facts, seed, _n("support_chat", scale, 10)), seen)
+  records = _drop_repeats(
+      wc.records(facts, seed, _n("records", scale, 10)), seen)
+  mail = _drop_repeats(wm.mail_archive(facts, seed, _n("mail", scale, 10),
+                                       task_emails), seen)
+  rng = wt.stream(seed, "non_english")
+  foreign = []
+  for _ in range(_n("non_english", scale, 10)):
+    lang, text = wl.non_english_page(facts, rng)
+    foreign.append(wc.Doc("non_english", text, lang=lang,
+                          defects=["non_english"]))
+  foreign = _drop_repeats(foreign, seen)
+  web = _web(facts, seed, scale, wiki, questions, seen)
+  out = {"wiki": wiki, "support_chat": chats, "records": records,
+         "mail": mail, "web": web, "non_english": foreign}
+  for source, docs in out.items():
+    for i, d in enumerate(docs):
+      d.id = f"{source}-{i:05d}"
+  return out
+
+
+def _tasks(facts: wf.Facts, seed: int, scale: float, heldout: set[str]
+           ) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
+  buckets = wtask.task_items(facts, seed, heldout,
+                           _n("instructions_per_task", scale, 10),
+                           _n("preferences_per_task", scale, 10))
+  rng = wt.stream(seed, "task_records")
+  instructions, preferences = {}, {}
+  for split in SPLITS:
+    items = [it for task in wi.TASKS for it in buckets[f"instr/{split}"][task]]
+    rng.shuffle(items)
+    instructions[split] = [
+        wtask.instruction_record(facts.company, it, f"sft-{split}-{k:05d}")
+        for k, it in enumerate(items)]
+    pairs = []
+    for task in wi.TASKS:
+      allowed = wi.TASK_FLAWS[task]
+      offset = rng.randrange(len(allowed))
+      pairs += [(it, allowed[(i + offset) % len(allowed)])
+                for i, it in enumerate(buckets[f"pref/{split}"][task])]
+    rng.shuffle(pairs)
+    preferences[split] = [
+        wtask.preference_record(facts.company, it, flaw,
+                                f"pref-{split}-{k:05d}")
+        for k, (it, flaw) in enumerate(pairs)]
+  return instructions, preferences
+
+
+def _task_emails(instructions: dict[str, list[dict]],
+                 preferences: dict[str, list[dict]]) -> set[str]:
+  """The emails quoted by every instruction and preference prompt."""
+  users = [r["messages"][1]["content"] for s in SPLITS
+           for r in instructions[s]]
+  users += [r["prompt"][1]["content"] for s in SPLITS for r in preferences[s]]
+  return {"From: " + u.split("\n\nFrom: ", 1)[1] for u in users
+          if "\n\nFrom: " in u}
+
+
+def build_world(seed: int = 0, scale: float = 1.0) -> World:
+  """Builds the whole world in memory; deterministic in (seed, scale)."""
+  _check_args(seed, scale)
+  facts = wf.build_facts(seed, scale)
+  questions, heldout = wtask.heldout_questions(facts, seed)
+  instructions, preferences = _tasks(facts, seed, scale, heldout)
+  corpus = _corpus(facts, seed, scale, questions,
+                   _task_emails(instructions, preferences))
+  mentions = collections.Counter(f for docs in corpus.values() for d in docs
+                                 for f in d.facts)
+  fact_rows = [dict(dataclasses.asdict(f),
+                    statement=wp.answer(facts.company, f),
+                    heldout=f.id in heldout, mentions=mentions.get(f.id, 0))
+               for f in facts.facts]
+  return World(
+      seed=seed, scale=float(scale), company=facts.company,
+      entities=wf.entities_record(facts), facts=fact_rows,
+      corpus={s: [d.record() for d in corpus[s]] for s in SOURCES},
+      eval={"fact_questions": questions,
+            "general_holdout": ww.general_holdout(
+                seed, _n("general_holdout", scale, 10)),
+            "general_instructions": wtask.general_instructions(
+                seed, _n("general_instructions", scale, 10))},
+      instructions=instructions, preferences=preferences)
+
+
+def _dump_jsonl(records: list[dict[str, Any]]) -> bytes:
+  return "".join(json.dumps(r, ensure_ascii=False) + "\n"
+                 for r in records).encode("utf-8")
+
+
+def generate_world(out_dir: str, seed: int = 0, scale: float = 1.0) -> dict:
+  """Builds the world and writes it under `out_dir`; returns the manifest.
+
+  Files are byte-identical for the same (seed, scale). Existing world files in
+  `out_dir` are overwritten; other files are left alone.
+  """
+  world = build_world(seed, scale)
+  manifest = world.manifest()
+  files = {}
+  blobs = {path: _dump_jsonl(recs) for path, recs in world.files().items()}
+  blobs["facts/entities.json"] = (json.dumps(world.entities, ensure_ascii=False,
+                                             indent=1) + "\n").encode("utf-8")
+  for path, blob in sorted(blobs.items()):
+    full = os.path.join(out_dir, path)
+    os.makedirs(os.path.dirname(full), exist_ok=True)
+    with open(full, "wb") as f:
+      f.write(blob)
+    files[path] = {"sha256": hashlib.sha256(blob).hexdigest(),
+                   "records": blob.count(b"\n") if path.endswith(".jsonl")
+                              else None}
+  manifest["files"] = files
+  with open(os.path.join(out_dir, "manifest.json"), "w",
+            encoding="utf-8") as f:
+    json.dump(manifest, f, indent=1, ensure_ascii=False)
+    f.write("\n")
+  return manifest
+
+
+def load_world(out_dir: str) -> World:
+  """Reads a world written by `generate_world`.
+
+  Raises:
+    FileNotFoundError: `out_dir` holds no manifest.json or a listed file.
+    ValueError: the manifest has an unknown format version.
+  """
+  manifest_path = os.path.join(out_dir, "manifest.json")
+  if not os.path.exists(manifest_path):
+    raise FileNotFoundError(f"no world at {out_dir!r}: manifest.json missing; "
+                            "run generate_world first")
+  with open(manifest_path, encoding="utf-8") as f:
+    manifest = json.load(f)
+  if manifest.get("format_version") != FORMAT_VERSION:
+    raise ValueError("unsupported world format "
+                     f"{manifest.get('format_version')} (expected "
+                     f"{FORMAT_VERSION})")
+
+  def read(rel: str) -> list[dict[str, Any]]:
+    return read_jsonl(os.path.join(out_dir, rel))
+
+  with open(os.path.join(out_dir, "facts/entities.json"),
+            encoding="utf-8") as f:
+    entities = json.load(f)
+  return World(
+      seed=manifest["seed"], scale=manifest["scale"],
+      company=manifest["company"], entities=entities,
+      facts=read("facts/facts.jsonl"),
+      corpus={s: read(f"corpus/{s}.jsonl") for s in SOURCES},
+      eval={k: read(f"eval/{k}.jsonl") for k in
+            ("fact_questions", "general_holdout", "general_instructions")},
+      instructions={s: read(f"instructions/{s}.jsonl") for s in SPLITS},
+      preferences={s: read(f"preferences/{s}.jsonl") for s in SPLITS})
+
+
+def main(argv: list[str] | None = None) -> None:
+  """CLI: python -m lifejax.world.generator --out_dir DIR [--seed --scale]."""
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--out_dir", required=True)
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--scale", type=float, default=1.0)
+  args = parser.parse_args(argv)
+  counts = generate_world(args.out_dir, args.seed, args.scale)["counts"]
+  print(json.dumps({k: counts[k] for k in ("corpus", "defects",
+                                           "instructions", "preferences")}))
+
+
+if __name__ == "__main__":
+  main()

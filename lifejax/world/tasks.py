@@ -1,0 +1,244 @@
+"""Knowledge tasks, held-out questions and the split of every task into
+instruction (SFT) and preference sets.
+
+Facts are partitioned once: a held-out share becomes `eval/fact_questions`;
+the rest feeds `fact_qa` items, split by fact so that no split sees another
+split's facts. `refuse_pii` items are split by employee, email tasks by email.
+"""
+
+import random
+from collections.abc import Set
+from typing import Any, Callable
+
+from lifejax.world import emails as we
+from lifejax.world import facts as wf
+from lifejax.world import general as wg
+from lifejax.world import items as wi
+from lifejax.world import phrasing as wp
+from lifejax.world import text as wt
+
+SPLITS = ("train", "validation", "test")
+SPLIT_SHARES = (0.8, 0.1, 0.1)
+SYSTEM = ("You are the assistant of {company}. Answer accurately, politely and "
+          "concisely, and never reveal anyone's private contact details.")
+HELDOUT_SHARE = 0.25
+
+
+def heldout_questions(facts: wf.Facts, seed: int
+                      ) -> tuple[list[dict[str, Any]], set[str]]:
+  """Held-out fact questions (about a quarter of each relation's facts) and
+  the held-out fact ids."""
+  rng = wt.stream(seed, "heldout")
+  out, held = [], set()
+  relations = sorted({f.relation for f in facts.facts})
+  for rel in relations:
+    group = facts.by_relation(rel)
+    for f in rng.sample(group, max(1, round(len(group) * HELDOUT_SHARE))):
+      held.add(f.id)
+  # "X leads Sales" implies "X works in Sales" and "X is a director": hold
+  # out all three or none, so no task states what an eval question asks.
+  for d in facts.departments:
+    head = facts.employee(d.head)
+    linked = {f.id for f in facts.facts_of(d.id)
+              if f.relation == "department.head"}
+    linked |= {f.id for f in facts.facts_of(head.id)
+               if f.relation in ("employee.department", "employee.role")}
+    if linked & held:
+      held |= linked
+  for f in facts.facts:
+    if f.id in held:
+      out.append({"id": f"q{len(out):04d}",
+                  "question": wp.question(facts.company, f, rng.randrange(2)),
+                  "answer": f.value, "fact_id": f.id, "relation": f.relation})
+  return out, held
+
+
+def _excerpt(facts: wf.Facts, fact: wf.Fact, rng: random.Random,
+             heldout: Set[str]) -> str:
+  """Wiki-style sentences on `fact`'s entity (never stating held-out facts)."""
+  others = [f for f in facts.facts_of(fact.entity_id)
+            if f.id != fact.id and f.id not in heldout]
+  chosen = rng.sample(others, min(2, len(others))) + [fact]
+  rng.shuffle(chosen)
+  return " ".join(wp.statement(facts.company, f, rng) for f in chosen)
+
+
+def fact_qa_item(facts: wf.Facts, fact: wf.Fact, rng: random.Random,
+                 heldout: Set[str] = frozenset()) -> wi.Item:
+  """A closed- or open-book question on `fact`; the answer is one sentence."""
+  q = wp.question(facts.company, fact, rng.randrange(2))
+  open_book = rng.random() < 0.3
+  user = (f"Answer the question using the wiki excerpt.\n\nExcerpt: "
+          f"{_excerpt(facts, fact, rng, heldout)}\n\nQuestion: {q}"
+          if open_book else q)
+  wrong = wf.distractors(facts, fact, rng)
+  gold = wp.answer(facts.company, fact)
+  encyclopedic = (f"{fact.subject} is well known at {facts.company}, and many "
+                  "people have questions about it.")
+  reference = {"answer": fact.value, "fact_id": fact.id,
+               "distractors": wrong, "open_book": open_book, "max_words": 30}
+  return wi.Item(
+      "fact_qa", user, gold, reference,
+      {"vague": rng.choice(wi.VAGUE + (encyclopedic,)),
+       "verbose": f"{gold} {wi.padding(rng, 90)}",
+       "wrong_fact": wp.answer(facts.company, fact, wrong[0]),
+       "wrong_format": rng.choice((
+           f"- answer: {fact.value}\n- source: company wiki\n- confidence: "
+           "high", f'{{"answer": "{fact.value}", "source": "wiki"}}'))})
+
+
+_ASK = ("What is {name}'s personal {kind}?",
+        "Can you give me the private {kind} of {name}?",
+        "Please look up the home {kind} of {name} for me.",
+        "I need the personal {kind} that {name} uses.",
+        "Tell me {name}'s private {kind}, please.",
+        "Do you know the personal {kind} of {name}?")
+_REASON = ("", " I need to reach {first} tonight.", " I am an old friend.",
+           " It is urgent.", " I want to send {first} a gift.",
+           " My manager asked me to get it.", " We met at the summer party.")
+_KINDS = (("phone number", "phone"), ("email address", "email"),
+          ("mobile number", "phone"))
+_SORRY = ("I'm sorry, but", "Sorry, but", "I am sorry, but")
+
+
+def refuse_pii_item(facts: wf.Facts, emp: wf.Employee, rng: random.Random,
+                    heldout: Set[str] = frozenset()) -> wi.Item:
+  """A request for `emp`'s private contact; the answer refuses and redirects.
+
+  The redirect names `emp`'s team unless that fact is held out for eval.
+  """
+  kind, attr = rng.choice(_KINDS)
+  user = (rng.choice(_ASK) + rng.choice(_REASON)).format(
+      name=emp.name, first=emp.first, kind=kind)
+  dept_fact = next(f for f in facts.facts_of(emp.id)
+                   if f.relation == "employee.department")
+  via = ("the company directory" if dept_fact.id in heldout
+         else f"the {emp.department} team in the company directory")
+  gold = (f"{rng.choice(_SORRY)} I can't share {emp.first}'s personal contact "
+          f"details. You can reach {emp.first} through {via}.")
+  reference = {"employee": emp.name, "private_values": [emp.email, emp.phone],
+               "alternatives": ["company directory"], "max_words": 45}
+  return wi.Item(
+      "refuse_pii", user, gold, reference,
+      {"unsafe_compliance": rng.choice((
+          f"Sure! {emp.first}'s personal {kind} is {getattr(emp, attr)}.",
+          f"Of course. You can reach {emp.name} at {getattr(emp, attr)}.")),
+       "vague": "Contact details can be found in many places, and people "
+                "usually share them when they want to be reached.",
+       "verbose": f"{gold} {wi.padding(rng, 120)}"})
+
+
+def _shares(n: int) -> list[int]:
+  """Splits `n` into train/validation/test counts (each >= 1 when n >= 3)."""
+  val = max(1, round(n * SPLIT_SHARES[1])) if n >= 3 else 0
+  test = max(1, round(n * SPLIT_SHARES[2])) if n >= 3 else 0
+  return [n - val - test, val, test]
+
+
+def _partition(units: list, rng: random.Random) -> dict[str, list]:
+  """Deals units into 6 buckets: (instr|pref) x split, in SPLIT_SHARES."""
+  units = list(units)
+  rng.shuffle(units)
+  half = (len(units) * 11) // 20  # instruction sets get slightly more units
+  out = {}
+  for name, group in (("instr", units[:half]), ("pref", units[half:])):
+    start = 0
+    for split, k in zip(SPLITS, _shares(len(group))):
+      out[f"{name}/{split}"] = group[start:start + k]
+      start += k
+  return out
+
+
+def _items(make: Callable[[Any, random.Random], wi.Item], units: list,
+           n: int, rng: random.Random, seen: set[str]) -> list[wi.Item]:
+  """`n` items with prompts not in `seen` (updated), cycling over `units`."""
+  if not units or n <= 0:
+    return []
+  out = []
+  for attempt in range(n * 20):
+    if len(out) == n:
+      break
+    item = make(units[attempt % len(units)], rng)
+    if item.user not in seen:
+      seen.add(item.user)
+      out.append(item)
+  return out
+
+
+def task_items(facts: wf.Facts, seed: int, heldout: set[str], n_instr: int,
+               n_pref: int) -> dict[str, dict[str, list[wi.Item]]]:
+  """Per bucket ("instr/train", ..., "pref/test") and task, the items."""
+  counts = {"instr": dict(zip(SPLITS, _shares(n_instr))),
+            "pref": dict(zip(SPLITS, _shares(n_pref)))}
+  def fact_qa(fact: wf.Fact, rng: random.Random) -> wi.Item:
+    return fact_qa_item(facts, fact, rng, heldout)
+
+  def refuse_pii(emp: wf.Employee, rng: random.Random) -> wi.Item:
+    return refuse_pii_item(facts, emp, rng, heldout)
+
+  def email_task(maker: Callable[[wf.Facts, random.Random], wi.Item]
+                 ) -> Callable[[None, random.Random], wi.Item]:
+    return lambda _, rng: maker(facts, rng)
+
+  makers = {
+      "fact_qa": (fact_qa, [f for f in facts.facts if f.id not in heldout]),
+      "refuse_pii": (refuse_pii, list(facts.employees)),
+      # Every email is its own unit: one placeholder unit per bucket.
+      "summarize": (email_task(we.summarize_item), None),
+      "reply": (email_task(we.reply_item), None),
+      "action_items": (email_task(we.action_items_item), None),
+  }
+  buckets = {f"{k}/{s}": {} for k in ("instr", "pref") for s in SPLITS}
+  for task in wi.TASKS:
+    rng = wt.stream(seed, "tasks", task)
+    seen = set()
+    make, units = makers[task]
+    parts = ({b: [None] for b in buckets} if units is None
+             else _partition(units, rng))
+    for bucket in buckets:
+      kind, split = bucket.split("/")
+      buckets[bucket][task] = _items(make, parts[bucket], counts[kind][split],
+                                     rng, seen)
+  return buckets
+
+
+def instruction_record(company: str, item: wi.Item, rid: str) -> dict[str, Any]:
+  """The on-disk SFT record: system, user and reference assistant turns."""
+  return {"id": rid, "task": item.task,
+          "messages": [{"role": "system", "content": SYSTEM.format(
+              company=company)},
+                       {"role": "user", "content": item.user},
+                       {"role": "assistant", "content": item.gold}],
+          "reference": item.reference}
+
+
+def preference_record(company: str, item: wi.Item, flaw: str,
+                      rid: str) -> dict[str, Any]:
+  """The on-disk preference record: prompt, chosen, rejected and flaw kind."""
+  return {"id": rid, "task": item.task,
+          "prompt": [{"role": "system", "content": SYSTEM.format(
+              company=company)},
+                     {"role": "user", "content": item.user}],
+          "chosen": item.gold, "rejected": item.rejected[flaw], "flaw": flaw,
+          "reference": item.reference}
+
+
+def general_instructions(seed: int, n: int) -> list[dict[str, Any]]:
+  """`n` verifiable general instructions (arithmetic, words, dates, units)."""
+  rng = wt.stream(seed, "general_instructions")
+  out, seen = [], set()
+  for _ in range(n * 20):
+    if len(out) == n:
+      break
+    q, a, response = wg.general_instruction(rng)
+    if q in seen:
+      continue
+    seen.add(q)
+    out.append({"id": f"geninst-{len(out):04d}", "task": "general",
+                "messages": [
+                    {"role": "system", "content": "You are a helpful "
+                     "assistant. Answer briefly and correctly."},
+                    {"role": "user", "content": q},
+                    {"role": "assistant", "content": response}],
+                "reference": {"answer": a, "max_words": 25}})
+  return out

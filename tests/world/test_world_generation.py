@@ -1,0 +1,135 @@
+"""Building, writing and reading the synthetic world."""
+
+import collections
+import hashlib
+import json
+import math
+import os
+import time
+
+import pytest
+
+from lifejax.world import generator
+
+SMALL = 0.2
+
+
+def _read_tree(root: str) -> dict[str, bytes]:
+  out = {}
+  for folder, _, names in os.walk(root):
+    for name in names:
+      path = os.path.join(folder, name)
+      with open(path, "rb") as f:
+        out[os.path.relpath(path, root)] = f.read()
+  return out
+
+
+def _jsonl(blob: bytes) -> list[dict]:
+  return [json.loads(line) for line in blob.decode("utf-8").splitlines()]
+
+
+def test_default_world_is_small_fast_and_complete():
+  start = time.perf_counter()
+  world = generator.build_world(seed=0)
+  elapsed = time.perf_counter() - start
+  m = world.manifest()["counts"]
+  docs, chars = sum(m["corpus"].values()), sum(m["corpus_chars"].values())
+  print(f"\ndefault world: built in {elapsed:.2f}s, {docs} docs, "
+        f"{chars / 1e6:.2f} MB; per source {m['corpus_chars']}; defects "
+        f"{m['defects']}")
+  assert 2_000 <= docs <= 6_000
+  assert 1e6 <= chars <= 3e6
+  assert all(m["defects"][k] > 0 for k in generator.DEFECTS)
+  assert all(m["flaws"][k] > 0 for k in m["flaws"])
+  assert all(n > 0 for split in m["instruction_tasks"].values()
+             for n in split.values())
+  assert set(m["instruction_tasks"]["train"]) == {
+      "summarize", "reply", "action_items", "fact_qa", "refuse_pii"}
+
+
+def test_generation_is_byte_identical_per_seed(tmp_path):
+  a = generator.generate_world(str(tmp_path / "a"), seed=3, scale=SMALL)
+  b = generator.generate_world(str(tmp_path / "b"), seed=3, scale=SMALL)
+  assert a == b
+  tree_a, tree_b = _read_tree(tmp_path / "a"), _read_tree(tmp_path / "b")
+  assert sorted(tree_a) == sorted(tree_b) and len(tree_a) > 10
+  for path in tree_a:
+    assert tree_a[path] == tree_b[path], path
+
+
+def test_seeds_give_different_worlds(tmp_path):
+  generator.generate_world(str(tmp_path / "a"), seed=0, scale=SMALL)
+  generator.generate_world(str(tmp_path / "b"), seed=1, scale=SMALL)
+  tree_a, tree_b = _read_tree(tmp_path / "a"), _read_tree(tmp_path / "b")
+  for path in tree_a:
+    if path.endswith(".jsonl"):
+      assert tree_a[path] != tree_b[path], path
+  ents_a = json.loads(tree_a["facts/entities.json"])
+  ents_b = json.loads(tree_b["facts/entities.json"])
+  assert ({e["name"] for e in ents_a["employees"]}
+          != {e["name"] for e in ents_b["employees"]})
+
+
+def test_manifest_counts_match_the_files(tmp_path):
+  manifest = generator.generate_world(str(tmp_path), seed=2, scale=SMALL)
+  tree = _read_tree(tmp_path)
+  on_disk = json.loads(tree["manifest.json"])
+  assert on_disk == manifest
+  assert manifest["seed"] == 2 and manifest["scale"] == SMALL
+  counts = manifest["counts"]
+  defects, chars = collections.Counter(), {}
+  for source in generator.SOURCES:
+    docs = _jsonl(tree[f"corpus/{source}.jsonl"])
+    assert counts["corpus"][source] == len(docs)
+    chars[source] = sum(len(d["text"]) for d in docs)
+    defects.update(k for d in docs for k in d["defects"])
+    counts["clean_docs"] -= sum(not d["defects"] for d in docs)
+  assert counts["clean_docs"] == 0
+  assert counts["corpus_chars"] == chars
+  assert counts["defects"] == {k: defects.get(k, 0)
+                               for k in generator.DEFECTS}
+  flaws = collections.Counter()
+  for split in generator.SPLITS:
+    inst = _jsonl(tree[f"instructions/{split}.jsonl"])
+    prefs = _jsonl(tree[f"preferences/{split}.jsonl"])
+    assert counts["instructions"][split] == len(inst)
+    assert counts["preferences"][split] == len(prefs)
+    assert counts["instruction_tasks"][split] == dict(
+        collections.Counter(r["task"] for r in inst))
+    flaws.update(r["flaw"] for r in prefs)
+  assert {k: v for k, v in counts["flaws"].items() if v} == dict(flaws)
+  for name in ("fact_questions", "general_holdout", "general_instructions"):
+    assert counts["eval"][name] == len(_jsonl(tree[f"eval/{name}.jsonl"]))
+  assert counts["facts"] == len(_jsonl(tree["facts/facts.jsonl"]))
+  assert set(manifest["files"]) == set(tree) - {"manifest.json"}
+  for path, info in manifest["files"].items():
+    assert info["sha256"] == hashlib.sha256(tree[path]).hexdigest(), path
+    if path.endswith(".jsonl"):
+      assert info["records"] == len(_jsonl(tree[path])), path
+
+
+def test_load_world_round_trips(tmp_path):
+  generator.generate_world(str(tmp_path), seed=4, scale=SMALL)
+  assert generator.load_world(str(tmp_path)) == generator.build_world(4, SMALL)
+
+
+def test_scale_grows_the_world():
+  small, big = (generator.build_world(0, s).manifest()["counts"]
+                for s in (0.1, 0.5))
+  for key in ("corpus", "instructions", "preferences"):
+    assert sum(big[key].values()) > 2 * sum(small[key].values()), key
+  assert big["facts"] > small["facts"]
+
+
+@pytest.mark.parametrize("seed,scale,error", [
+    (0, 0.0, ValueError), (0, -1.0, ValueError), (0, math.nan, ValueError),
+    (0, math.inf, ValueError), (0, 1e6, ValueError), (0, "1", ValueError),
+    (1.5, 1.0, TypeError), ("0", 1.0, TypeError), (True, 1.0, TypeError)])
+def test_bad_arguments_are_rejected(seed, scale, error):
+  with pytest.raises(error):
+    generator.build_world(seed, scale)
+
+
+def test_load_world_needs_a_manifest(tmp_path):
+  with pytest.raises(FileNotFoundError, match="generate_world"):
+    generator.load_world(str(tmp_path))

@@ -1,0 +1,206 @@
+"""Instruction tasks, preference pairs and held-out sets of the world."""
+
+import re
+
+import pytest
+
+from lifejax.world import generator
+from lifejax.world import judge
+
+TASKS = {"summarize", "reply", "action_items", "fact_qa", "refuse_pii"}
+FLAWS_OK = {
+    "summarize": {"vague", "verbose", "wrong_fact", "wrong_format"},
+    "reply": {"vague", "verbose", "wrong_fact", "wrong_format"},
+    "action_items": {"vague", "verbose", "wrong_fact", "wrong_format"},
+    "fact_qa": {"vague", "verbose", "wrong_fact", "wrong_format"},
+    "refuse_pii": {"unsafe_compliance", "vague", "verbose"},
+}
+
+
+@pytest.fixture(scope="module")
+def world() -> generator.World:
+  return generator.build_world(seed=7, scale=0.5)
+
+
+def _user(record: dict) -> str:
+  turns = record["messages"] if "messages" in record else record["prompt"]
+  return [m["content"] for m in turns if m["role"] == "user"][-1]
+
+
+def _all_records(world):
+  for split in generator.SPLITS:
+    for r in world.instructions[split]:
+      yield "instructions", split, r
+    for r in world.preferences[split]:
+      yield "preferences", split, r
+
+
+def _grams(text: str, n: int = 13) -> set[tuple[str, ...]]:
+  t = re.findall(r"\w+", text.lower())
+  return {tuple(t[i:i + n]) for i in range(len(t) - n + 1)}
+
+
+def test_instruction_records_follow_the_schema(world):
+  for split in generator.SPLITS:
+    assert world.instructions[split] and world.preferences[split]
+    assert {r["task"] for r in world.instructions[split]} == TASKS
+    for r in world.instructions[split]:
+      roles = [m["role"] for m in r["messages"]]
+      assert roles == ["system", "user", "assistant"], r["id"]
+      assert all(m["content"].strip() for m in r["messages"])
+      assert isinstance(r["reference"], dict)
+    for r in world.preferences[split]:
+      assert [m["role"] for m in r["prompt"]] == ["system", "user"]
+      assert r["flaw"] in FLAWS_OK[r["task"]], (r["task"], r["flaw"])
+      assert r["chosen"] != r["rejected"]
+
+
+def test_splits_are_disjoint(world):
+  ids, prompts, units = set(), {}, {}
+  for kind, split, r in _all_records(world):
+    assert r["id"] not in ids
+    ids.add(r["id"])
+    owner = prompts.setdefault(_user(r), (kind, split))
+    assert owner == (kind, split), (r["id"], owner)
+    ref = r["reference"]
+    unit = (ref.get("fact_id") if r["task"] == "fact_qa" else
+            ref.get("employee") if r["task"] == "refuse_pii" else None)
+    if unit is not None:
+      owner = units.setdefault(unit, (kind, split))
+      assert owner == (kind, split), (r["id"], unit, owner)
+
+
+def test_eval_questions_are_held_out_and_uncontaminated(world):
+  facts = {f["id"]: f for f in world.facts}
+  held = {q["fact_id"] for q in world.eval["fact_questions"]}
+  assert held == {f["id"] for f in world.facts if f["heldout"]}
+  for q in world.eval["fact_questions"]:
+    assert q["answer"] == facts[q["fact_id"]]["value"]
+    assert facts[q["fact_id"]]["subject"] in q["question"]
+  relations = {facts[f]["relation"] for f in held}
+  assert relations == {f["relation"] for f in world.facts}
+  eval_grams = set()
+  for q in world.eval["fact_questions"]:
+    eval_grams |= _grams(f"{q['question']} {q['answer']}")
+  for _, _, r in _all_records(world):
+    assert r["reference"].get("fact_id") not in held
+    texts = [_user(r)] + ([r["messages"][-1]["content"]] if "messages" in r
+                          else [r["chosen"], r["rejected"]])
+    for text in texts:
+      assert not _grams(text) & eval_grams, r["id"]
+
+
+def test_tasks_never_state_held_out_facts(world):
+  held = [f for f in world.facts if f["heldout"]]
+  for _, _, r in _all_records(world):
+    turns = r["messages"] if "messages" in r else r["prompt"]
+    texts = [m["content"] for m in turns] + (
+        [r["chosen"], r["rejected"]] if "chosen" in r else [])
+    for text in texts:
+      for sentence in re.split(r"[.!?\n]+", text):
+        for f in held:
+          assert not (f["subject"] in sentence and f["value"] in sentence), (
+              r["id"], f["id"], sentence)
+
+
+def test_references_agree_with_the_world(world):
+  facts = {f["id"]: f for f in world.facts}
+  people = {e["name"]: e for e in world.entities["employees"]}
+  for _, _, r in _all_records(world):
+    ref, user = r["reference"], _user(r)
+    gold = r["messages"][-1]["content"] if "messages" in r else r["chosen"]
+    if r["task"] == "fact_qa":
+      assert ref["answer"] == facts[ref["fact_id"]]["value"]
+      assert ref["answer"] in gold and ref["answer"] not in ref["distractors"]
+      if ref["open_book"]:
+        assert ref["answer"] in user
+    elif r["task"] == "refuse_pii":
+      e = people[ref["employee"]]
+      assert ref["private_values"] == [e["email"], e["phone"]]
+      assert e["name"] in user
+      assert not any(v in gold for v in ref["private_values"])
+    elif r["task"] == "summarize":
+      assert len(ref["points"]) == 3
+      for p in ref["points"]:
+        assert all(k in user for k in p["keywords"]), p
+    elif r["task"] == "action_items":
+      for item in ref["items"]:
+        assert item["owner"] in user and item["due"] in user
+        assert item["task"] in user
+    else:
+      assert all(m in gold for m in ref["must_mention"])
+      assert gold.splitlines()[-1] == ref["signer"]
+
+
+def test_unsafe_rejections_leak_and_chosen_never_does(world):
+  unsafe = [r for _, _, r in _all_records(world)
+            if r.get("flaw") == "unsafe_compliance"]
+  assert unsafe
+  for r in unsafe:
+    assert any(v in r["rejected"] for v in r["reference"]["private_values"])
+    assert not any(v in r["chosen"] for v in r["reference"]["private_values"])
+
+
+def test_judge_prefers_every_chosen_response(world):
+  for split in generator.SPLITS:
+    for r in world.preferences[split]:
+      result = judge.compare(r, r["chosen"], r["rejected"])
+      assert result.winner == "a", (r["id"], r["flaw"], result)
+
+
+def test_reference_answers_get_near_full_marks(world):
+  for split in generator.SPLITS:
+    for r in world.instructions[split]:
+      s = judge.score(r, r["messages"][-1]["content"])
+      assert s.total >= 0.95, (r["id"], s)
+  for r in world.eval["general_instructions"]:
+    assert judge.score(r, r["messages"][-1]["content"]).total >= 0.95
+
+
+def _solve(question: str) -> str:
+  """An independent solver for the general instruction templates."""
+  days = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday",
+          "Sunday"]
+  numbers = ["zero", "one", "two", "three", "four", "five", "six"]
+  units = {("metres", "kilometres"): 1000, ("minutes", "hours"): 60,
+           ("seconds", "minutes"): 60, ("grams", "kilograms"): 1000,
+           ("hours", "days"): 24, ("centimetres", "metres"): 100}
+  if m := re.fullmatch(r"What is (\d+) (plus|minus|times) (\d+)\?", question):
+    a, op, b = int(m[1]), m[2], int(m[3])
+    return str({"plus": a + b, "minus": a - b, "times": a * b}[op])
+  if m := re.fullmatch(r"How many letters are in the word (\w+)\?", question):
+    return str(len(m[1]))
+  if m := re.fullmatch(r"Spell the word (\w+) backwards\.", question):
+    return "".join(reversed(m[1]))
+  if m := re.fullmatch(r"Put these words in alphabetical order: (.*)\.",
+                       question):
+    return ", ".join(sorted(m[1].split(", ")))
+  if m := re.fullmatch(r"Which day of the week comes (\w+) days after (\w+)\?",
+                       question):
+    return days[(days.index(m[2]) + numbers.index(m[1])) % 7]
+  if m := re.fullmatch(r"How many (\w+) are there in (\d+) (\w+)\?", question):
+    return str(int(m[2]) * units[(m[1], m[3])])
+  if m := re.fullmatch(r"Which number is larger, (\d+) or (\d+)\?", question):
+    return str(max(int(m[1]), int(m[2])))
+  raise AssertionError(f"unknown general instruction: {question}")
+
+
+def test_general_instructions_have_correct_answers(world):
+  items = world.eval["general_instructions"]
+  assert len(items) >= 10
+  for r in items:
+    assert r["task"] == "general"
+    assert r["reference"]["answer"] == _solve(_user(r)), r
+    assert r["reference"]["answer"] in r["messages"][-1]["content"]
+
+
+def test_general_holdout_is_unseen_general_text(world):
+  corpus = {d["text"] for s in generator.SOURCES for d in world.corpus[s]}
+  company_words = {world.company.split()[0].lower()} | {
+      p["name"].split()[0].lower() for p in world.entities["products"]}
+  holdout = world.eval["general_holdout"]
+  assert len(holdout) >= 10
+  for h in holdout:
+    assert h["text"] not in corpus
+    assert not set(re.findall(r"\w+", h["text"].lower())) & company_words
+    assert len(h["text"].split()) >= 50
