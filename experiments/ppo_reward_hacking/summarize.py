@@ -110,7 +110,7 @@ def main() -> None:
 
   fig, axes = plt.subplots(1, 5, figsize=(19, 3.8))
   for name, rs in rows.items():
-    it = [r["step"] for r in rs]
+    it = [r["iteration"] for r in rs]
     for ax, (_, key) in zip(axes, COLUMNS[:5]):
       ax.plot(it, [r[key] for r in rs], marker=".", label=name)
   for ax, (title, _) in zip(axes, COLUMNS[:5]):

@@ -5,6 +5,7 @@ engine's loop settings derived from the RL loop config."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -20,9 +21,11 @@ from lifejax.rl.iteration import (
     Algorithm, PromptBatches, RLLoopConfig, RolloutSource)
 from lifejax.rl.layout import Layout, PolicyForwards
 from lifejax.run import artifacts
+from lifejax.run.layout import RunDir
 from lifejax.train import engine, loop as loop_lib, optim
 from lifejax.train import trainer as trainer_lib
 from lifejax.train.checkpoint import CheckpointConfig
+from lifejax.train.metrics import plot_curves
 from lifejax.train.state import LossScaleConfig, base_params_key
 
 
@@ -149,6 +152,10 @@ def train(*, run_dir: str, algorithm: Algorithm, layout_kind: str,
       seed=seed, num_microbatches=loop_cfg.num_microbatches,
       lora_cfg=lora_cfg, loss_scale=loss_scale)
   source, summary = made["source"], result.summary
+  run = RunDir(run_dir)
+  if os.path.exists(run.metrics):
+    plot_curves(run.metrics, run.rl_curves, keys=("reward", "true_judge",
+                                                  "kl"))
   restored = result.trainer.restored_data_state
   summary.update(final_iteration=source.iteration,
                  resumed_from=int(restored["iteration"]) if restored else 0,

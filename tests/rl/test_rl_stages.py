@@ -120,6 +120,7 @@ def test_ppo_stage_with_a_reward_model(runs):
             "approx_kl", "value_loss", "explained_variance", "entropy",
             "response_length", "refusal_rate", "kl_coef"):
     assert all(np.isfinite(r[k]) for r in rows), k
+  assert os.path.getsize(RunDir(run_dir).rl_curves) > 0
   sample = read_jsonl(RunDir(run_dir).iteration_sample_file(2))[0]
   assert isinstance(sample["response"], str) and "true_judge" in sample
   lineage = read_lineage(run_dir)
