@@ -108,13 +108,10 @@ def ppo(
                          check_run=False)
   algorithm = ppo_lib.PPO(ppo_config, loss=loss)
   rl_common.check_batches(algorithm, rollout, loop)
-  policy = rl_common.load_policy(sft_run, model, mesh)
-  runner.start_run(run_dir, stage_name, policy.template)
-  records, prompt_counts = rl_common.prompts(
-      prompt_files, policy.codec, rollout.prompt_len, reward == "judge")
-  scorer, reward_info = rl_common.scorer(
-      policy, reward, reward_run, reward_judge, missing_stop_penalty,
-      rollout.chunk_size)
+  st = rl_common.start(run_dir, stage_name, sft_run, model, mesh,
+                       prompt_files, rollout, reward, reward_run,
+                       reward_judge, missing_stop_penalty)
+  policy, records, scorer = st.policy, st.records, st.scorer
   value_cfg = None
   critic_from = "sft" if value_model == "separate" else "policy trunk"
   if value_model == "separate" and value_init == "reward_model":
@@ -133,10 +130,10 @@ def ppo(
   run = RunDir(run_dir)
   write_lineage(run_dir, rl_common.lineage(
       stage_name, policy, f"policy_value_{value_model}", prompt_files,
-      loss=loss, reward=reward_info,
+      loss=loss, reward=st.reward_info,
       critic={"layout": value_model, "init_from": critic_from},
       policy_dir=run.policy.root, ppo=dataclasses.asdict(ppo_config),
-      prompts=prompt_counts))
+      prompts=st.prompt_counts))
   result = _train(
       run_dir, policy, algorithm, value_model, value_cfg,
       value_backbone, records, scorer, rollout, loop, optimizer, checkpoint,
@@ -183,17 +180,14 @@ def grpo(
   rl_common.check_reward("grpo", reward, reward_run, reward_judge)
   algorithm = grpo_lib.GRPO(grpo_config, loss=loss)
   rl_common.check_batches(algorithm, rollout, loop)
-  policy = rl_common.load_policy(sft_run, model, mesh)
-  runner.start_run(run_dir, stage_name, policy.template)
-  records, prompt_counts = rl_common.prompts(
-      prompt_files, policy.codec, rollout.prompt_len, reward == "judge")
-  scorer, reward_info = rl_common.scorer(
-      policy, reward, reward_run, reward_judge, missing_stop_penalty,
-      rollout.chunk_size)
+  st = rl_common.start(run_dir, stage_name, sft_run, model, mesh,
+                       prompt_files, rollout, reward, reward_run,
+                       reward_judge, missing_stop_penalty)
+  policy, records, scorer = st.policy, st.records, st.scorer
   write_lineage(run_dir, rl_common.lineage(
       stage_name, policy, "policy", prompt_files, loss=loss,
-      reward=reward_info, grpo=dataclasses.asdict(grpo_config),
-      prompts=prompt_counts))
+      reward=st.reward_info, grpo=dataclasses.asdict(grpo_config),
+      prompts=st.prompt_counts))
   summary = _train(
       run_dir, policy, algorithm, "policy", None,
       lambda: None, records, scorer, rollout, loop, optimizer, checkpoint,

@@ -191,3 +191,32 @@ def eval_prompts(files: Sequence[str], policy: Policy,
     return []
   return prompts(files, policy.codec, rollout.prompt_len,
                  reward == "judge")[0]
+
+
+@dataclasses.dataclass
+class Start:
+  """An RL run's loaded policy, its usable prompts (with the counts of
+  those dropped) and its reward."""
+
+  policy: Policy
+  records: list[dict]
+  prompt_counts: dict[str, int]
+  scorer: rollout_lib.Scorer
+  reward_info: dict[str, Any]
+
+
+def start(run_dir: str, stage_name: str, policy_run: str,
+          model: TransformerConfig | None, mesh: sharding.MeshConfig,
+          prompt_files: Sequence[str], rollout: rollout_lib.RolloutConfig,
+          reward: str, reward_run: str | None,
+          reward_judge: str | judge_lib.JudgeConfig,
+          missing_stop_penalty: float) -> Start:
+  """Loads the policy run, starts the run directory (with its chat
+  template), keeps the prompts that fit and builds the reward."""
+  policy = load_policy(policy_run, model, mesh)
+  runner.start_run(run_dir, stage_name, policy.template)
+  records, counts = prompts(prompt_files, policy.codec, rollout.prompt_len,
+                            reward == "judge")
+  score, info = scorer(policy, reward, reward_run, reward_judge,
+                       missing_stop_penalty, rollout.chunk_size)
+  return Start(policy, records, counts, score, info)

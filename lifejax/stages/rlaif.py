@@ -19,6 +19,7 @@ from lifejax.eval import generation
 from lifejax.model.config import TransformerConfig
 from lifejax.rl import iteration as iteration_lib, rlaif as rlaif_lib
 from lifejax.rl import rollout as rollout_lib
+from lifejax.run.layout import RunDir
 from lifejax.run.lineage import write_lineage
 from lifejax.stages import rl_common, runner
 
@@ -54,15 +55,14 @@ def rlaif(
     if rollout.chunk_size and rows % rollout.chunk_size:
       raise ValueError(f"RolloutConfig.chunk_size={rollout.chunk_size} does "
                        f"not divide the {rows} rows of an RLAIF batch")
-  policy = rl_common.load_policy(policy_run, model, mesh)
-  run = runner.start_run(run_dir, stage_name, policy.template)
-  records, prompt_counts = rl_common.prompts(prompt_files, policy.codec,
-                                    rollout.prompt_len, judge == "judge")
+  st = rl_common.start(run_dir, stage_name, policy_run, model, mesh,
+                       prompt_files, rollout, judge, reward_run, judge_preset,
+                       missing_stop_penalty=0.0)
+  policy, scorer, judge_info = st.policy, st.scorer, st.reward_info
+  prompt_counts, run = st.prompt_counts, RunDir(run_dir)
   # A seeded sample of distinct prompts.
   records = next(iteration_lib.PromptBatches(
-      records, min(num_prompts, len(records)), seed=seed))
-  scorer, judge_info = rl_common.scorer(policy, judge, reward_run, judge_preset, 0.0,
-                               rollout.chunk_size)
+      st.records, min(num_prompts, len(st.records)), seed=seed))
   sample = generation.make_sampler(
       generation.default_sample_fn(), policy.graphdef, policy.params,
       rollout.sampling_config(policy.codec.stop_ids, policy.codec.pad_id,
