@@ -343,7 +343,8 @@ def write_report(root: str) -> str:
   }
 
   md = ["# Lifecycle report", "",
-        f"Root `{root}`; config hash `{ledger.get('config_hash', MISSING)}`"
+        # The report sits in the root: its name, not this machine's path.
+        f"Root `{os.path.basename(os.path.abspath(root))}`; config hash `{ledger.get('config_hash', MISSING)}`"
         f"; gin files {ledger.get('gin_files') or MISSING}; started "
         f"{ledger.get('started', MISSING)}, finished "
         f"{ledger.get('finished', MISSING)}.", ""]

@@ -53,7 +53,7 @@ class _Ledger:
   """lifecycle.json: what ran, what was skipped, how long each took."""
 
   def __init__(self, root: LifecycleRoot, gin_files: Sequence[str]):
-    self.path = root.ledger
+    self.path, self.root = root.ledger, root.root
     self.data = {"stages": [], "gin_files": list(gin_files),
                  "config_hash": hashlib.sha256(
                      gin.config_str().encode()).hexdigest()[:16],
@@ -62,8 +62,11 @@ class _Ledger:
 
   def add(self, name: str, kind: str, run_dir: str, status: str,
           seconds: float) -> None:
+    # Relative to the root, so a copied or moved root stays readable and
+    # the ledger names no machine path.
     self.data["stages"].append({"name": name, "kind": kind,
-                                "run_dir": os.path.abspath(run_dir),
+                                "run_dir": os.path.relpath(run_dir,
+                                                           self.root),
                                 "status": status, "seconds": seconds})
     self.save()
 

@@ -31,7 +31,8 @@ def _read(path: str):
 
 
 def _runs(root: str) -> dict[str, str]:
-  return {s["name"]: s["run_dir"]
+  # The ledger names run directories relative to the root.
+  return {s["name"]: os.path.join(root, s["run_dir"])
           for s in _read(LifecycleRoot(root).ledger)["stages"]}
 
 

@@ -24,8 +24,14 @@ def _write_eval(run_dir: str, **updates: float) -> None:
 
 
 def _ledger(root: str) -> dict:
+  """lifecycle.json with each run_dir resolved against the root (the ledger
+  stores them relative to it)."""
   with open(LifecycleRoot(root).ledger) as f:
-    return json.load(f)
+    ledger = json.load(f)
+  for s in ledger["stages"]:
+    assert not os.path.isabs(s["run_dir"]), s["run_dir"]
+    s["run_dir"] = os.path.join(root, s["run_dir"])
+  return ledger
 
 
 def _stage_rows(md: str) -> dict[str, str]:
