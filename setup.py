@@ -50,6 +50,8 @@ setuptools.setup(
     version="0.1.0",
     description="The whole LLM training lifecycle in one JAX code path.",
     packages=setuptools.find_packages(include=["lifejax", "lifejax.*"]),
+    # The synthetic world's word tables (sentence templates, slot choices).
+    package_data={"lifejax.world": ["grammars/*.json"]},
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,

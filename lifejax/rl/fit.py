@@ -51,118 +51,167 @@ class RLRun:
     return self.layout.lm_params(self.params())
 
 
-def train(*, run_dir: str, algorithm: Algorithm, layout_kind: str,
-          policy_cfg: TransformerConfig, lm_params: Any, mesh: Any,
-          rules: sharding.Rules, prompts: PromptBatches,
-          codec: rollout_lib.Codec, scorer: rollout_lib.Scorer,
-          rollout_cfg: rollout_lib.RolloutConfig, loop_cfg: RLLoopConfig,
-          optimizer_cfg: optim.OptimizerConfig,
-          checkpoint_cfg: CheckpointConfig, seed: int = 0,
-          value_cfg: TransformerConfig | None = None,
-          value_backbone: Callable[[], Any] = lambda: None,
-          samples_dir: str | None = None,
-          generate: generation.SampleFn | None = None,
-          lora_cfg: lora_lib.LoraConfig | None = None,
-          loss_scale: LossScaleConfig | None = None,
-          eval_records: Sequence[rollout_lib.Record] = (),
-          ) -> RLRun:
-  """Trains `algorithm` from the LM params `lm_params` (also the frozen
-  reference) on the one engine; resumes a checkpoint in `run_dir`.
+@dataclasses.dataclass
+class RLJob:
+  """An RL run's pieces for the one engine, shared by `train` (an RL run
+  without a stage) and the PPO/GRPO stage specs (`stages.rl`).
 
-  The trained tree is the `layout_kind` layout (see `layout.make_layout`);
-  its critic backbone is `value_backbone()` (None: the LM's), called only
-  when there is nothing to resume. One engine step is one minibatch; the
-  engine logs one row per iteration and checkpoints every
-  `loop_cfg.checkpoint_every` iterations (and at the end). With
-  `lora_cfg`, the engine trains adapters on every LM trunk of the tree
-  (heads in full; see `model.lora`) and rollouts use the merged params.
-  `loss_scale`: dynamic loss scaling (fp16). `eval_records`: dev prompts;
-  every `loop_cfg.eval_every` iterations (and at the end) the greedy
-  policy's mean score on them is `eval/reward`, which picks the best
-  checkpoint (best/) and drives early stopping.
+  The trained tree is the `layout` (see `layout.make_layout`): its params
+  start from the LM params `lm_params` (also the frozen reference) and, for
+  a separate critic, `value_backbone()` (None: the LM's), called only when
+  there is nothing to resume. One engine step is one minibatch; the engine
+  logs one row per iteration and checkpoints every
+  `loop_cfg.checkpoint_every` iterations (and at the end). With `lora_cfg`,
+  rollouts use the merged params. `eval_records`: dev prompts; every
+  `loop_cfg.eval_every` iterations (and at the end) the greedy policy's mean
+  score on them is `eval/reward`, which picks the best checkpoint (best/)
+  and drives early stopping.
   """
-  layout, abstract, specs = layout_lib.make_layout(
-      layout_kind, policy_cfg, mesh, rules, value_cfg)
-  per_iter = loop_cfg.steps_per_iteration(algorithm.group_size)
-  every = loop_cfg.checkpoint_every or max(loop_cfg.num_iterations, 1)
-  made: dict[str, RolloutSource] = {}
 
-  def make_source(trainer: trainer_lib.Trainer) -> RolloutSource:
+  algorithm: Algorithm
+  layout: Layout
+  params_tree: tuple[Any, Any]
+  lm_params: Any
+  mesh: Any
+  rules: sharding.Rules
+  prompts: PromptBatches
+  codec: rollout_lib.Codec
+  scorer: rollout_lib.Scorer
+  rollout_cfg: rollout_lib.RolloutConfig
+  loop_cfg: RLLoopConfig
+  seed: int = 0
+  value_backbone: Callable[[], Any] = lambda: None
+  samples_dir: str | None = None
+  generate: generation.SampleFn | None = None
+  lora_cfg: lora_lib.LoraConfig | None = None
+  eval_records: Sequence[rollout_lib.Record] = ()
+  source: RolloutSource | None = None
+
+  @classmethod
+  def create(cls, *, layout_kind: str, policy_cfg: TransformerConfig,
+             value_cfg: TransformerConfig | None = None, **kwargs: Any
+             ) -> RLJob:
+    layout, abstract, specs = layout_lib.make_layout(
+        layout_kind, policy_cfg, kwargs["mesh"], kwargs["rules"], value_cfg)
+    job = cls(layout=layout, params_tree=(abstract, specs), **kwargs)
+    if not job.eval_records and (job.loop_cfg.eval_every
+                                 or job.loop_cfg.early_stop_patience):
+      raise ValueError("RLLoopConfig.eval_every / early_stop_patience need "
+                       "eval prompts (the stage's eval_prompt_files)")
+    return job
+
+  @property
+  def example_batch(self) -> dict[str, np.ndarray]:
+    return self.algorithm.example_minibatch(self.loop_cfg.minibatch_size,
+                                            self.rollout_cfg.seq_len)
+
+  @property
+  def tokens_per_step(self) -> int:
+    return self.loop_cfg.minibatch_size * self.rollout_cfg.seq_len
+
+  def engine_configs(self, checkpoint_cfg: CheckpointConfig
+                     ) -> tuple[loop_lib.LoopConfig, CheckpointConfig]:
+    """The engine's loop and checkpoint settings, in minibatch steps."""
+    cfg = self.loop_cfg
+    per_iter = cfg.steps_per_iteration(self.algorithm.group_size)
+    every = cfg.checkpoint_every or max(cfg.num_iterations, 1)
+    loop = loop_lib.LoopConfig(
+        num_steps=cfg.num_iterations * per_iter, log_every=per_iter,
+        eval_every=cfg.eval_every * per_iter,
+        early_stop_patience=cfg.early_stop_patience,
+        early_stop_metric="eval/reward", early_stop_mode="max",
+        progress=cfg.progress, tensorboard=cfg.tensorboard)
+    return loop, dataclasses.replace(
+        checkpoint_cfg, every_steps=every * per_iter,
+        best_metric="eval/reward", best_mode="max")
+
+  def initial_params(self, plan: trainer_lib.Plan) -> Any:
+    return jax.device_put(
+        layout_lib.assemble_params(self.layout, self.params_tree[0],
+                                   self.lm_params, self.value_backbone()),
+        plan.state_shardings[base_params_key(plan.state_shardings)])
+
+  def make_source(self, trainer: trainer_lib.Trainer) -> RolloutSource:
     base_sh = trainer.state_shardings[base_params_key(trainer.state)]
-    ref = jax.device_put(lm_params, layout.lm_params(base_sh))
+    ref = jax.device_put(self.lm_params, self.layout.lm_params(base_sh))
     trained = lambda s: s["params"]  # noqa: E731
+    lora_cfg = self.lora_cfg
     if lora_cfg is not None:  # sample and score with the merged weights
       merged = jax.jit(lambda f, p: lora_lib.merge(f, p, lora_cfg),
                        out_shardings=base_sh)
       trained = lambda s: merged(s["frozen"], s["params"])  # noqa: E731
-    made["source"] = RolloutSource(
-        forwards=PolicyForwards(layout, mesh, rules, ref,
-                                rollout_cfg.chunk_size, generate),
-        algorithm=algorithm, prompts=prompts, codec=codec, scorer=scorer,
-        rollout_cfg=rollout_cfg, loop_cfg=loop_cfg, seed=seed,
-        samples_dir=samples_dir, trained_params=trained,
+    self.source = RolloutSource(
+        forwards=PolicyForwards(self.layout, self.mesh, self.rules, ref,
+                                self.rollout_cfg.chunk_size, self.generate),
+        algorithm=self.algorithm, prompts=self.prompts, codec=self.codec,
+        scorer=self.scorer, rollout_cfg=self.rollout_cfg,
+        loop_cfg=self.loop_cfg, seed=self.seed, samples_dir=self.samples_dir,
+        trained_params=trained,
         shard=(jax.process_index(), jax.process_count()))
-    return made["source"]
+    return self.source
 
-  def make_evals(_: trainer_lib.Trainer) -> engine.Evals:
-    if not eval_records:
+  def make_evals(self, _: trainer_lib.Trainer) -> engine.Evals:
+    if not self.eval_records:
       return engine.Evals()
-    source = made["source"]
-    greedy = dataclasses.replace(rollout_cfg, temperature=0.0).sampling_config(
-        codec.stop_ids, codec.pad_id, codec.vocab_limit)
+    source, codec = self.source, self.codec
+    greedy = dataclasses.replace(
+        self.rollout_cfg, temperature=0.0).sampling_config(
+            codec.stop_ids, codec.pad_id, codec.vocab_limit)
 
     def dev_reward(state: Any, step: int) -> dict[str, float]:
       del step
-      params = source.trained_params(state)
       ro = rollout_lib.collect(
-          eval_records, codec=codec, cfg=rollout_cfg,
-          sample=source.forwards.sampler(params, greedy),
-          rng=jax.random.PRNGKey(seed), scorer=scorer)
+          self.eval_records, codec=codec, cfg=self.rollout_cfg,
+          sample=source.forwards.sampler(source.trained_params(state),
+                                         greedy),
+          rng=jax.random.PRNGKey(self.seed), scorer=self.scorer)
       return {"eval/reward": float(np.mean(ro.score_B))}
 
     return engine.Evals(evaluators=(dev_reward,))
 
-  with_evals = bool(eval_records)
-  if not with_evals and (loop_cfg.eval_every or loop_cfg.early_stop_patience):
-    raise ValueError("RLLoopConfig.eval_every / early_stop_patience need "
-                     "eval prompts (the stage's eval_prompt_files)")
+  def finish(self, run_dir: str, result: engine.FitResult) -> RLRun:
+    """Plots the curves, completes the summary (final_iteration,
+    resumed_from, last_metrics) and returns the run."""
+    run, summary = RunDir(run_dir), result.summary
+    if os.path.exists(run.metrics):
+      plot_curves(run.metrics, run.rl_curves,
+                  keys=("reward", "true_judge", "kl"))
+    restored = result.trainer.restored_data_state
+    summary.update(final_iteration=self.source.iteration,
+                   resumed_from=int(restored["iteration"]) if restored else 0,
+                   last_metrics=summary["last_train_metrics"])
+    return RLRun(summary=summary, state=result.state, layout=self.layout,
+                 ref_params=self.source.forwards.ref_params,
+                 train_step=result.trainer.train_step, lora_cfg=self.lora_cfg)
 
+
+def train(*, run_dir: str, policy_cfg: TransformerConfig, layout_kind: str,
+          optimizer_cfg: optim.OptimizerConfig,
+          checkpoint_cfg: CheckpointConfig,
+          value_cfg: TransformerConfig | None = None,
+          loss_scale: LossScaleConfig | None = None, **job_kwargs: Any
+          ) -> RLRun:
+  """An RL run without a stage (no lineage, tokenizer or template): trains
+  `job_kwargs["algorithm"]` on the one engine, resuming a checkpoint in
+  `run_dir`. job_kwargs: the `RLJob` fields (lm_params, mesh, rules,
+  prompts, codec, scorer, rollout_cfg, loop_cfg, seed, value_backbone,
+  samples_dir, generate, lora_cfg, eval_records). `loss_scale`: dynamic
+  loss scaling (fp16). The PPO/GRPO stages run the same `RLJob` through the
+  stage runner."""
+  job = RLJob.create(layout_kind=layout_kind, policy_cfg=policy_cfg,
+                     value_cfg=value_cfg, **job_kwargs)
+  loop_cfg, ckpt_cfg = job.engine_configs(checkpoint_cfg)
   result = engine.fit(
-      run_dir=run_dir,
-      loop_cfg=loop_lib.LoopConfig(
-          num_steps=loop_cfg.num_iterations * per_iter, log_every=per_iter,
-          eval_every=loop_cfg.eval_every * per_iter,
-          early_stop_patience=loop_cfg.early_stop_patience,
-          early_stop_metric="eval/reward", early_stop_mode="max",
-          progress=loop_cfg.progress, tensorboard=loop_cfg.tensorboard),
-      checkpoint_cfg=dataclasses.replace(
-          checkpoint_cfg, every_steps=every * per_iter,
-          best_metric="eval/reward", best_mode="max"),
-      make_data=make_source, make_evals=make_evals,
-      initial_params=lambda plan: jax.device_put(
-          layout_lib.assemble_params(layout, abstract, lm_params,
-                                     value_backbone()),
-          plan.state_shardings[base_params_key(plan.state_shardings)]),
-      tokens_per_step=loop_cfg.minibatch_size * rollout_cfg.seq_len,
-      model_cfg=policy_cfg, params_tree=(abstract, specs),
-      make_loss=lambda _: algorithm.make_loss(layout),
-      optimizer_cfg=optimizer_cfg, mesh=mesh, rules=rules,
-      example_batch=algorithm.example_minibatch(loop_cfg.minibatch_size,
-                                                rollout_cfg.seq_len),
-      seed=seed, num_microbatches=loop_cfg.num_microbatches,
-      lora_cfg=lora_cfg, loss_scale=loss_scale)
-  source, summary = made["source"], result.summary
-  run = RunDir(run_dir)
-  if os.path.exists(run.metrics):
-    plot_curves(run.metrics, run.rl_curves, keys=("reward", "true_judge",
-                                                  "kl"))
-  restored = result.trainer.restored_data_state
-  summary.update(final_iteration=source.iteration,
-                 resumed_from=int(restored["iteration"]) if restored else 0,
-                 last_metrics=summary["last_train_metrics"])
-  return RLRun(summary=summary, state=result.state, layout=layout,
-               ref_params=source.forwards.ref_params,
-               train_step=result.trainer.train_step, lora_cfg=lora_cfg)
+      run_dir=run_dir, loop_cfg=loop_cfg, checkpoint_cfg=ckpt_cfg,
+      make_data=job.make_source, make_evals=job.make_evals,
+      initial_params=job.initial_params, tokens_per_step=job.tokens_per_step,
+      model_cfg=policy_cfg, params_tree=job.params_tree,
+      make_loss=lambda _: job.algorithm.make_loss(job.layout),
+      optimizer_cfg=optimizer_cfg, mesh=job.mesh, rules=job.rules,
+      example_batch=job.example_batch, seed=job.seed,
+      num_microbatches=job.loop_cfg.num_microbatches,
+      lora_cfg=job.lora_cfg, loss_scale=loss_scale)
+  return job.finish(run_dir, result)
 
 
 def export_policy(out_dir: str, policy_params: Any, step: int) -> None:

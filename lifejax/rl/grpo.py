@@ -10,6 +10,7 @@ rollout carries reference log-probs but no values.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -53,20 +54,29 @@ class GRPOConfig:
 
 
 class GRPO:
-  """The GRPO algorithm for `learner.run` (layout "policy"); stateless."""
+  """The GRPO algorithm of an RL run (layout "policy"); stateless."""
+
+  loss_kind = "grpo"
 
   def __init__(self, cfg: GRPOConfig, loss: str = "grpo"):
     """loss: a registered loss of kind "grpo"."""
-    self.cfg = cfg
+    self.cfg, self.loss = cfg, loss
     self.group_size = cfg.group_size
     self.make_loss_fn = get_loss(loss, kind="grpo", option="grpo.loss")
 
-  def make_loss(self, layout: Layout) -> LossFn:
+  def loss_graphdefs(self, layout: Layout) -> tuple[Any, ...]:
     if layout.kind != "policy":
       raise ValueError("GRPO trains the policy alone: layout 'policy'")
+    return (layout.lm_graphdef,)
+
+  @property
+  def loss_kwargs(self) -> dict[str, Any]:
     c = self.cfg
-    return self.make_loss_fn(layout.lm_graphdef, clip_eps=c.clip_eps,
-                             kl_coef=c.kl_coef, aggregation=c.aggregation)
+    return dict(clip_eps=c.clip_eps, kl_coef=c.kl_coef,
+                aggregation=c.aggregation)
+
+  def make_loss(self, layout: Layout) -> LossFn:
+    return self.make_loss_fn(*self.loss_graphdefs(layout), **self.loss_kwargs)
 
   def example_minibatch(self, size: int, seq_len: int
                         ) -> dict[str, np.ndarray]:

@@ -84,6 +84,11 @@ class Algorithm(Protocol):
   """What an RL algorithm supplies (see ppo.PPO, grpo.GRPO)."""
 
   group_size: int  # samples per prompt
+  loss: str  # a registered loss name ...
+  loss_kind: str  # ... of this kind
+  loss_kwargs: dict[str, Any]  # the loss factory's keyword arguments
+
+  def loss_graphdefs(self, layout: Layout) -> tuple[Any, ...]: ...
 
   def make_loss(self, layout: Layout) -> LossFn: ...
 

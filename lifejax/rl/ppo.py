@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -97,14 +98,15 @@ def _advantages(score_B, logp_BxT, ref_logp_BxT, values_BxT, mask_BxT,
 
 
 class PPO:
-  """The PPO algorithm for `learner.run`; its state is the KL coefficient."""
+  """The PPO algorithm of an RL run; its state is the KL coefficient."""
 
   group_size = 1
+  loss_kind = "ppo"
 
   def __init__(self, cfg: PPOConfig, loss: str = "ppo"):
     """loss: a registered loss of kind "ppo" (looked up here, so an unknown
     name fails before any rollout)."""
-    self.cfg = cfg
+    self.cfg, self.loss = cfg, loss
     self.make_loss_fn = get_loss(loss, kind="ppo", option="ppo.loss")
     if cfg.adaptive_kl:
       self.kl_ctl = ppo_loss.AdaptiveKLController.create(
@@ -112,15 +114,22 @@ class PPO:
     else:
       self.kl_ctl = ppo_loss.FixedKLController.create(cfg.kl_coef)
 
-  def make_loss(self, layout: Layout) -> LossFn:
+  def loss_graphdefs(self, layout: Layout) -> tuple[Any, ...]:
+    """The graphdefs the loss factory takes: (LM, critic) or the shared
+    model's."""
     if layout.kind == "policy":
       raise ValueError("PPO needs a critic: layout 'separate' or 'shared'")
-    graphs = ((layout.value_graphdef,) if layout.kind == "shared"
-              else (layout.lm_graphdef, layout.value_graphdef))
+    return ((layout.value_graphdef,) if layout.kind == "shared"
+            else (layout.lm_graphdef, layout.value_graphdef))
+
+  @property
+  def loss_kwargs(self) -> dict[str, float]:
     c = self.cfg
-    return self.make_loss_fn(*graphs, clip_eps=c.clip_eps,
-                             value_clip_eps=c.value_clip_eps,
-                             vf_coef=c.vf_coef, ent_coef=c.ent_coef)
+    return dict(clip_eps=c.clip_eps, value_clip_eps=c.value_clip_eps,
+                vf_coef=c.vf_coef, ent_coef=c.ent_coef)
+
+  def make_loss(self, layout: Layout) -> LossFn:
+    return self.make_loss_fn(*self.loss_graphdefs(layout), **self.loss_kwargs)
 
   def example_minibatch(self, size: int, seq_len: int
                         ) -> dict[str, np.ndarray]:

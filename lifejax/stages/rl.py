@@ -19,13 +19,14 @@ the LM itself. RLAIF writes preferences.jsonl for the DPO stage.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Sequence
 from typing import Any
 
 import gin
 
-from lifejax import sharding
+from lifejax import checks, sharding
 from lifejax.model import heads
 from lifejax.model.config import TransformerConfig
 from lifejax.model.lora import LoraConfig
@@ -42,39 +43,20 @@ from lifejax.train.state import LossScaleConfig
 from lifejax.world import judge as judge_lib
 
 
-def _train(run_dir: str, policy: rl_common.Policy, algorithm: Any,
-           layout_kind: str, value_cfg: TransformerConfig | None,
-           value_backbone: Any, records: list[dict],
-           scorer: rollout_lib.Scorer, rollout: rollout_lib.RolloutConfig,
-           loop: iteration_lib.RLLoopConfig, optimizer: OptimizerConfig,
-           checkpoint: CheckpointConfig, seed: int, lora: LoraConfig | None,
-           loss_scale: LossScaleConfig | None,
-           eval_records: list[dict]) -> fit.RLRun:
-  return fit.train(
-      run_dir=run_dir, algorithm=algorithm, layout_kind=layout_kind,
-      policy_cfg=policy.cfg, lm_params=policy.params, mesh=policy.mesh,
-      rules=policy.rules,
-      prompts=iteration_lib.PromptBatches(records, loop.prompts_per_iteration,
-                                          seed=seed),
-      codec=policy.codec, scorer=scorer, rollout_cfg=rollout, loop_cfg=loop,
-      optimizer_cfg=optimizer, checkpoint_cfg=checkpoint, seed=seed,
-      value_cfg=value_cfg, value_backbone=value_backbone,
-      samples_dir=RunDir(run_dir).samples, lora_cfg=lora,
-      loss_scale=loss_scale, eval_records=eval_records)
-
-
-@gin.configurable
-def ppo(
+def rl_stage(
     run_dir: str = gin.REQUIRED,
     sft_run: str = gin.REQUIRED,
     prompt_files: Sequence[str] = gin.REQUIRED,
-    reward: str = "reward_model",
+    *,
+    algorithm: str,
+    reward: str,
     reward_run: str | None = None,
     reward_judge: str | judge_lib.JudgeConfig = "default",
-    value_model: str = "separate",
+    ppo_config: ppo_lib.PPOConfig | None = None,
+    value_model: str | None = None,
     value_init: str | None = None,
+    grpo_config: grpo_lib.GRPOConfig | None = None,
     model: TransformerConfig | None = None,
-    ppo_config: ppo_lib.PPOConfig = ppo_lib.PPOConfig(),
     loop: iteration_lib.RLLoopConfig = iteration_lib.RLLoopConfig(),
     rollout: rollout_lib.RolloutConfig = rollout_lib.RolloutConfig(),
     optimizer: OptimizerConfig = OptimizerConfig(),
@@ -82,118 +64,125 @@ def ppo(
     checkpoint: CheckpointConfig = CheckpointConfig(),
     missing_stop_penalty: float = 0.0,
     seed: int = 0,
-    stage_name: str = "ppo",
-    loss: str = "ppo",
+    stage_name: str | None = None,
+    loss: str | None = None,
     lora: LoraConfig | None = None,
     loss_scale: LossScaleConfig | None = None,
     eval_prompt_files: Sequence[str] = (),
 ) -> dict[str, Any]:
-  """PPO from `sft_run` (policy and frozen reference) on prompt records.
+  """PPO or GRPO from `sft_run` (the policy and its frozen reference) on
+  prompt records; gin binds it as `ppo` and `grpo`.
 
-  reward: "reward_model" (reward_run's model, normalized) or "judge" (the
-    `reward_judge` preset: default | length_hackable | safety_hackable, or
-    a JudgeConfig, e.g. `ppo.reward_judge = @JudgeConfig()` in gin).
-  value_model: "separate" (a ValueModel) or "shared" (a value head on the
-    policy's trunk). value_init: the separate critic's backbone, from
-    "reward_model" (reward_run's backbone) or "sft" (the SFT LM's); None:
-    "reward_model" when reward_run is given, else "sft". A shared critic
-    has no backbone of its own: value_init must stay None.
-  model: None = the SFT run's config (override to change dtypes or remat;
-    shapes must match).
-  loss: a registered loss of kind "ppo".
+  reward: "reward_model" (reward_run's model, normalized; ppo's default) or
+    "judge" (grpo's default: the `reward_judge` preset, default |
+    length_hackable | safety_hackable, or a JudgeConfig, e.g.
+    `ppo.reward_judge = @JudgeConfig()` in gin).
+  ppo only: ppo_config; value_model "separate" (a ValueModel, the default)
+    or "shared" (a value head on the policy's trunk); value_init, the
+    separate critic's backbone: "reward_model" (reward_run's backbone) or
+    "sft" (the SFT LM's); None: "reward_model" when reward_run is given,
+    else "sft". A shared critic has no backbone of its own.
+  grpo only: grpo_config (group_size samples per prompt, group-relative
+    advantages, k3 KL to the reference in the loss, no critic).
+  model: None = the SFT run's config (override dtypes or remat; shapes must
+    match). loss: a registered loss of kind "ppo" / "grpo" (default: the
+    algorithm's name). stage_name: default the algorithm's name.
+  eval_prompt_files: dev prompts for eval/reward (keep-best, early stop).
   """
-  value_init = rl_common.value_init(value_model, value_init, reward_run)
-  # reward_run may also start the critic, so an unused one is not checked.
-  rl_common.check_reward("ppo", reward, reward_run, reward_judge,
-                         check_run=False)
-  algorithm = ppo_lib.PPO(ppo_config, loss=loss)
-  rl_common.check_batches(algorithm, rollout, loop)
-  st = rl_common.start(run_dir, stage_name, sft_run, model, mesh,
-                       prompt_files, rollout, reward, reward_run,
-                       reward_judge, missing_stop_penalty)
-  policy, records, scorer = st.policy, st.records, st.scorer
-  value_cfg = None
-  critic_from = "sft" if value_model == "separate" else "policy trunk"
-  if value_model == "separate" and value_init == "reward_model":
-    value_cfg = artifacts.load_model_config(reward_run)
-    critic_from = os.path.abspath(reward_run)
+  stage_name, loss = stage_name or algorithm, loss or algorithm
+  if algorithm == "ppo":
+    if grpo_config is not None:
+      raise checks.unused("ppo.grpo_config", "PPO takes ppo_config")
+    value_model = value_model or "separate"
+    value_init = rl_common.value_init(value_model, value_init, reward_run)
+    algo: Any = ppo_lib.PPO(ppo_config or ppo_lib.PPOConfig(), loss=loss)
+    layout_kind, config = value_model, {"ppo": algo.cfg}
+  else:
+    for name, value in (("ppo_config", ppo_config),
+                        ("value_model", value_model),
+                        ("value_init", value_init)):
+      if value is not None:
+        raise checks.unused(f"grpo.{name}", "GRPO has no critic")
+    algo = grpo_lib.GRPO(grpo_config or grpo_lib.GRPOConfig(), loss=loss)
+    layout_kind, config = "policy", {"grpo": algo.cfg}
+  # PPO's reward_run may also start the critic: an unused one is fine.
+  rl_common.check_reward(algorithm, reward, reward_run, reward_judge,
+                         check_run=algorithm != "ppo")
+  rl_common.check_batches(algo, rollout, loop)
+  st = rl_common.start(sft_run, model, mesh, prompt_files, rollout, reward,
+                       reward_run, reward_judge, missing_stop_penalty)
+  policy = st.policy
+  value_cfg, details = None, {}
+  if algorithm == "ppo":
+    critic_from = "sft" if value_model == "separate" else "policy trunk"
+    if value_init == "reward_model":
+      value_cfg = artifacts.load_model_config(reward_run)
+      critic_from = os.path.abspath(reward_run)
+    details = {"critic": {"layout": value_model, "init_from": critic_from},
+               "policy_dir": os.path.abspath(RunDir(run_dir).policy.root)}
 
   def value_backbone() -> Any:
-    """The critic's starting backbone: the reward model's (None: the
-    SFT LM's); loaded only when there is no checkpoint to resume."""
+    """The critic's starting backbone: the reward model's (None: the SFT
+    LM's); loaded only when there is no checkpoint to resume."""
     if value_cfg is None:
       return None
     _, rm = artifacts.load_params(reward_run, heads.RewardModel, value_cfg,
                                   policy.mesh, policy.rules)
     return rm["backbone"]
 
-  run = RunDir(run_dir)
-  write_lineage(run_dir, rl_common.lineage(
-      stage_name, policy, f"policy_value_{value_model}", prompt_files,
-      loss=loss, reward=st.reward_info,
-      critic={"layout": value_model, "init_from": critic_from},
-      policy_dir=run.policy.root, ppo=dataclasses.asdict(ppo_config),
-      prompts=st.prompt_counts))
-  result = _train(
-      run_dir, policy, algorithm, value_model, value_cfg,
-      value_backbone, records, scorer, rollout, loop, optimizer, checkpoint,
-      seed, lora, loss_scale,
-      rl_common.eval_prompts(eval_prompt_files, policy, rollout, reward))
-  summary = result.summary
-  fit.export_policy(run.policy.root, result.policy_params(),
-                              summary["final_iteration"])
-  artifacts.save_template(run.policy.root, policy.template)
-  write_lineage(run.policy.root, rl_common.lineage(
-      f"{stage_name}_policy", policy, "policy", prompt_files,
-      rl_run=run.root))
-  summary["policy_dir"] = run.policy.root
-  return runner.finish_run(run, summary)
+  job = fit.RLJob.create(
+      layout_kind=layout_kind, policy_cfg=policy.cfg, value_cfg=value_cfg,
+      algorithm=algo, lm_params=policy.params, mesh=policy.mesh,
+      rules=policy.rules, prompts=iteration_lib.PromptBatches(
+          st.records, loop.prompts_per_iteration, seed=seed),
+      codec=policy.codec, scorer=st.scorer, rollout_cfg=rollout,
+      loop_cfg=loop, seed=seed, value_backbone=value_backbone,
+      samples_dir=RunDir(run_dir).samples, lora_cfg=lora,
+      eval_records=rl_common.eval_prompts(eval_prompt_files, policy, rollout,
+                                          reward))
+
+  def finish(ctx: runner.Context, result: Any) -> dict[str, Any]:
+    summary = job.finish(ctx.run.root, result).summary
+    if algorithm == "ppo":  # the policy LM as a plain LM run directory
+      out = ctx.run.policy.root
+      fit.export_policy(out, job.layout.lm_params(ctx.model_params(
+          result.state)), summary["final_iteration"])
+      artifacts.save_template(out, policy.template)
+      write_lineage(out, rl_common.lineage(
+          f"{stage_name}_policy", policy, "policy", prompt_files,
+          rl_run=ctx.run.root))
+      summary["policy_dir"] = out
+    return summary
+
+  loop_cfg, checkpoint_cfg = job.engine_configs(checkpoint)
+  spec = runner.StageSpec(
+      name=stage_name, model_kind=("policy" if layout_kind == "policy" else
+                                   f"policy_value_{layout_kind}"),
+      model=policy.cfg, loss=loss, loss_kind=algo.loss_kind,
+      loss_kwargs=algo.loss_kwargs, example_batch=job.example_batch,
+      data=lambda ctx: job.make_source(ctx.trainer),
+      evals=lambda ctx: job.make_evals(ctx.trainer),
+      tokenizer=policy.tokenizer, template=policy.template,
+      tokens_per_step=job.tokens_per_step, init_from=sft_run,
+      reference=sft_run, initial_params=lambda _, plan: job.initial_params(
+          plan), inputs={"prompt_files": prompt_files},
+      details={"reward": st.reward_info, "prompts": st.prompt_counts,
+               **{k: dataclasses.asdict(v) for k, v in config.items()},
+               **details},
+      finish=finish, params_tree=job.params_tree,
+      loss_graphdefs=lambda _: algo.loss_graphdefs(job.layout))
+  return runner.run_stage(spec, run_dir, runner.Training(
+      mesh=mesh, optimizer=optimizer, loop=loop_cfg,
+      checkpoint=checkpoint_cfg, seed=seed,
+      num_microbatches=loop.num_microbatches, loss_scale=loss_scale,
+      lora=lora))
 
 
-@gin.configurable
-def grpo(
-    run_dir: str = gin.REQUIRED,
-    sft_run: str = gin.REQUIRED,
-    prompt_files: Sequence[str] = gin.REQUIRED,
-    reward: str = "judge",
-    reward_run: str | None = None,
-    reward_judge: str | judge_lib.JudgeConfig = "default",
-    model: TransformerConfig | None = None,
-    grpo_config: grpo_lib.GRPOConfig = grpo_lib.GRPOConfig(),
-    loop: iteration_lib.RLLoopConfig = iteration_lib.RLLoopConfig(),
-    rollout: rollout_lib.RolloutConfig = rollout_lib.RolloutConfig(),
-    optimizer: OptimizerConfig = OptimizerConfig(),
-    mesh: sharding.MeshConfig = sharding.MeshConfig(),
-    checkpoint: CheckpointConfig = CheckpointConfig(),
-    missing_stop_penalty: float = 0.0,
-    seed: int = 0,
-    stage_name: str = "grpo",
-    loss: str = "grpo",
-    lora: LoraConfig | None = None,
-    loss_scale: LossScaleConfig | None = None,
-    eval_prompt_files: Sequence[str] = (),
-) -> dict[str, Any]:
-  """GRPO from `sft_run`: group_size samples per prompt, group-relative
-  advantages, k3 KL to the SFT reference in the loss (`loss`: a registered
-  loss of kind "grpo"), no critic. Rewards as in `ppo`. The run's
-  checkpoints hold the policy LM itself."""
-  rl_common.check_reward("grpo", reward, reward_run, reward_judge)
-  algorithm = grpo_lib.GRPO(grpo_config, loss=loss)
-  rl_common.check_batches(algorithm, rollout, loop)
-  st = rl_common.start(run_dir, stage_name, sft_run, model, mesh,
-                       prompt_files, rollout, reward, reward_run,
-                       reward_judge, missing_stop_penalty)
-  policy, records, scorer = st.policy, st.records, st.scorer
-  write_lineage(run_dir, rl_common.lineage(
-      stage_name, policy, "policy", prompt_files, loss=loss,
-      reward=st.reward_info, grpo=dataclasses.asdict(grpo_config),
-      prompts=st.prompt_counts))
-  summary = _train(
-      run_dir, policy, algorithm, "policy", None,
-      lambda: None, records, scorer, rollout, loop, optimizer, checkpoint,
-      seed, lora, loss_scale,
-      rl_common.eval_prompts(eval_prompt_files, policy, rollout,
-                             reward)).summary
-  return runner.finish_run(RunDir(run_dir), summary)
-
-
+# One implementation, two gin names: `ppo.<arg>` and `grpo.<arg>` bind the
+# same arguments; each name fixes its algorithm and default reward.
+ppo = gin.external_configurable(
+    functools.partial(rl_stage, algorithm="ppo", reward="reward_model"),
+    name="ppo", module="lifejax.stages.rl", denylist=["algorithm"])
+grpo = gin.external_configurable(
+    functools.partial(rl_stage, algorithm="grpo", reward="judge"),
+    name="grpo", module="lifejax.stages.rl", denylist=["algorithm"])

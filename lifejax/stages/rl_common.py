@@ -205,16 +205,15 @@ class Start:
   reward_info: dict[str, Any]
 
 
-def start(run_dir: str, stage_name: str, policy_run: str,
+def start(policy_run: str,
           model: TransformerConfig | None, mesh: sharding.MeshConfig,
           prompt_files: Sequence[str], rollout: rollout_lib.RolloutConfig,
           reward: str, reward_run: str | None,
           reward_judge: str | judge_lib.JudgeConfig,
           missing_stop_penalty: float) -> Start:
-  """Loads the policy run, starts the run directory (with its chat
-  template), keeps the prompts that fit and builds the reward."""
+  """Loads the policy run, keeps the prompts that fit and builds the
+  reward."""
   policy = load_policy(policy_run, model, mesh)
-  runner.start_run(run_dir, stage_name, policy.template)
   records, counts = prompts(prompt_files, policy.codec, rollout.prompt_len,
                             reward == "judge")
   score, info = scorer(policy, reward, reward_run, reward_judge,

@@ -19,7 +19,6 @@ from lifejax.eval import generation
 from lifejax.model.config import TransformerConfig
 from lifejax.rl import iteration as iteration_lib, rlaif as rlaif_lib
 from lifejax.rl import rollout as rollout_lib
-from lifejax.run.layout import RunDir
 from lifejax.run.lineage import write_lineage
 from lifejax.stages import rl_common, runner
 
@@ -55,11 +54,12 @@ def rlaif(
     if rollout.chunk_size and rows % rollout.chunk_size:
       raise ValueError(f"RolloutConfig.chunk_size={rollout.chunk_size} does "
                        f"not divide the {rows} rows of an RLAIF batch")
-  st = rl_common.start(run_dir, stage_name, policy_run, model, mesh,
-                       prompt_files, rollout, judge, reward_run, judge_preset,
+  st = rl_common.start(policy_run, model, mesh, prompt_files, rollout,
+                       judge, reward_run, judge_preset,
                        missing_stop_penalty=0.0)
   policy, scorer, judge_info = st.policy, st.scorer, st.reward_info
-  prompt_counts, run = st.prompt_counts, RunDir(run_dir)
+  prompt_counts = st.prompt_counts
+  run = runner.start_run(run_dir, stage_name, policy.template)
   # A seeded sample of distinct prompts.
   records = next(iteration_lib.PromptBatches(
       st.records, min(num_prompts, len(st.records)), seed=seed))

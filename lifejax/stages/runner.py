@@ -97,8 +97,12 @@ class StageSpec:
   """A stage: its model, loss, data and evals; `run_stage` does the rest.
 
   loss: a registered loss name (`losses.registry`) of kind `loss_kind`; it
-    is built as `get_loss(loss)(graphdef, **loss_kwargs)`, the held-out loss
-    with `eval_loss_kwargs` (None: the same kwargs).
+    is built as `get_loss(loss)(*loss_graphdefs(graphdef), **loss_kwargs)`
+    (default: the model's graphdef alone), the held-out loss with
+    `eval_loss_kwargs` (None: the same kwargs).
+  params_tree: (abstract params, PartitionSpecs) of a trained tree that is
+    not one `model_cls` model (an RL policy and critic); `loss_graphdefs`
+    then names the graphdefs the loss needs (the engine's graphdef is None).
   data(ctx): the train-data source (`train.loop.DataIterator`), built after
     the engine (its position is restored by the engine).
   evals(ctx): the `train.engine.Evals` of the stage.
@@ -130,6 +134,8 @@ class StageSpec:
       default_factory=dict)
   details: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   finish: Callable[[Context, engine.FitResult], dict] | None = None
+  params_tree: tuple[Any, Any] | None = None
+  loss_graphdefs: Callable[[Any], Sequence[Any]] = lambda g: (g,)
 
 
 def start_run(run_dir: str, stage: str,
@@ -205,8 +211,11 @@ def run_stage(spec: StageSpec, run_dir: str, training: Training
                       else lambda plan: initial(ctx, plan)),
       tokens_per_step=spec.tokens_per_step, model_cfg=spec.model,
       model_cls=spec.model_cls,
-      make_loss=lambda g: loss_factory(g, **spec.loss_kwargs),
-      make_eval_loss=lambda g: loss_factory(g, **eval_kwargs),
+      params_tree=spec.params_tree,
+      make_loss=lambda g: loss_factory(*spec.loss_graphdefs(g),
+                                       **spec.loss_kwargs),
+      make_eval_loss=lambda g: loss_factory(*spec.loss_graphdefs(g),
+                                            **eval_kwargs),
       optimizer_cfg=training.optimizer, mesh=mesh, rules=training.mesh.rules,
       example_batch=dict(spec.example_batch), seed=training.seed,
       num_microbatches=training.num_microbatches,

@@ -92,7 +92,7 @@ class Employee:
 
   @property
   def start(self) -> str:
-    return f"{wt.MONTHS[self.start_month - 1]} {self.start_year}"
+    return wt.month_year(self.start_month, self.start_year)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +123,7 @@ class Product:
 
   @property
   def launch(self) -> str:
-    return f"{wt.MONTHS[self.launch_month - 1]} {self.launch_year}"
+    return wt.month_year(self.launch_month, self.launch_year)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,7 +5,10 @@ Every random choice in the world comes from `stream(seed, *names)`, so one part
 of the world can change without reshuffling the others.
 """
 
+import functools
 import hashlib
+import json
+import os
 import random
 import re
 from typing import Mapping, Sequence
@@ -19,6 +22,22 @@ _MAX_DEPTH = 12
 MONTHS = ("January", "February", "March", "April", "May", "June", "July",
           "August", "September", "October", "November", "December")
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday")
+
+
+def month_year(month: int, year: int) -> str:
+  """"March 2019" for (3, 2019)."""
+  return f"{MONTHS[month - 1]} {year}"
+
+
+_GRAMMARS = os.path.join(os.path.dirname(__file__), "grammars")
+
+
+@functools.lru_cache(maxsize=None)
+def load_grammars(name: str) -> dict:
+  """The word tables in grammars/<name>.json (package data: sentence
+  templates and slot choices are data, kept out of the code)."""
+  with open(os.path.join(_GRAMMARS, f"{name}.json"), encoding="utf-8") as f:
+    return json.load(f)
 
 
 def stream(seed: int, *names: object) -> random.Random:

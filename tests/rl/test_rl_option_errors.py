@@ -140,6 +140,10 @@ def test_ppo_value_init_default_keeps_the_reward_model_critic():
     (dict(reward="reward_model", reward_run=MISSING,
           reward_judge="safety_hackable"), "grpo.reward_judge"),
     (dict(reward="reward_model"), "grpo.reward_run"),
+    # ppo's options cannot apply to grpo (one implementation, two names).
+    (dict(value_model="separate"), "grpo.value_model"),
+    (dict(value_init="sft"), "grpo.value_init"),
+    (dict(ppo_config=ppo.PPOConfig()), "grpo.ppo_config"),
     (dict(grpo_config=grpo.GRPOConfig(group_size=3),
           loop=RLLoopConfig(prompts_per_iteration=2,
                                         minibatch_size=4)),
@@ -150,6 +154,26 @@ def test_grpo_stage_rejects_before_loading(tmp_path, kwargs, field):
     rl_stages.grpo(run_dir=str(tmp_path / "grpo"), sft_run=MISSING,
                    prompt_files=[MISSING], **kwargs)
   assert not (tmp_path / "grpo").exists()
+
+
+def test_ppo_stage_rejects_grpo_config(tmp_path):
+  with pytest.raises(ValueError, match="ppo.grpo_config"):
+    _ppo(tmp_path, grpo_config=grpo.GRPOConfig())
+  assert not (tmp_path / "ppo").exists()
+
+
+def test_rl_gin_names_fix_their_algorithm():
+  """`ppo` and `grpo` bind the same arguments, each with its own defaults;
+  the algorithm itself cannot be rebound from gin."""
+  import gin
+  with gin.unlock_config():
+    with pytest.raises(ValueError, match="algorithm"):
+      gin.parse_config("grpo.algorithm = 'ppo'")
+  gin.clear_config()
+  params = inspect.signature(rl_stages.ppo).parameters
+  assert params["reward"].default == "reward_model"
+  assert inspect.signature(rl_stages.grpo).parameters[
+      "reward"].default == "judge"
 
 
 @pytest.mark.parametrize("kwargs, field", [
