@@ -12,7 +12,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from lifejax import sharding
+from lifejax import checks, sharding
 from lifejax.eval import generation
 from lifejax.model import lora as lora_lib
 from lifejax.model.config import TransformerConfig
@@ -112,6 +112,7 @@ class RLJob:
   def engine_configs(self, checkpoint_cfg: CheckpointConfig
                      ) -> tuple[loop_lib.LoopConfig, CheckpointConfig]:
     """The engine's loop and checkpoint settings, in minibatch steps."""
+    check_checkpoint(checkpoint_cfg)
     cfg = self.loop_cfg
     per_iter = cfg.steps_per_iteration(self.algorithm.group_size)
     every = cfg.checkpoint_every or max(cfg.num_iterations, 1)
@@ -183,6 +184,20 @@ class RLJob:
     return RLRun(summary=summary, state=result.state, layout=self.layout,
                  ref_params=self.source.forwards.ref_params,
                  train_step=result.trainer.train_step, lora_cfg=self.lora_cfg)
+
+
+def check_checkpoint(cfg: CheckpointConfig) -> None:
+  """An RL run checkpoints every RLLoopConfig.checkpoint_every iterations
+  and keeps the best by eval/reward: the CheckpointConfig fields it sets
+  itself must stay at their defaults (else they would be ignored)."""
+  default = CheckpointConfig()
+  for field, why in (
+      ("every_steps", "an RL run checkpoints every "
+       "RLLoopConfig.checkpoint_every iterations"),
+      ("best_metric", "an RL run keeps the best by eval/reward"),
+      ("best_mode", "an RL run keeps the highest eval/reward")):
+    if getattr(cfg, field) != getattr(default, field):
+      raise checks.unused(f"CheckpointConfig.{field}", why)
 
 
 def train(*, run_dir: str, policy_cfg: TransformerConfig, layout_kind: str,

@@ -109,6 +109,7 @@ def rl_stage(
   rl_common.check_reward(algorithm, reward, reward_run, reward_judge,
                          check_run=algorithm != "ppo")
   rl_common.check_batches(algo, rollout, loop)
+  fit.check_checkpoint(checkpoint)
   st = rl_common.start(sft_run, model, mesh, prompt_files, rollout, reward,
                        reward_run, reward_judge, missing_stop_penalty)
   policy = st.policy

@@ -90,9 +90,7 @@ class Employee:
   def name(self) -> str:
     return f"{self.first} {self.last}"
 
-  @property
-  def start(self) -> str:
-    return wt.month_year(self.start_month, self.start_year)
+  start = wt.month_year_property("start")  # "March 2019"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,9 +119,7 @@ class Product:
   def price(self) -> str:
     return f"${self.price_cents // 100}.{self.price_cents % 100:02d}"
 
-  @property
-  def launch(self) -> str:
-    return wt.month_year(self.launch_month, self.launch_year)
+  launch = wt.month_year_property("launch")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,9 +24,11 @@ MONTHS = ("January", "February", "March", "April", "May", "June", "July",
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday")
 
 
-def month_year(month: int, year: int) -> str:
-  """"March 2019" for (3, 2019)."""
-  return f"{MONTHS[month - 1]} {year}"
+def month_year_property(prefix: str) -> property:
+  """A read-only property "March 2019" from the fields <prefix>_month (3)
+  and <prefix>_year (2019)."""
+  return property(lambda self: f"{MONTHS[getattr(self, prefix + '_month') - 1]}"
+                  f" {getattr(self, prefix + '_year')}")
 
 
 _GRAMMARS = os.path.join(os.path.dirname(__file__), "grammars")

@@ -156,6 +156,23 @@ def test_grpo_stage_rejects_before_loading(tmp_path, kwargs, field):
   assert not (tmp_path / "grpo").exists()
 
 
+@pytest.mark.parametrize("kwargs", [
+    dict(every_steps=5), dict(best_metric="eval/accuracy"),
+    dict(best_mode="max")])
+def test_rl_stages_refuse_checkpoint_fields_they_set(tmp_path, kwargs):
+  """An RL run checkpoints per iteration and keeps the best by
+  eval/reward; a CheckpointConfig field it would override is an error."""
+  from lifejax.train.checkpoint import CheckpointConfig
+  field = next(iter(kwargs))
+  with pytest.raises(ValueError, match=f"CheckpointConfig.{field}"):
+    _ppo(tmp_path, checkpoint=CheckpointConfig(**kwargs))
+  with pytest.raises(ValueError, match=f"CheckpointConfig.{field}"):
+    rl_stages.grpo(run_dir=str(tmp_path / "grpo"), sft_run=MISSING,
+                   prompt_files=[MISSING],
+                   checkpoint=CheckpointConfig(**kwargs))
+  assert not (tmp_path / "ppo").exists() and not (tmp_path / "grpo").exists()
+
+
 def test_ppo_stage_rejects_grpo_config(tmp_path):
   with pytest.raises(ValueError, match="ppo.grpo_config"):
     _ppo(tmp_path, grpo_config=grpo.GRPOConfig())
