@@ -73,7 +73,13 @@ def main(argv: Sequence[str]) -> None:
     # Library INFO lines (orbax saves, ...) would bury the progress bars;
     # --verbosity=0 brings them back.
     absl_logging.set_verbosity(absl_logging.WARNING)
-  run()
+  from lifejax.train.checkpoint import CheckpointWriteError, NonFiniteStateError  # pylint: disable=g-import-not-at-top
+  from lifejax.train.loop import NonFiniteHalt  # pylint: disable=g-import-not-at-top
+  try:
+    run()
+  except (NonFiniteHalt, NonFiniteStateError, CheckpointWriteError) as e:
+    print(f"lifejax: {e}", file=sys.stderr)
+    sys.exit(3)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,8 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("lifejax.train.checkpoint", "lifejax.run.layout"): _RUN_NAMES,
     ("lifejax.train.loop", "lifejax.run.layout"): _RUN_NAMES,
     ("lifejax.train.metrics", "lifejax.run.layout"): _RUN_NAMES,
+    ("lifejax.train.integrity", "lifejax.run.layout"): _RUN_NAMES,
+    ("lifejax.train.engine", "lifejax.run.layout"): _RUN_NAMES,
 }
 
 

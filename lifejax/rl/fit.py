@@ -121,7 +121,8 @@ class RLJob:
         eval_every=cfg.eval_every * per_iter,
         early_stop_patience=cfg.early_stop_patience,
         early_stop_metric="eval/reward", early_stop_mode="max",
-        progress=cfg.progress, tensorboard=cfg.tensorboard)
+        progress=cfg.progress, tensorboard=cfg.tensorboard,
+        max_nonfinite_steps=cfg.max_nonfinite_steps, extend=cfg.extend)
     return loop, dataclasses.replace(
         checkpoint_cfg, every_steps=every * per_iter,
         best_metric="eval/reward", best_mode="max")

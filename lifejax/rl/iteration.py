@@ -53,6 +53,8 @@ class RLLoopConfig:
   early_stop_patience: int = 0  # evals without a better eval/reward; 0: off
   tensorboard: bool = True
   progress: bool = True
+  max_nonfinite_steps: int = 10  # LoopConfig's: minibatch steps
+  extend: bool = False  # train a finished run on to num_iterations
 
   def __post_init__(self):
     checks.at_least("RLLoopConfig.num_iterations", self.num_iterations, 0)

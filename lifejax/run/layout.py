@@ -24,6 +24,10 @@ TOKENIZER_MODEL = "tokenizer.model"
 CHAT_TEMPLATE = "chat_template.json"
 CHECKPOINTS = "checkpoints"
 BEST = "best"
+# inside each checkpoints/<step>/ (and best/<step>/), written last: the
+# content checksums that make the checkpoint complete
+CHECKPOINT_MANIFEST = "lifejax_checksums.json"
+QUARANTINE = "quarantine"  # bad checkpoints, moved aside (never deleted)
 SAMPLES = "samples"
 HELDOUT = "heldout"
 EVAL = "eval.json"
@@ -142,6 +146,11 @@ class RunDir:
   def checkpoint_dir(self, best: bool = False) -> str:
     """checkpoints/ (latest steps) or best/ (best steps by an eval metric)."""
     return self.best if best else self.checkpoints
+
+  def quarantine_dir(self, best: bool = False) -> str:
+    """quarantine/checkpoints/ (or quarantine/best/): where a corrupt or
+    incomplete checkpoint is moved aside."""
+    return os.path.join(self.root, QUARANTINE, BEST if best else CHECKPOINTS)
 
   def checkpoint_steps(self, best: bool = False) -> list[int]:
     """The saved steps under checkpoints/ (or best/), ascending."""

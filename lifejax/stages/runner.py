@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -36,6 +37,7 @@ from lifejax.run.lineage import (
 from lifejax.train import engine, trainer as trainer_lib
 from lifejax.train.checkpoint import CheckpointConfig
 from lifejax.train.loop import LoopConfig
+from lifejax.train.metrics import write_summary
 from lifejax.train.optim import OptimizerConfig
 from lifejax.train.state import LossScaleConfig
 
@@ -185,6 +187,16 @@ def run_stage(spec: StageSpec, run_dir: str, training: Training
         f"{spec.name}: the tokenizer has {spec.tokenizer.vocab_size} pieces "
         f"but model.vocab_size={spec.model.vocab_size}; raise "
         "TransformerConfig.vocab_size")
+  done = engine.finished_step(run_dir)
+  if done is not None and (not training.loop.extend
+                           or training.loop.num_steps <= done):
+    print(f"{spec.name}: {run_dir} already finished at step {done}; "
+          "nothing changed" + (
+              "" if training.loop.extend else
+              " (to train on, raise num_steps and set LoopConfig.extend "
+              "= True)"), file=sys.stderr, flush=True)
+    with open(RunDir(run_dir).summary, encoding="utf-8") as f:
+      return json.load(f)
   run = start_run(run_dir, spec.name, spec.template)
   mesh = sharding.make_mesh(training.mesh)
   ctx = Context(run=run, spec=spec, training=training, mesh=mesh)
@@ -227,8 +239,9 @@ def run_stage(spec: StageSpec, run_dir: str, training: Training
 
 
 def finish_run(run: RunDir, summary: dict[str, Any]) -> dict[str, Any]:
-  """summary.json and the operative gin config: what every stage leaves."""
-  _write_json(run.summary, summary)
+  """summary.json (no NaN: see `train.metrics.write_summary`) and the
+  operative gin config: what every stage leaves."""
+  write_summary(run.summary, summary)
   with open(run.operative_gin, "w", encoding="utf-8") as f:
     f.write(gin.operative_config_str())
   return summary

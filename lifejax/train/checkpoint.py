@@ -3,20 +3,44 @@
 Two managers share a run directory:
   checkpoints/  the latest `keep_last` steps (what a restart resumes from);
   best/         the best step(s) by an eval metric (what a release picks).
-Saving is asynchronous; `wait()` blocks until writes are durable.
+Saving is asynchronous; `wait()` blocks until writes are durable. Every
+finished step is sealed with content checksums (`train.integrity`); a new
+Checkpointer verifies the newest step(s) first and moves a corrupt,
+truncated or incomplete one aside (`quarantined`), so a restart resumes
+from the newest intact step. A state with non-finite params is never
+saved, and a non-finite eval metric never makes a step best.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
+import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from lifejax import checks
 from lifejax.run.layout import RunDir
+from lifejax.train import integrity
 from lifejax.train.state import TrainState, abstract_with_shardings
+
+
+class NonFiniteStateError(RuntimeError):
+  """Raised instead of saving a state whose params are not all finite."""
+
+
+class CheckpointWriteError(RuntimeError):
+  """A checkpoint could not be written (e.g. the disk is full)."""
+
+
+@jax.jit
+def _params_finite(params: Any) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,21 +70,40 @@ def _items(state: TrainState, data_state: dict | None,
   return ocp.args.Composite(**items)
 
 
+def _handlers() -> dict[str, Any]:
+  """The items of a checkpoint, named up front (orbax then restores them
+  without warning that it found items it had no handler for)."""
+  return {"state": ocp.StandardCheckpointHandler(),
+          "data": ocp.JsonCheckpointHandler(),
+          "extra": ocp.JsonCheckpointHandler()}
+
+
 class Checkpointer:
   """Keep-last-N resume checkpoints plus keep-best-by-metric checkpoints."""
 
   def __init__(self, run_dir: str, cfg: CheckpointConfig):
     self.cfg = cfg
-    self.dir = RunDir(run_dir).checkpoint_dir(best=False)
-    self.best_dir = RunDir(run_dir).checkpoint_dir(best=True)
+    run = RunDir(run_dir)
+    self.root = run.root
+    self.dir = run.checkpoint_dir(best=False)
+    self.best_dir = run.checkpoint_dir(best=True)
+    # Verified before orbax lists the steps: bad ones are moved aside.
+    _, self.quarantined_latest = integrity.newest_intact(
+        self.dir, run.quarantine_dir(False))
+    self.quarantined = self.quarantined_latest + integrity.quarantine_all_bad(
+        self.best_dir, run.quarantine_dir(True))
+    for q in self.quarantined:
+      logging.warning("checkpoint step %d is bad (%s); moved aside to %s",
+                      q.step, q.reason, q.moved_to)
+    self._unsealed: list[str] = []
     self._latest = ocp.CheckpointManager(
-        self.dir,
+        self.dir, item_handlers=_handlers(),
         options=ocp.CheckpointManagerOptions(
             max_to_keep=cfg.keep_last,
             enable_async_checkpointing=cfg.async_save))
     sign = -1.0 if cfg.best_mode == "min" else 1.0
     self._best = ocp.CheckpointManager(
-        self.best_dir,
+        self.best_dir, item_handlers=_handlers(),
         options=ocp.CheckpointManagerOptions(
             max_to_keep=cfg.keep_best,
             best_fn=lambda m: sign * float(m[cfg.best_metric]),
@@ -71,9 +114,45 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._latest.latest_step()
 
+  def _check_finite(self, step: int, state: TrainState) -> None:
+    if not bool(_params_finite(state["params"])):
+      raise NonFiniteStateError(
+          f"step {step}: the params are not all finite; refusing to save "
+          f"them (the newest saved step is {self.latest_step()})")
+
+  def _write_error(self, what: str, e: OSError) -> CheckpointWriteError:
+    intact = [s for s in RunDir(self.root).checkpoint_steps()
+              if integrity.problem(os.path.join(self.dir, str(s))) is None]
+    return CheckpointWriteError(
+        f"{what} could not be written under {self.root}: "
+        f"{e.strerror or e} (errno {e.errno}); the intact checkpoints are "
+        f"steps {intact}, and a restart resumes from the newest of them")
+
+  def _seal(self) -> None:
+    """Seals every step this Checkpointer saved that has finished."""
+    try:
+      self._latest.wait_until_finished()
+      self._best.wait_until_finished()
+      for step_dir in self._unsealed:
+        if os.path.isdir(step_dir) and not integrity.is_sealed(step_dir):
+          integrity.seal(step_dir)
+    except OSError as e:
+      raise self._write_error(f"checkpoint(s) {self._unsealed}", e) from e
+    self._unsealed = []
+
   def save(self, step: int, state: TrainState, data_state: dict | None = None,
            extra: dict | None = None, force: bool = False) -> None:
-    self._latest.save(step, args=_items(state, data_state, extra), force=force)
+    self._check_finite(step, state)
+    self._seal()
+    try:
+      saved = self._latest.save(step, args=_items(state, data_state, extra),
+                                force=force)
+    except OSError as e:
+      raise self._write_error(f"checkpoint step {step}", e) from e
+    if saved:
+      self._unsealed.append(os.path.join(self.dir, str(step)))
+    if not self.cfg.async_save:
+      self._seal()
 
   def save_best(self, step: int, state: TrainState, metrics: dict[str, float],
                 data_state: dict | None = None,
@@ -81,8 +160,18 @@ class Checkpointer:
     if self.cfg.best_metric not in metrics:
       raise KeyError(f"best_metric {self.cfg.best_metric!r} is not among the "
                      f"eval metrics {sorted(metrics)}")
-    self._best.save(step, args=_items(state, data_state, extra),
-                    metrics={k: float(v) for k, v in metrics.items()})
+    value = float(metrics[self.cfg.best_metric])
+    if not math.isfinite(value):
+      logging.warning("step %d: %s is %s; not a candidate for best/", step,
+                      self.cfg.best_metric, value)
+      return
+    self._check_finite(step, state)
+    self._seal()
+    if self._best.save(step, args=_items(state, data_state, extra),
+                       metrics={k: float(v) for k, v in metrics.items()}):
+      self._unsealed.append(os.path.join(self.best_dir, str(step)))
+    if not self.cfg.async_save:
+      self._seal()
 
   def best_step(self) -> int | None:
     return self._best.best_step()
@@ -104,10 +193,11 @@ class Checkpointer:
             out.get("extra") if "extra" in present else None)
 
   def wait(self) -> None:
-    self._latest.wait_until_finished()
-    self._best.wait_until_finished()
+    """Blocks until every save is durable and sealed."""
+    self._seal()
 
   def close(self) -> None:
+    self._seal()
     self._latest.close()
     self._best.close()
 
@@ -122,6 +212,10 @@ def restore_params(run_dir: str, abstract_params: Any, param_shardings: Any,
       mngr.best_step() if best else mngr.latest_step())
   if step is None:
     raise FileNotFoundError(f"no checkpoint under {path}")
+  why = integrity.problem(os.path.join(path, str(step)))
+  if why is not None:
+    raise ValueError(f"checkpoint {os.path.join(path, str(step))} cannot be "
+                     f"loaded: {why}")
   target = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
       abstract_params, param_shardings)

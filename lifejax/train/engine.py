@@ -13,9 +13,12 @@ every stage.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from lifejax.run.layout import RunDir
 from lifejax.train import loop as loop_lib, trainer as trainer_lib
 from lifejax.train.checkpoint import CheckpointConfig
 from lifejax.train.state import TrainState
@@ -37,6 +40,22 @@ class FitResult:
   summary: dict[str, Any]
   state: TrainState
   trainer: trainer_lib.Trainer
+
+
+def finished_step(run_dir: str) -> int | None:
+  """The step a run finished at: its summary.json's final_step when that is
+  also its newest checkpoint (None: not finished, or never run)."""
+  run = RunDir(run_dir)
+  if not os.path.exists(run.summary):
+    return None
+  try:
+    with open(run.summary, encoding="utf-8") as f:
+      final = json.load(f).get("final_step")
+  except (OSError, ValueError):
+    return None
+  steps = run.checkpoint_steps()
+  return final if steps and isinstance(final, int) and final == steps[-1] \
+      else None
 
 
 def fit(

@@ -9,9 +9,9 @@ losses of an uninterrupted run.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -23,7 +23,8 @@ from lifejax import checks, sharding
 from lifejax.run.layout import RunDir
 from lifejax.train.checkpoint import Checkpointer
 from lifejax.train.evaluate import EvalSets, Evaluator, run_evals
-from lifejax.train.metrics import MetricsWriter, plot_curves, progress_desc
+from lifejax.train.metrics import (
+    MetricsWriter, plot_curves, progress_desc, write_summary)
 from lifejax.train.state import TrainState
 
 
@@ -69,6 +70,10 @@ class LoopConfig:
   eval_at_start: bool = False  # a step-0 baseline (e.g. a forgetting panel)
   progress: bool = True
   tensorboard: bool = True
+  # Consecutive skipped (non-finite) steps before the run halts; 0: never.
+  max_nonfinite_steps: int = 10
+  # Train a finished run on to num_steps (else a rerun only reports it).
+  extend: bool = False
 
   def __post_init__(self):
     checks.at_least("LoopConfig.num_steps", self.num_steps, 0)
@@ -81,6 +86,12 @@ class LoopConfig:
                   ("min", "max"))
     checks.at_least("LoopConfig.early_stop_min_delta",
                     self.early_stop_min_delta, 0.0)
+    checks.at_least("LoopConfig.max_nonfinite_steps",
+                    self.max_nonfinite_steps, 0)
+
+
+class NonFiniteHalt(RuntimeError):
+  """Too many consecutive steps had a non-finite loss or gradient."""
 
 
 Hook = Callable[[int, dict[str, float]], None]
@@ -110,6 +121,12 @@ class _EarlyStopper:
 
   def load(self, s: dict) -> None:
     self.best, self.bad = float(s["best"]), int(s["bad"])
+
+
+def _last_checkpoint(checkpointer: Checkpointer) -> str:
+  step = checkpointer.latest_step()
+  return ("none" if step is None
+          else f"step {step} ({os.path.join(checkpointer.dir, str(step))})")
 
 
 def train_loop(
@@ -164,21 +181,30 @@ def train_loop(
   t_last, tok_since = time.perf_counter(), 0
   stopped_early = False
   eval_metrics: dict[str, float] = {}
+  skips = {"total": 0, "run": 0}
 
   def flush(pending_step: tuple[int, dict, dict]) -> None:
     nonlocal last_logged, t_last, tok_since, window, window_steps
     nonlocal source_metrics
     step, dev_metrics, from_source = pending_step
     host = {k: float(v) for k, v in jax.device_get(dev_metrics).items()}
-    if not math.isfinite(host["loss"]):
-      logging.warning("step %d: non-finite loss %s", step, host["loss"])
+    if host.get("skipped"):
+      skips["total"] += 1
+      skips["run"] += 1
+      logging.warning("step %d: non-finite loss %s or gradient; update "
+                      "skipped (%d in a row)", step, host["loss"],
+                      skips["run"])
+    else:
+      skips["run"] = 0
+    halt = bool(cfg.max_nonfinite_steps
+                and skips["run"] >= cfg.max_nonfinite_steps)
     for hook in hooks:
       hook(step, host)
     for k, v in host.items():
       window[k] = window.get(k, 0.0) + v
     window_steps += 1
     source_metrics.update(from_source)
-    if step % cfg.log_every == 0 or step == cfg.num_steps:
+    if step % cfg.log_every == 0 or step == cfg.num_steps or halt:
       row = _merge({k: v / window_steps for k, v in window.items()},
                    source_metrics)
       window, window_steps, source_metrics = {}, 0, {}
@@ -190,6 +216,14 @@ def train_loop(
       if bar is not None:
         bar.set_postfix(loss=f"{row['loss']:.4f}",
                         tok_s=f"{row['tokens_per_sec']:.0f}")
+    if halt:
+      writer.close()
+      checkpointer.wait()
+      raise NonFiniteHalt(
+          f"halted at step {step}: {skips['run']} consecutive steps with a "
+          f"non-finite loss or gradient (LoopConfig.max_nonfinite_steps="
+          f"{cfg.max_nonfinite_steps}); last good checkpoint: "
+          f"{_last_checkpoint(checkpointer)}")
 
   def extra() -> dict:
     return {"early_stop": stopper.state()}
@@ -257,8 +291,8 @@ def train_loop(
   writer.close()
   summary = {"final_step": step, "stopped_early": stopped_early,
              "last_train_metrics": last_logged, "eval": eval_metrics,
-             "best_step": checkpointer.best_step()}
-  with open(RunDir(run_dir).summary, "w") as f:
-    json.dump(summary, f, indent=2)
+             "best_step": checkpointer.best_step(),
+             "skipped_steps": skips["total"]}
+  write_summary(RunDir(run_dir).summary, summary)
   plot_curves(RunDir(run_dir).metrics, RunDir(run_dir).loss_curve)
   return summary

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import json
 import math
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +33,39 @@ def progress_desc(default: str) -> str:
   """The progress bar title: the active label, else `default`."""
   label = _PROGRESS_LABEL.get()
   return f"{label} {default}" if label else default
+
+
+def finite_json(obj: Any, path: str = "") -> tuple[Any, dict[str, str]]:
+  """`obj` with every non-finite float replaced by None, and {dotted key:
+  what it was} for each replacement (strict JSON has no NaN)."""
+  if isinstance(obj, float) and not math.isfinite(obj):
+    return None, {path or ".": repr(obj)}
+  if isinstance(obj, Mapping):
+    out, why = {}, {}
+    for k, v in obj.items():
+      out[k], w = finite_json(v, f"{path}.{k}" if path else str(k))
+      why.update(w)
+    return out, why
+  if isinstance(obj, (list, tuple)):
+    out, why = [], {}
+    for i, v in enumerate(obj):
+      o, w = finite_json(v, f"{path}[{i}]")
+      out.append(o)
+      why.update(w)
+    return out, why
+  return obj, {}
+
+
+def write_summary(path: str, summary: Mapping[str, Any]) -> None:
+  """Writes summary.json atomically; non-finite numbers become null, listed
+  under "non_finite" ({key: "nan"}) so a reader sees why."""
+  clean, why = finite_json(dict(summary))
+  if why:
+    clean["non_finite"] = {**clean.get("non_finite", {}), **why}
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(clean, f, indent=2, default=str, allow_nan=False)
+  os.replace(tmp, path)
 
 
 class MetricsWriter:

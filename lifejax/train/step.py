@@ -4,7 +4,10 @@
 loss of its batch and `metrics["weight"]`, the sum of its loss weights (token
 count for LM losses, pair count for preference losses; 1 if absent). The step
 combines microbatches as sum(loss_i * w_i) / sum(w_i), so accumulated
-gradients and reported metrics equal those of the full batch.
+gradients and reported metrics equal those of the full batch. A step whose
+loss, gradients or new params are not all finite is skipped (the state
+keeps its params and optimizer state; metrics["skipped"] = 1); the loop
+counts skips and halts after too many in a row.
 """
 
 from __future__ import annotations
@@ -116,12 +119,21 @@ def build_train_step(
     new_params = optax.apply_updates(params, updates)
     new_state = dict(state)
 
+    # The non-finite guard: a step whose loss, gradients or updated params
+    # are not all finite changes neither params nor optimizer state. The
+    # gradients' finiteness is read off grad_norm, a reduction the step makes
+    # anyway, and the choice is a lax.cond, not an elementwise select: both
+    # leave the update's fusions as they were, so a finite step computes bit
+    # for bit what it did without the guard (the golden tests hold it to
+    # that; a select fused into the update changed a reward run's last bits).
+    finite = (jnp.isfinite(loss) & jnp.isfinite(metrics["grad_norm"])
+              & _all_finite(new_params))
+    new_params, new_opt_state = jax.lax.cond(
+        finite, lambda: (new_params, new_opt_state),
+        lambda: (params, state["opt_state"]))
+    metrics["skipped"] = (~finite).astype(jnp.float32)
+
     if loss_scale is not None:
-      finite = _all_finite(grads)
-      keep = lambda new, old: jax.tree.map(  # noqa: E731
-          lambda a, b: jnp.where(finite, a, b), new, old)
-      new_params = keep(new_params, params)
-      new_opt_state = keep(new_opt_state, state["opt_state"])
       good = state["loss_scale"]["good_steps"]
       grow = finite & (good + 1 >= loss_scale.growth_interval)
       new_scale = jnp.where(
@@ -132,7 +144,6 @@ def build_train_step(
           "good_steps": jnp.where(finite & ~grow, good + 1, 0).astype(
               jnp.int32)}
       metrics["loss_scale"] = scale
-      metrics["skipped"] = (~finite).astype(jnp.float32)
 
     if schedule is not None:
       metrics["learning_rate"] = schedule(state["step"])

@@ -7,7 +7,8 @@ here from a model config and a loss builder, then runs `train_loop`.
 from __future__ import annotations
 
 import dataclasses
-import logging
+import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -154,6 +155,17 @@ def plan_training(
               eval_step=eval_step, schedule=schedule)
 
 
+def _announce_resume(run_dir: str, checkpointer: Checkpointer,
+                     step: int) -> None:
+  """One line at default verbosity: where the run resumes and, if newer
+  steps were bad, why they were not used."""
+  why = "".join(f"; step {q.step} skipped: {q.reason} (moved to "
+                f"{q.moved_to})" for q in checkpointer.quarantined_latest)
+  print(f"resuming {run_dir} from step {step} (checkpoint "
+        f"{os.path.join(checkpointer.dir, str(step))}){why}", file=sys.stderr,
+        flush=True)
+
+
 def build_trainer(
     *,
     run_dir: str,
@@ -176,7 +188,7 @@ def build_trainer(
   restored_extra = restored_data = None
   latest = checkpointer.latest_step() if resume else None
   if latest is not None:
-    logging.info("resuming from %s step %d", checkpointer.dir, latest)
+    _announce_resume(run_dir, checkpointer, latest)
     state, restored_data, restored_extra = checkpointer.restore(
         latest, plan.abstract_state, plan.state_shardings)
   else:

@@ -124,6 +124,8 @@ def _stage_calls(root: str) -> list[tuple[str, object, dict]]:
       num_iterations=2, prompts_per_iteration=4, epochs=2, minibatch_size=4,
       samples_every=0, checkpoint_every=1, tensorboard=False, progress=False)
   rollout = rollout_lib.RolloutConfig(prompt_len=96, max_new_tokens=8)
+  # RL checkpoints every RLLoopConfig.checkpoint_every iterations.
+  rl_ckpt = CheckpointConfig(keep_last=2, async_save=False)
   rl_opt = OptimizerConfig(learning_rate=1e-3, schedule="constant",
                            warmup_steps=0, weight_decay=0.0)
   run = lambda name: LifecycleRoot(root).stage(name).root  # noqa: E731
@@ -160,12 +162,12 @@ def _stage_calls(root: str) -> list[tuple[str, object, dict]]:
           sft_run=run("sft"), prompt_files=[data("prompts.jsonl")],
           reward="reward_model", reward_run=run("reward"),
           value_model="separate", loop=rl_loop, rollout=rollout,
-          optimizer=rl_opt, mesh=MESH, checkpoint=ckpt, seed=0)),
+          optimizer=rl_opt, mesh=MESH, checkpoint=rl_ckpt, seed=0)),
       ("grpo", rl_stages.grpo, dict(
           sft_run=run("sft"), prompt_files=[data("prompts.jsonl")],
           reward="reward_model", reward_run=run("reward"),
           loop=rl_loop, rollout=rollout, optimizer=rl_opt, mesh=MESH,
-          checkpoint=ckpt, seed=0)),
+          checkpoint=rl_ckpt, seed=0)),
   ]
 
 

@@ -7,6 +7,7 @@ checks. The tests show it runs, equals an independent computation at step
 binding before it trains.
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -160,3 +161,43 @@ def test_new_stage_refuses_bad_bindings_before_training(smooth_run, kit,
         tokenizer=artifacts.load_tokenizer(kw["init_from"]),
         tokens_per_step=1024), str(tmp_path / "b"), kw["training"])
   assert not (tmp_path / "b").exists()
+
+
+def _snapshot(root):
+  """{relative path: (size, mtime_ns, sha256)} of every file under root."""
+  import hashlib
+  out = {}
+  for d, _, files in os.walk(root):
+    for f in files:
+      p = os.path.join(d, f)
+      st = os.stat(p)
+      out[os.path.relpath(p, root)] = (
+          st.st_size, st.st_mtime_ns,
+          hashlib.sha256(open(p, "rb").read()).hexdigest())
+  return out
+
+
+def test_rerunning_a_finished_run_changes_nothing(smooth_run, capfd):
+  out, kw, summary = smooth_run
+  copy = str(out / "rerun")
+  shutil.copytree(RunDir(out / "full").root, copy)
+  before = _snapshot(copy)
+  capfd.readouterr()
+  again = sft_smooth(run_dir=copy, **kw)
+  err = capfd.readouterr().err
+  assert f"{copy} already finished at step 4; nothing changed" in err
+  assert "LoopConfig.extend" in err
+  assert _snapshot(copy) == before
+  assert again["final_step"] == 4
+  # A larger num_steps alone does not extend it either...
+  longer = dict(kw, training=runner.Training(
+      **{**kw["training"].__dict__, "loop": dataclasses.replace(
+          kw["training"].loop, num_steps=6)}))
+  sft_smooth(run_dir=copy, **longer)
+  assert _snapshot(copy) == before
+  # ...the explicit option does: steps 5 and 6 continue the run.
+  extend = dict(longer, training=runner.Training(
+      **{**longer["training"].__dict__, "loop": dataclasses.replace(
+          longer["training"].loop, extend=True)}))
+  assert sft_smooth(run_dir=copy, **extend)["final_step"] == 6
+  assert sorted(_losses(copy)) == [1, 2, 3, 4, 5, 6]
