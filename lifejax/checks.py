@@ -11,6 +11,10 @@ from collections.abc import Sequence
 from typing import Any
 
 
+class ConfigError(ValueError):
+  """A configuration error: the CLI reports it in one line and exits 2."""
+
+
 def choice(name: str, value: Any, choices: Sequence[Any]) -> None:
   """ValueError naming `name` unless `value` is one of `choices`."""
   if value not in tuple(choices):

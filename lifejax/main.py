@@ -15,6 +15,9 @@ import gin
 from absl import app, flags
 from absl import logging as absl_logging
 
+from lifejax import checks, config_types
+from lifejax.train import checkpoint, loop
+
 GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), "gin_configs")
 
@@ -66,6 +69,7 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   try:
     parse_gin(_GIN_FILES.value, _GIN_PARAMS.value)
+    config_types.check_bindings()
   except (ValueError, FileNotFoundError, KeyError, TypeError) as e:
     print(f"lifejax: bad gin configuration: {e}", file=sys.stderr)
     sys.exit(2)
@@ -73,13 +77,27 @@ def main(argv: Sequence[str]) -> None:
     # Library INFO lines (orbax saves, ...) would bury the progress bars;
     # --verbosity=0 brings them back.
     absl_logging.set_verbosity(absl_logging.WARNING)
-  from lifejax.train.checkpoint import CheckpointWriteError, NonFiniteStateError  # pylint: disable=g-import-not-at-top
-  from lifejax.train.loop import NonFiniteHalt  # pylint: disable=g-import-not-at-top
   try:
     run()
-  except (NonFiniteHalt, NonFiniteStateError, CheckpointWriteError) as e:
+  except (loop.NonFiniteHalt, checkpoint.NonFiniteStateError,
+          checkpoint.CheckpointWriteError) as e:
     print(f"lifejax: {e}", file=sys.stderr)
     sys.exit(3)
+  except (ValueError, TypeError, KeyError, FileNotFoundError) as e:
+    # Before the first train step, such an error is the configuration's or
+    # the input's: one line, exit code 2. Later ones keep their traceback.
+    if (loop.training_started() and not isinstance(e, checks.ConfigError)
+        or os.environ.get("LIFEJAX_TRACEBACK")):
+      raise
+    print(f"lifejax: {_one_line(e)}\n(set LIFEJAX_TRACEBACK=1 for the "
+          "traceback)", file=sys.stderr)
+    sys.exit(2)
+
+
+def _one_line(e: BaseException) -> str:
+  """The error's message without gin's "In call to configurable" tail."""
+  msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+  return msg.split("\n  In call to configurable")[0].strip()
 
 
 if __name__ == "__main__":

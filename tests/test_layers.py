@@ -3,7 +3,8 @@ cycle. Every module under lifejax/ is parsed (ast), never imported.
 
 Layers, bottom to top (a module may import its own layer or lower ones):
 
-  0  checks, sharding             utilities every layer may use
+  0  checks, sharding,            utilities every layer may use
+     config_types
   1  data, world, curation, model
   2  losses
   3  train
@@ -25,7 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "lifejax")
 
 LAYERS = {
-    "checks": 0, "sharding": 0,
+    "checks": 0, "sharding": 0, "config_types": 0,
     "data": 1, "world": 1, "curation": 1, "model": 1,
     "losses": 2,
     "train": 3,

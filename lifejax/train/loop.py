@@ -90,6 +90,15 @@ class LoopConfig:
                     self.max_nonfinite_steps, 0)
 
 
+_STARTED = {"steps": False}
+
+
+def training_started() -> bool:
+  """Whether a train loop of this process has dispatched a step (errors
+  before that are the configuration's or the input's)."""
+  return _STARTED["steps"]
+
+
 class NonFiniteHalt(RuntimeError):
   """Too many consecutive steps had a non-finite loss or gradient."""
 
@@ -239,6 +248,7 @@ def train_loop(
   while step < cfg.num_steps:
     batch = next_batch(train_iter, state)
     from_source = pop_metrics()
+    _STARTED["steps"] = True
     state, metrics = train_step(state, sharding.put(batch, batch_shardings))
     step += 1
     tok_since += tokens_per_step

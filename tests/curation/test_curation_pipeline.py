@@ -203,7 +203,8 @@ def test_scores_against_planted_labels(local_run):
   assert items["boilerplate"]["recall"] == 1.0
 
 
-def test_resume_skips_completed_work(corpus, tmp_path, monkeypatch):
+def test_resume_skips_completed_work(corpus, local_run, tmp_path,
+                                     monkeypatch):
   out = tmp_path / "out"
   real_phase1 = local.phase1_job
   calls = []
@@ -221,6 +222,9 @@ def test_resume_skips_completed_work(corpus, tmp_path, monkeypatch):
   report = run_curation(corpus, out, _CONFIG, eval_sets=_EVAL, num_workers=1)
   assert report["work"]["phase1"] == {"run": 5, "skipped": 2}
   first = _outputs(out)
+  # Interrupted and resumed == never interrupted, byte for byte.
+  assert first == _outputs(local_run[0])
+  assert _stable(report) == _stable(local_run[1])
 
   again = run_curation(corpus, out, _CONFIG, eval_sets=_EVAL, num_workers=1)
   assert again["work"] == {"phase1": {"run": 0, "skipped": 7},
