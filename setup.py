@@ -38,7 +38,7 @@ EXTRAS = {
     "notebook": ["nbclient>=0.10,<1", "nbformat>=5.10,<6", "ipykernel>=6.29,<8"],
 }
 EXTRAS["test"] = sorted(
-    {"pytest>=8,<10"}
+    {"pytest>=8,<10", "hypothesis>=6,<7"}
     | set(EXTRAS["hf"])
     | set(EXTRAS["beam"])
     | set(EXTRAS["curation"])

@@ -26,24 +26,29 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from lifejax.data import validation
+
 ROLES = ("system", "user", "assistant")
 _FORMAT = "lifejax.chat_template"
 _VERSION = 1
 
 
-class ConversationError(ValueError):
-  """A conversation a template cannot render: `reason`, `detail`, `where`."""
+class ConversationError(validation.RecordError):
+  """A conversation a template cannot render: `reason`, `detail`, `where`
+  (a `validation.RecordError`, so loaders count and skip it like any bad
+  record)."""
 
-  def __init__(self, reason: str, detail: str, where: str = ""):
-    super().__init__(f"{where}: {reason}: {detail}" if where
-                     else f"{reason}: {detail}")
-    self.reason = reason
-    self.detail = detail
-    self.where = where
+  def __init__(self, reason: str, detail: str, where: str = "", *,
+               path: str | None = None):
+    super().__init__(where, reason, detail, path=path)
 
-  def at(self, where: str) -> ConversationError:
-    """The same error located at `where` (e.g. a record id)."""
-    return ConversationError(self.reason, self.detail, where)
+  def at(self, where: str, path: str | None = None) -> ConversationError:
+    """The same error located at `where` (e.g. `path:line` or a record id)."""
+    return ConversationError(self.reason, self.detail, where, path=path)
+
+  def __reduce__(self):
+    return (ConversationError, (self.reason, self.detail, self.where),
+            {"path": self.path})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,8 +126,8 @@ class ChatTemplate:
   def role_format(self, role: str) -> RoleFormat:
     """The format of `role`; ConversationError if the template lacks it."""
     if role not in ROLES:
-      raise ConversationError("unknown_role", f"role {role!r} is not one of "
-                              f"{list(ROLES)}")
+      raise ConversationError("unknown_role", f"unknown role {role!r} "
+                              f"(expected {'/'.join(ROLES)})")
     fmt = getattr(self, role)
     if fmt is None:
       raise ConversationError("system_unsupported", f"template {self.name!r} "

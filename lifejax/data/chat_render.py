@@ -25,7 +25,7 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from lifejax.data import chat_match
+from lifejax.data import chat_match, validation
 from lifejax.data.chat import ROLES, ChatTemplate, ConversationError
 
 TRAIN_ON = ("all_assistant", "last_assistant")
@@ -68,6 +68,9 @@ def _turns(messages: Any) -> list[tuple[str, str]]:
         or not isinstance(m.get("content"), str)):
       raise ConversationError("bad_message", f"message {i} is not a {{role: "
                               f"str, content: str}} dict: {str(m)[:80]}")
+    if not validation.is_text(m["content"]):
+      raise ConversationError("invalid_utf8", f"message {i} holds a lone "
+                              "surrogate (not text)")
     out.append((m["role"], m["content"]))
   return out
 
@@ -248,6 +251,9 @@ def render_response(template: ChatTemplate, tokenizer: Tokenizer,
   end-of-turn marker (the trained part of an assistant turn)."""
   if not isinstance(text, str) or not text.strip():
     raise ConversationError("empty_turn", "the assistant reply is empty")
+  if not validation.is_text(text):
+    raise ConversationError("invalid_utf8", "the assistant reply holds a "
+                            "lone surrogate (not text)")
   bound = _bind(template, tokenizer)
   return (_encode_content(tokenizer, bound, text, "the reply")
           + list(bound.formats["assistant"][1]))

@@ -2,7 +2,8 @@
 
 JSONL, text and Parquet files are read in full on each pass (and kept in
 memory by `as_map_dataset`); ArrayRecord files are read by row index from
-disk. Error locations and skip counting follow `sources.py`.
+disk. Error locations and skip counting follow `sources.py`; counts are also
+kept per file (`file_counts()`).
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def _open_binary(path: str):
   return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
 
 
-def _stem(path: str) -> str:
+def stem(path: str) -> str:
+  """A file's name without its data extensions (a source's default name)."""
   base = os.path.basename(path)
   for ext in (".gz", ".jsonl", ".json", ".txt", ".parquet", ".array_record"):
     base = base.removesuffix(ext)
@@ -55,30 +57,33 @@ class JsonlSource(Source):
                fields: FieldSpec = ("text",), name: str | None = None,
                skip_bad_records: bool = False):
     self.paths = expand_paths(paths)
-    super().__init__(name or _stem(self.paths[0]), fields, skip_bad_records)
+    super().__init__(name or stem(self.paths[0]), fields, skip_bad_records)
 
   def _records(self) -> Iterator[Record]:
     for path in self.paths:
+      counts = self._file(path)
       with _open_binary(path) as f:
         for line_no, raw in enumerate(f, start=1):
           where = f"{path}:{line_no}"
           try:
             line = raw.decode("utf-8")
           except UnicodeDecodeError as e:
-            self._bad(where, BadRecord("invalid_utf8", str(e)))
+            counts.read += 1
+            self._bad(where, BadRecord("invalid_utf8", str(e)), path)
             continue
           if not line.strip():
             self._skipped["blank_line"] += 1
             continue
+          counts.read += 1
           try:
             obj = json.loads(line)
           except json.JSONDecodeError as e:
-            self._bad(where, BadRecord("bad_json", str(e)))
+            self._bad(where, BadRecord("bad_json", str(e)), path)
             continue
           try:
             yield check_fields(obj, self.fields)
           except BadRecord as bad:
-            self._bad(where, bad)
+            self._bad(where, bad, path)
 
 
 class TextSource(Source):
@@ -92,21 +97,24 @@ class TextSource(Source):
     self.paths = expand_paths(paths)
     self.unit = unit
     self.field = field
-    super().__init__(name or _stem(self.paths[0]), [field], skip_bad_records)
+    super().__init__(name or stem(self.paths[0]), [field], skip_bad_records)
 
   def _records(self) -> Iterator[Record]:
     for path in self.paths:
+      counts = self._file(path)
       with _open_binary(path) as f:
         data = f.read()
       if self.unit == "file":
+        if not data:
+          self._skipped["empty_file"] += 1
+          continue
+        counts.read += 1
         try:
           text = data.decode("utf-8")
         except UnicodeDecodeError as e:
           line_no = data.count(b"\n", 0, e.start) + 1
-          self._bad(f"{path}:{line_no}", BadRecord("invalid_utf8", str(e)))
-          continue
-        if not text:
-          self._skipped["empty_file"] += 1
+          self._bad(f"{path}:{line_no}", BadRecord("invalid_utf8", str(e)),
+                    path)
           continue
         yield {self.field: text}
         continue
@@ -114,11 +122,14 @@ class TextSource(Source):
         try:
           line = raw.decode("utf-8")
         except UnicodeDecodeError as e:
-          self._bad(f"{path}:{line_no}", BadRecord("invalid_utf8", str(e)))
+          counts.read += 1
+          self._bad(f"{path}:{line_no}", BadRecord("invalid_utf8", str(e)),
+                    path)
           continue
         if not line.strip():
           self._skipped["empty_line"] += 1
           continue
+        counts.read += 1
         yield {self.field: line}
 
 
@@ -130,7 +141,7 @@ class ParquetSource(Source):
                skip_bad_records: bool = False, read_batch_rows: int = 4096):
     self.paths = expand_paths(paths)
     self.read_batch_rows = read_batch_rows
-    super().__init__(name or _stem(self.paths[0]), fields, skip_bad_records)
+    super().__init__(name or stem(self.paths[0]), fields, skip_bad_records)
 
   def _records(self) -> Iterator[Record]:
     import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
@@ -144,13 +155,15 @@ class ParquetSource(Source):
         raise ValueError(f"{path}: no column(s) {missing}; the file has "
                          f"{pf.schema_arrow.names}")
       row = 0
+      counts = self._file(path)
       for batch in pf.iter_batches(batch_size=self.read_batch_rows,
                                    columns=list(self.fields)):
         for obj in batch.to_pylist():
+          counts.read += 1
           try:
             yield check_fields(obj, self.fields)
           except BadRecord as bad:
-            self._bad(f"{path} row {row}", bad)
+            self._bad(f"{path} row {row}", bad, path)
           row += 1
 
 
@@ -165,7 +178,7 @@ class ArrayRecordSource(RowSource):
                        f"{record_format!r}")
     self.paths = expand_paths(paths)
     self.record_format = record_format
-    super().__init__(name or _stem(self.paths[0]), fields, skip_bad_records)
+    super().__init__(name or stem(self.paths[0]), fields, skip_bad_records)
     if record_format == "text" and (len(self.fields) != 1 or
                                     list(self.fields.values()) != [str]):
       raise ValueError("record_format='text' needs exactly one str field")

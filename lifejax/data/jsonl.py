@@ -7,7 +7,12 @@ count it (`counts["torn"]`) and log a warning naming the file, and
 `append_jsonl` drops it before appending, so it never becomes a bad line in
 the middle of the file. Any other malformed line (bad JSON, not an object,
 invalid UTF-8, or a last line that has its newline) is corruption and
-raises ValueError naming `file:line`. Blank lines are skipped.
+raises a `validation.RecordError` (a ValueError) naming `file:line`. Blank
+lines are skipped.
+
+Data loaders read through `read_checked`: each record is checked as it is
+read, and a bad one (bad JSON, or one the loader's check rejects) is raised
+or skipped and counted by the skip policy of `validation.py`.
 
 Writers: `write_jsonl` replaces a file atomically (temporary file, then
 os.replace), so a crash never leaves a half-written file under the final
@@ -21,8 +26,10 @@ import gzip
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, BinaryIO
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, BinaryIO, NamedTuple
+
+from lifejax.data import validation
 
 PathLike = str | os.PathLike[str]
 _log = logging.getLogger(__name__)
@@ -48,10 +55,14 @@ def _torn(path: PathLike, line_no: int,
     counts["torn"] += 1
 
 
-def iter_jsonl(path: PathLike, *, counts: collections.Counter | None = None
-               ) -> Iterator[dict[str, Any]]:
-  """The objects of a JSONL file (optionally .gz), one per non-blank line,
-  under the module's torn-last-line policy."""
+def iter_numbered(path: PathLike, *,
+                  counts: collections.Counter | None = None,
+                  on_bad: Callable[[validation.RecordError], None] | None
+                  = None) -> Iterator[tuple[int, dict[str, Any]]]:
+  """(1-based line number, object) of a JSONL file (optionally .gz), one
+  per non-blank line, under the module's torn-last-line policy. A bad line
+  raises its RecordError, or with `on_bad` is passed to it and skipped."""
+  p = os.fspath(path)
   with _open(path) as f:
     for line_no, raw in enumerate(f, 1):
       if not raw.strip():
@@ -62,19 +73,94 @@ def iter_jsonl(path: PathLike, *, counts: collections.Counter | None = None
         if not raw.endswith(b"\n"):  # only the last line lacks its newline
           _torn(path, line_no, counts)
           return
-        msg = e.msg if isinstance(e, json.JSONDecodeError) else str(e)
-        raise ValueError(f"{os.fspath(path)}:{line_no}: bad JSON line "
-                         f"({msg})") from None
-      if not isinstance(obj, dict):
-        raise ValueError(f"{os.fspath(path)}:{line_no}: expected a JSON "
-                         f"object, got {type(obj).__name__}")
-      yield obj
+        if isinstance(e, json.JSONDecodeError):
+          err = validation.RecordError(validation.line_at(p, line_no),
+                                       "bad_json", f"bad JSON line ({e.msg})",
+                                       path=p)
+        else:
+          err = validation.RecordError(validation.line_at(p, line_no),
+                                       "invalid_utf8", f"bad JSON line ({e})",
+                                       path=p)
+      else:
+        if isinstance(obj, dict):
+          yield line_no, obj
+          continue
+        err = validation.RecordError(
+            validation.line_at(p, line_no), "not_an_object",
+            f"expected a JSON object, got {type(obj).__name__}", path=p)
+      if on_bad is None:
+        raise err
+      on_bad(err)
+
+
+def iter_jsonl(path: PathLike, *, counts: collections.Counter | None = None
+               ) -> Iterator[dict[str, Any]]:
+  """The objects of a JSONL file (optionally .gz), one per non-blank line,
+  under the module's torn-last-line policy."""
+  for _, obj in iter_numbered(path, counts=counts):
+    yield obj
 
 
 def read_jsonl(path: PathLike, *, counts: collections.Counter | None = None
                ) -> list[dict[str, Any]]:
   """All objects of a JSONL file (see `iter_jsonl`)."""
   return list(iter_jsonl(path, counts=counts))
+
+
+# A record check: raises an (unlocated) validation.RecordError for a bad
+# record; returns True for a record kept but truncated to a length bound.
+Check = Callable[[dict[str, Any]], bool | None]
+
+
+class Checked(NamedTuple):
+  """What `read_checked` kept: records, their 1-based lines, the counts."""
+  records: list[dict[str, Any]]
+  lines: list[int]
+  counts: validation.FileCounts
+
+
+def read_checked(path: PathLike, check: Check | None = None, *,
+                 policy: str = validation.EVAL_POLICY, what: str = "records"
+                 ) -> Checked:
+  """The records of one JSONL file that pass `check`, with their lines and
+  the file's counts.
+
+  A bad line or a record `check` rejects is a RecordError at `path:line`:
+  raised ("strict") or skipped and counted ("skip"). A torn last line is
+  skipped under both policies (counted as "torn_last_line"). A file with no
+  records, or none valid, is an error under both policies.
+  """
+  validation.check_policy("policy", policy)
+  p = os.fspath(path)
+  counts = validation.FileCounts()
+  torn: collections.Counter = collections.Counter()
+  out, lines = [], []
+
+  def bad(err: validation.RecordError) -> None:
+    counts.read += 1
+    validation.reject(err, policy, counts)
+
+  for line_no, obj in iter_numbered(p, counts=torn, on_bad=bad):
+    counts.read += 1
+    try:
+      truncated = check(obj) if check is not None else None
+    except validation.RecordError as e:
+      validation.reject(e.at(validation.line_at(p, line_no), p), policy,
+                        counts)
+      continue
+    counts.truncated += bool(truncated)
+    out.append(obj)
+    lines.append(line_no)
+  if torn:
+    counts.read += 1
+    counts.skipped["torn_last_line"] += 1
+  if not counts.read:
+    raise validation.empty_file(p, what)
+  if not out:
+    raise validation.RecordError(
+        p, "no_valid_records", f"all {counts.read} {what} were skipped "
+        f"({dict(counts.skipped)})", path=p)
+  return Checked(out, lines, counts)
 
 
 def encode_line(row: Mapping[str, Any]) -> str:

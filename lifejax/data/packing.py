@@ -48,11 +48,21 @@ class _DocumentToPairs(grain.experimental.FlatMapTransform):
   max_fan_out = 1024
 
   def __init__(self, seq_len: int):
+    if seq_len < 1:
+      raise ValueError(f"seq_len must be >= 1, got {seq_len}")
     self.seq_len = seq_len
 
   def flat_map(self, element: np.ndarray) -> list[dict[str, np.ndarray]]:
-    return [{_PAIR: np.stack([p[:-1], p[1:]], axis=-1)}
-            for p in split_document(element, self.seq_len)]
+    # The pairs of split_document's pieces, as row slices of one (n-1, 2)
+    # array: one numpy call per document, not per piece (a multi-megabyte
+    # document has thousands of pieces).
+    ids = np.asarray(element, dtype=np.int32)
+    if ids.ndim != 1:
+      raise ValueError(f"a document must be 1-D token ids, got shape "
+                       f"{ids.shape}")
+    pairs = np.stack([ids[:-1], ids[1:]], axis=-1)
+    return [{_PAIR: pairs[s:s + self.seq_len]}
+            for s in range(0, len(pairs), self.seq_len)]
 
 
 class _PackedToLmRow(grain.transforms.Map):

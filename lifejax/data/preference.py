@@ -5,6 +5,9 @@ renders below join raw text with BOS/EOS; chat templates (data/chat.py) plug
 in as other callables with the same signature. For preference data the
 pipeline calls the render twice per record, with the record's "response" set
 to its chosen and then its rejected text.
+
+`load_pairs` reads a JSONL file of preference records, each checked as it
+is read (validation.py's skip policy, errors at `path:line`).
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from typing import Any
 import grain
 import numpy as np
 
+from lifejax.data import chat, chat_render, jsonl
 from lifejax.data import tokenizer as tokenizer_lib
+from lifejax.data import validation
 
 Render = Callable[[Mapping[str, Any]], tuple[Sequence[int], Sequence[int]]]
 PromptRender = Callable[[Mapping[str, Any]], Sequence[int]]
@@ -46,6 +51,87 @@ class PlainPromptRender:
 
   def __call__(self, record: Mapping[str, Any]) -> list[int]:
     return self.tokenizer.encode(record[self.prompt_field], add_bos=True)
+
+
+def check_pair(record: Any, *, template: chat.ChatTemplate | None = None,
+               prompt_field: str = "prompt", chosen_field: str = "chosen",
+               rejected_field: str = "rejected") -> None:
+  """Raises an (unlocated) validation.RecordError for a bad preference
+  record: a missing or mistyped field; an empty prompt ("empty_prompt") or
+  answer ("empty_response"); chosen equal to rejected
+  ("chosen_equals_rejected": the pair teaches nothing); with a chat
+  `template`, a prompt (a message list up to the last user turn) it cannot
+  render ("unknown_role", "empty_turn", ...). Without a template the prompt
+  is plain text."""
+  if template is None:
+    prompt = validation.field(record, prompt_field, str)
+    if not prompt.strip():
+      raise validation.RecordError("", "empty_prompt",
+                                   f"field {prompt_field!r} is empty")
+  else:
+    prompt = validation.field(record, prompt_field, list)
+    if not prompt:
+      raise validation.RecordError("", "empty_prompt",
+                                   f"field {prompt_field!r} has no messages")
+    chat_render.validate_conversation(template, prompt, mode="prompt")
+  answers = []
+  for name in (chosen_field, rejected_field):
+    answer = validation.field(record, name, str)
+    if not answer.strip():
+      raise validation.RecordError("", "empty_response",
+                                   f"field {name!r} is empty")
+    answers.append(answer)
+  if answers[0] == answers[1]:
+    raise validation.RecordError("", "chosen_equals_rejected",
+                                 "chosen equals rejected")
+
+
+def load_pairs(path: str, *, policy: str = validation.TRAIN_POLICY,
+               template: chat.ChatTemplate | None = None,
+               render: Render | None = None, seq_len: int | None = None
+               ) -> tuple[list[dict[str, Any]], validation.FileCounts]:
+  """One JSONL file's preference records (whole records) and counts.
+
+  Each record is checked by `check_pair` (with `template`, prompts are chat
+  message lists); with `render` and `seq_len` both answers are rendered
+  too: a render error or an empty rendered answer is a bad record, and a
+  pair longer than seq_len + 1 tokens (which `response_row` cuts) is kept
+  and counted as truncated.
+  """
+
+  def check(record: dict[str, Any]) -> bool:
+    check_pair(record, template=template)
+    if render is None or seq_len is None:
+      return False
+    truncated = False
+    for field in ("chosen", "rejected"):
+      prompt_ids, response_ids = render({**record, "response": record[field]})
+      if not response_ids:
+        raise validation.RecordError("", "empty_response",
+                                     f"{field} renders to no tokens")
+      truncated |= len(prompt_ids) + len(response_ids) > seq_len + 1
+    return truncated
+
+  records, _, counts = jsonl.read_checked(path, check, policy=policy,
+                                          what="preference pairs")
+  return records, counts
+
+
+def load_pair_sets(train_files: Sequence[str], eval_file: str, *,
+                   template: chat.ChatTemplate, render: Render, seq_len: int,
+                   train_policy: str, eval_policy: str,
+                   log: validation.SkipLog
+                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+  """(training pairs of every train file, the eval file's pairs), each file
+  checked under its policy and counted in `log`."""
+  def load(path: str, policy: str) -> list[dict[str, Any]]:
+    records, counts = load_pairs(path, policy=policy, template=template,
+                                 render=render, seq_len=seq_len)
+    log.put(path, counts, kind="preference pairs", policy=policy)
+    return records
+
+  return ([r for p in train_files for r in load(p, train_policy)],
+          load(eval_file, eval_policy))
 
 
 def response_row(prompt_ids: Sequence[int], response_ids: Sequence[int],

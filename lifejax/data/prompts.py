@@ -6,6 +6,8 @@ end with the reference assistant answer, which the prompt leaves out; a
 preference record's "prompt" is the message list up to the last user turn.
 Every stage and evaluation that generates from a record renders its prompt
 here, so a policy is sampled, scored and judged on the same ids.
+`load_prompts` reads a JSONL file of such records, each checked as it is
+read (validation.py's skip policy, errors at `path:line`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from lifejax.data import chat, chat_render
+from lifejax.data import chat, chat_render, jsonl, validation
 
 Record = Mapping[str, Any]
 
@@ -35,10 +37,37 @@ def drop_answer(messages: Sequence[Any]) -> list[Any]:
 
 def prompt_messages(record: Record) -> list[dict[str, str]]:
   """A record's prompt: a preference record's "prompt" messages, or an
-  instruction record's "messages" without the final assistant answer."""
-  if isinstance(record.get("prompt"), list):
+  instruction record's "messages" without the final assistant answer.
+  ConversationError ("missing_field") if it has neither list."""
+  if isinstance(record, Mapping) and isinstance(record.get("prompt"), list):
     return list(record["prompt"])
-  return drop_answer(record["messages"])
+  if isinstance(record, Mapping) and isinstance(record.get("messages"), list):
+    return drop_answer(record["messages"])
+  raise chat.ConversationError(
+      "missing_field", "a prompt record needs a 'prompt' or a 'messages' "
+      "list of messages")
+
+
+def check_prompt(template: chat.ChatTemplate, record: Record) -> None:
+  """Raises an (unlocated) validation.RecordError unless `template` can
+  render `record`'s prompt for generation (roles, non-empty turns, order)."""
+  messages = prompt_messages(record)
+  if not messages:
+    raise chat.ConversationError("empty_prompt", "the prompt has no "
+                                 "messages")
+  chat_render.validate_conversation(template, messages, mode="prompt")
+
+
+def load_prompts(path: str, template: chat.ChatTemplate, *,
+                 policy: str = validation.TRAIN_POLICY
+                 ) -> tuple[list[dict[str, Any]], validation.FileCounts]:
+  """One JSONL file's prompt records (whole records, `check_prompt`ed) and
+  counts. Length bounds are the caller's (rl_common keeps those that fit
+  in prompt_len)."""
+  records, _, counts = jsonl.read_checked(
+      path, lambda r: check_prompt(template, r), policy=policy,
+      what="prompts")
+  return records, counts
 
 
 def prompt_ids(template: chat.ChatTemplate, tokenizer: chat_render.Tokenizer,

@@ -2,6 +2,8 @@
 
   sft_dataset           packed SFT batches (packing.LM_KEYS contract), loss on
                         assistant tokens only
+  load_conversations    one JSONL file's conversations, validated as read
+                        (validation.py's skip policy, `path:line` errors)
   screen_conversations  every record checked against the template up front
   pack_examples         packs (tokens, targets, loss_mask) examples into rows
   ChatRender            preference render: record -> (prompt ids, response ids)
@@ -24,9 +26,10 @@ from typing import Any
 import grain
 import numpy as np
 
-from lifejax.data import chat, chat_render
+from lifejax.data import chat, chat_render, jsonl
 from lifejax.data import pipeline, prompts
 from lifejax.data import sources as sources_lib
+from lifejax.data import validation
 
 SourceLike = sources_lib.Source | grain.MapDataset
 _FEATURES = ("tokens", "targets", "loss_mask")
@@ -35,6 +38,55 @@ _FEATURES = ("tokens", "targets", "loss_mask")
 def _where(source_name: str, index: int, record: Any) -> str:
   rid = record.get("id") if isinstance(record, Mapping) else None
   return f"{source_name} record {index}" + (f" (id {rid!r})" if rid else "")
+
+
+def load_conversations(
+    path: str,
+    template: chat.ChatTemplate | str,
+    *,
+    policy: str = validation.TRAIN_POLICY,
+    tokenizer: chat_render.Tokenizer | None = None,
+    seq_len: int | None = None,
+    train_on: str = "all_assistant",
+    messages_field: str = "messages",
+) -> tuple[list[dict[str, Any]], validation.FileCounts]:
+  """One JSONL file's training conversations (whole records) and counts.
+
+  A record needs a `messages_field` list that `template` renders for
+  training (`chat_render.validate_conversation`: known roles, non-empty
+  turns, role order, an assistant turn last). Bad records are RecordErrors
+  at `path:line`, raised or skipped by `policy` (validation.py). With
+  `tokenizer` and `seq_len` each conversation is also rendered: one longer
+  than seq_len + 1 tokens is counted as truncated (sft_dataset keeps its
+  first seq_len + 1 tokens); one with no trained token among those is
+  counted as skipped, "too_long", under either policy (a length bound is
+  not a malformed record), but left in the list: sft_dataset(skip_bad=True)
+  drops it where it meets it, so the order of the others does not depend
+  on it.
+  """
+  template = chat.get_template(template)
+
+  def structure(record: Mapping[str, Any]) -> None:
+    messages = validation.field(record, messages_field, list)
+    chat_render.validate_conversation(template, messages, mode="training")
+
+  records, lines, counts = jsonl.read_checked(
+      path, structure, policy=policy, what="conversations")
+  if tokenizer is None or seq_len is None:
+    return records, counts
+  for line, record in zip(lines, records):
+    try:
+      ids, mask = chat_render.render_conversation(
+          template, tokenizer, record[messages_field], train_on=train_on)
+    except validation.RecordError as e:
+      validation.reject(e.at(validation.line_at(path, line), path), policy,
+                        counts)
+      continue
+    if not mask[1:seq_len + 1].any():
+      counts.skipped["too_long"] += 1
+    elif len(ids) > seq_len + 1:
+      counts.truncated += 1
+  return records, counts
 
 
 def screen_conversations(

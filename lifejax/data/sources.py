@@ -13,7 +13,9 @@ With `skip_bad_records=True` it is dropped instead and counted under its
 reason in `source.skipped`, e.g. {"bad_json": 2, "missing_field": 1}. Counts
 describe the latest pass over the source (for ArrayRecord: every distinct bad
 row seen so far). Blank JSONL lines and empty texts are never errors; they are
-counted too ("blank_line", "empty_line", "empty_file").
+counted too ("blank_line", "empty_line", "empty_file"). File sources also
+count per file (`file_counts()`, a `validation.SkipLog` reads them); a
+source with nothing in it is an error naming its files.
 """
 
 from __future__ import annotations
@@ -27,22 +29,15 @@ from typing import Any
 import grain
 import numpy as np
 
+from lifejax.data import validation
+from lifejax.data.validation import RecordError  # re-exported
+
 Record = dict[str, Any]
 FieldSpec = Sequence[str] | Mapping[str, type]
 PathLike = str | os.PathLike[str]
 
 _TYPE_NAMES = {str: "str", int: "int", float: "float", bool: "bool",
                list: "list", dict: "dict"}
-
-
-class RecordError(ValueError):
-  """A malformed record: `where` (file:line or file row) and `reason`."""
-
-  def __init__(self, where: str, reason: str, detail: str):
-    super().__init__(f"{where}: {reason}: {detail}")
-    self.where = where
-    self.reason = reason
-    self.detail = detail
 
 
 def _normalize_fields(fields: FieldSpec) -> dict[str, type]:
@@ -100,6 +95,9 @@ def check_fields(obj: Any, spec: Mapping[str, type]) -> Record:
     if not ok:
       raise BadRecord("wrong_type", f"field {key!r} should be "
                       f"{_TYPE_NAMES[typ]}, got {type(value).__name__}")
+    if typ is str and not validation.is_text(value):
+      raise BadRecord("invalid_utf8", f"field {key!r} holds a lone "
+                      "surrogate (not text)")
     out[key] = value
   return out
 
@@ -112,6 +110,7 @@ class Source(abc.ABC):
     self.fields = _normalize_fields(fields)
     self.skip_bad_records = skip_bad_records
     self._skipped: collections.Counter[str] = collections.Counter()
+    self._files: dict[str, validation.FileCounts] = {}
     self._materialized: list[Record] | None = None
 
   @property
@@ -119,10 +118,26 @@ class Source(abc.ABC):
     """Records dropped in the latest pass, per reason."""
     return dict(self._skipped)
 
-  def _bad(self, where: str, bad: BadRecord) -> None:
+  def file_counts(self) -> dict[str, validation.FileCounts]:
+    """Per file, in the latest pass: records read (blank lines are not
+    records) and skipped per reason."""
+    return dict(self._files)
+
+  def _file(self, path: str) -> validation.FileCounts:
+    return self._files.setdefault(path, validation.FileCounts())
+
+  def describe(self) -> str:
+    """How errors name the source: its files, else its name."""
+    paths = getattr(self, "paths", None)
+    return ", ".join(paths) if paths else f"source {self.name!r}"
+
+  def _bad(self, where: str, bad: BadRecord, path: str | None = None
+           ) -> None:
     if not self.skip_bad_records:
-      raise RecordError(where, bad.reason, bad.detail) from None
+      raise RecordError(where, bad.reason, bad.detail, path=path) from None
     self._skipped[bad.reason] += 1
+    if path is not None:
+      self._file(path).skipped[bad.reason] += 1
 
   @abc.abstractmethod
   def _records(self) -> Iterator[Record]:
@@ -130,6 +145,7 @@ class Source(abc.ABC):
 
   def __iter__(self) -> Iterator[Record]:
     self._skipped = collections.Counter()
+    self._files = {}
     return self._records()
 
   def as_map_dataset(self) -> grain.MapDataset:
@@ -137,8 +153,11 @@ class Source(abc.ABC):
     if self._materialized is None:
       self._materialized = list(self)
     if not self._materialized:
-      raise ValueError(f"source {self.name!r} has no valid records "
-                       f"(skipped: {self.skipped})")
+      if getattr(self, "paths", None) and not any(
+          c.read for c in self._files.values()):
+        raise validation.empty_file(self.describe())
+      raise RecordError(self.describe(), "no_valid_records",
+                        f"no valid records (skipped: {self.skipped})")
     return grain.MapDataset.source(self._materialized)
 
   def __repr__(self) -> str:
@@ -200,6 +219,14 @@ class RowSource(Source):
   def skipped(self) -> dict[str, int]:
     return {k: len(v) for k, v in self._bad_rows.items()}
 
+  def file_counts(self) -> dict[str, validation.FileCounts]:
+    """Rows seen bad so far; every row counts as read (rows are read
+    lazily, so a file's count is complete after a full pass)."""
+    counts = validation.FileCounts(read=len(self._rows()))
+    for reason, rows in self._bad_rows.items():
+      counts.skipped[reason] = len(rows)
+    return {self.describe(): counts}
+
   def __iter__(self) -> Iterator[Record]:
     return self._records()
 
@@ -213,7 +240,7 @@ class RowSource(Source):
   def as_map_dataset(self) -> grain.MapDataset:
     rows = self._rows()
     if len(rows) == 0:
-      raise ValueError(f"source {self.name!r} has no records")
+      raise validation.empty_file(self.describe())
     return grain.MapDataset.source(rows).map_with_index(self.parse).filter(
         _is_record)
 

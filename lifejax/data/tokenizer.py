@@ -24,6 +24,7 @@ marker and decodes as " ".
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -41,6 +42,33 @@ EOS_ID = 1
 UNK_ID = 2
 BOS_ID = 3
 _NUM_BYTE_PIECES = 256
+
+
+# Texts longer than this (characters) are encoded in pieces; see `encode`.
+ENCODE_CHUNK_CHARS = 1 << 15
+# A word start: a space after a non-space. SentencePiece (trained here with
+# split_by_whitespace and no dummy prefix) never puts a piece across one, so
+# cutting a text there keeps its segmentation (up to float ties, see encode).
+_WORD_START = re.compile(r"[^ ] ")
+
+
+def encode_chunks(text: str, size: int) -> Iterator[str]:
+  """`text` in consecutive pieces of about `size` characters, each cut just
+  before a word start (a space after a non-space) found within the next
+  `size` characters; a stretch with none (no spaces: e.g. CJK text) is cut
+  at `size` characters, where the ids around the cut may differ from those
+  of the whole text. The pieces concatenate to `text`; the work is linear
+  in its length."""
+  if size < 1:
+    raise ValueError(f"size must be >= 1, got {size}")
+  start, n = 0, len(text)
+  while n - start > size:
+    m = _WORD_START.search(text, start + size - 1, min(n, start + 2 * size))
+    cut = m.start() + 1 if m else start + size
+    yield text[start:cut]
+    start = cut
+  if start < n:
+    yield text[start:]
 
 
 class SentencePieceTokenizer:
@@ -111,8 +139,21 @@ class SentencePieceTokenizer:
 
   def encode(self, text: str, *, add_bos: bool = False,
              add_eos: bool = False) -> list[int]:
-    """Ids of `text`; never contains a special id except requested bos/eos."""
-    ids = self._sp.encode(text)
+    """Ids of `text`; never contains a special id except requested bos/eos.
+
+    A text over ENCODE_CHUNK_CHARS characters is encoded in pieces cut at
+    word starts (`encode_chunks`), one call each: SentencePiece holds the
+    GIL for a whole call, so one call on a multi-megabyte text would stall
+    every other thread (grain's reader threads, the packer) for its whole
+    duration. The ids are those of one call except where two segmentations
+    of a word score equal to float precision (README, "Input validation").
+    """
+    if isinstance(text, str) and len(text) > ENCODE_CHUNK_CHARS:
+      ids = []
+      for chunk in encode_chunks(text, ENCODE_CHUNK_CHARS):
+        ids.extend(self._sp.encode(chunk))
+    else:
+      ids = self._sp.encode(text)
     if add_bos:
       ids.insert(0, self.bos_id)
     if add_eos:

@@ -11,9 +11,8 @@ import jax
 import numpy as np
 
 from lifejax import sharding
-from lifejax.data import sft as sft_data
+from lifejax.data import prompts as prompts_lib, validation
 from lifejax.data.batching import example_pair_batch, map_padded
-from lifejax.data.jsonl import read_jsonl
 from lifejax.data.preference import PairBatches
 from lifejax.eval import instruct, policy_eval, reward_eval
 from lifejax.eval import samples as eval_samples
@@ -22,7 +21,7 @@ from lifejax.model import transformer
 from lifejax.model.config import TransformerConfig
 from lifejax.model.lora import LoraConfig
 from lifejax.run import artifacts
-from lifejax.stages import runner
+from lifejax.stages import pairs as pairs_lib, runner
 from lifejax.train import engine
 from lifejax.train.checkpoint import CheckpointConfig
 from lifejax.train.loop import LoopConfig
@@ -60,6 +59,8 @@ def dpo(
     eval_prompts: int = 32,
     generation: instruct.GenerationSpec = instruct.GenerationSpec(),
     lora: LoraConfig | None = None,
+    bad_records: str = validation.TRAIN_POLICY,
+    bad_eval_records: str = validation.EVAL_POLICY,
 ) -> dict[str, Any]:
   """DPO / cDPO / IPO / SimPO from an SFT run; the reference is the SFT model.
 
@@ -69,17 +70,27 @@ def dpo(
   implicit-reward accuracy and margins (eval/...), and on `prompt_file`
   instruction prompts: judge win rate vs the SFT model, KL to reference,
   verbosity and refusal rate (eval/policy/...). lora: train adapters.
+  bad_records / bad_eval_records: the skip policy (data/validation.py) of
+  train_files (default "skip": bad pairs, e.g. chosen == rejected, are
+  dropped, counted in summary.json's input_records and logged) and of
+  eval_file and prompt_file (default "strict": the first is an error).
   """
   make_loss = registry.get_loss(loss, kind="preference", option="dpo.loss")
+  runner.preflight("dpo", mesh, batch_size)
   # The stage precomputes the reference log-probs: a ref_params hparam
   # would leave them unused.
   registry.check_hparams(make_loss, loss_hparams or {}, "dpo.loss_hparams",
                          reserved=("ref_params", "ref_graphdef"))
-  template = artifacts.load_template(init_from)
-  tokenizer = artifacts.load_tokenizer(init_from)
-  render = sft_data.ChatRender(template, tokenizer)
-  train_records = [r for p in train_files for r in read_jsonl(p)]
-  eval_records = read_jsonl(eval_file)
+  pairs = pairs_lib.load("dpo", init_from, train_files, eval_file, seq_len,
+                         bad_records, bad_eval_records)
+  template, tokenizer, render, inputs = (pairs.template, pairs.tokenizer,
+                                         pairs.render, pairs.log)
+  train_records, eval_records = pairs.train, pairs.eval
+  prompt_records = []
+  if prompt_file and eval_prompts:
+    prompt_records, counts = prompts_lib.load_prompts(
+        prompt_file, template, policy=bad_eval_records)
+    inputs.put(prompt_file, counts, kind="prompts", policy=bad_eval_records)
   n_eval = (len(eval_records) // batch_size) * batch_size
   rows: dict[str, Any] = {}
 
@@ -103,7 +114,7 @@ def dpo(
 
     if not (prompt_file and eval_prompts):
       return engine.Evals(sets=eval_batches if n_eval else None)
-    prompts = [r for r in read_jsonl(prompt_file) if "reference" in r]
+    prompts = [r for r in prompt_records if "reference" in r]
     evaluator = policy_eval.PolicyEvaluator(
         ctx.trainer.graphdef, rows["ref"], tokenizer, template,
         prompts[:eval_prompts], generation)
@@ -130,7 +141,8 @@ def dpo(
       # dpo.<role> from them.
       inputs={"train_files": train_files, "eval_file": [eval_file],
               "prompt_file": [prompt_file] if prompt_file else []},
-      details={"train_pairs": len(train_records)})
+      details={"train_pairs": len(train_records)},
+      finish=lambda ctx, _: inputs.summary(loss))
   return runner.run_stage(spec, run_dir, runner.Training(
       mesh=mesh, optimizer=optimizer, loop=loop, checkpoint=checkpoint,
       seed=seed, lora=lora))

@@ -10,7 +10,7 @@ from typing import Any
 import gin
 
 from lifejax import checks, sharding
-from lifejax.data import files, pipeline, tokenizer as tok_lib
+from lifejax.data import files, pipeline, tokenizer as tok_lib, validation
 from lifejax.data.batching import example_lm_batch
 from lifejax.data.jsonl import write_jsonl
 from lifejax.eval.forgetting import ForgettingPanel
@@ -83,6 +83,8 @@ def pretrain(
     init_from: str | None = None,
     general_eval_files: Sequence[str] = (),
     forgetting_margin: float | None = None,
+    bad_records: str = validation.TRAIN_POLICY,
+    bad_eval_records: str = validation.EVAL_POLICY,
     stage_name: str = "pretrain",
 ) -> dict[str, Any]:
   """Next-token pretraining, or continued pretraining with `init_from`.
@@ -99,9 +101,14 @@ def pretrain(
     eval set at every eval (eval/general_<name>/perplexity): continued
     pretraining's forgetting panel, which warns when general perplexity rises
     by more than `forgetting_margin` (default 0.1) while the domain loss falls.
+  bad_records / bad_eval_records: the skip policy (data/validation.py) of
+    train_files (default "skip": bad records are dropped, counted in
+    summary.json's input_records and logged) and of eval_files and
+    general_eval_files (default "strict": the first one is an error).
   An option that cannot take effect with the others is an error.
   """
   registry.get_loss(loss, kind="lm", option="pretrain.loss")  # fail early
+  runner.preflight(stage_name, mesh, batch_size, num_microbatches)
   if init_from is not None and tokenizer_path is not None:
     raise checks.unused("pretrain.tokenizer_path",
                         "with init_from, init_from's tokenizer is used")
@@ -118,10 +125,19 @@ def pretrain(
                         "the forgetting panel needs general_eval_files")
   tokenizer_type = "unigram" if tokenizer_type is None else tokenizer_type
   checks.choice("pretrain.tokenizer_type", tokenizer_type, ("unigram", "bpe"))
+  validation.check_policy("pretrain.bad_records", bad_records)
+  validation.check_policy("pretrain.bad_eval_records", bad_eval_records)
   run = runner.start_run(run_dir, stage_name)
 
-  train_srcs = [files.source_from_path(p, text_field) for p in train_files]
-  eval_srcs = [files.source_from_path(p, text_field) for p in eval_files]
+  inputs = validation.SkipLog()
+
+  def source(path: str, policy: str) -> Any:
+    return inputs.watch(files.source_from_path(path, text_field,
+                                               policy=policy),
+                        kind="documents", policy=policy)
+
+  train_srcs = [source(p, bad_records) for p in train_files]
+  eval_srcs = [source(p, bad_eval_records) for p in eval_files]
   if not eval_srcs:
     train_srcs, eval_srcs = files.holdout_split(
         train_srcs, text_field, 0.02 if eval_holdout is None else eval_holdout)
@@ -151,9 +167,15 @@ def pretrain(
       return engine.Evals(sets=lm_eval(ctx, eval_srcs))
     sets = {"": lm_eval(ctx, eval_srcs)}  # the run's own set keeps eval/loss
     for p in general_eval_files:
-      src = files.source_from_path(p, text_field)
+      src = source(p, bad_eval_records)
       sets[f"general_{src.name}"] = lm_eval(ctx, [src])
     return engine.Evals(sets=sets, hooks=(panel,))
+
+  def finish() -> dict[str, Any]:
+    out = inputs.summary(stage_name)
+    if general_eval_files:
+      out["forgetting_warnings"] = panel.warnings
+    return out
 
   spec = runner.StageSpec(
       name=stage_name, model_kind="lm", model=model, loss=loss,
@@ -167,8 +189,7 @@ def pretrain(
       details={"source_weights": (list(source_weights) if source_weights
                                   else None),
                "num_params": model.num_params()},
-      finish=lambda ctx, _: ({"forgetting_warnings": panel.warnings}
-                             if general_eval_files else {}))
+      finish=lambda ctx, _: finish())
   return runner.run_stage(spec, run_dir, runner.Training(
       mesh=mesh, optimizer=optimizer, loop=loop, checkpoint=checkpoint,
       seed=seed, num_microbatches=num_microbatches, loss_scale=loss_scale))

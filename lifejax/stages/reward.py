@@ -11,16 +11,16 @@ import jax
 from flax import nnx
 
 from lifejax import sharding
-from lifejax.data import file_sources, pipeline, sft as sft_data
+from lifejax.data import file_sources, pipeline, sources as sources_lib
+from lifejax.data import validation
 from lifejax.data.batching import example_pair_batch
-from lifejax.data.jsonl import read_jsonl
 from lifejax.eval import reward_eval
 from lifejax.losses import registry, reward as reward_lib
 from lifejax.model import heads, transformer
 from lifejax.model.config import TransformerConfig
 from lifejax.model.lora import LoraConfig
 from lifejax.run import artifacts
-from lifejax.stages import runner
+from lifejax.stages import pairs as pairs_lib, runner
 from lifejax.train import engine
 from lifejax.train.checkpoint import CheckpointConfig
 from lifejax.train.loop import LoopConfig
@@ -46,16 +46,28 @@ def reward(
     seed: int = 0,
     loss: str = "reward",
     lora: LoraConfig | None = None,
+    bad_records: str = validation.TRAIN_POLICY,
+    bad_eval_records: str = validation.EVAL_POLICY,
 ) -> dict[str, Any]:
   """Trains a scalar reward head + backbone (from the SFT LM) with the
   Bradley-Terry loss (`loss`: a registered loss of kind "reward");
   evaluates pairwise accuracy by flaw kind and calibration; writes
   reward_stats.json for PPO. lora: adapters on the backbone, the head
-  trained in full."""
+  trained in full. bad_records / bad_eval_records: the skip policy
+  (data/validation.py) of train_files (default "skip": bad pairs are
+  dropped, counted in summary.json's input_records and logged) and of
+  eval_file (default "strict": the first is an error)."""
   registry.get_loss(loss, kind="reward", option="reward.loss")  # fail early
-  template = artifacts.load_template(init_from)
-  tokenizer = artifacts.load_tokenizer(init_from)
-  render = sft_data.ChatRender(template, tokenizer)
+  runner.preflight("reward", mesh, batch_size)
+  pairs = pairs_lib.load("reward", init_from, train_files, eval_file, seq_len,
+                         bad_records, bad_eval_records)
+  template, tokenizer, render, inputs = (pairs.template, pairs.tokenizer,
+                                         pairs.render, pairs.log)
+  train_records, records = pairs.train, pairs.eval
+
+  def source(paths: Sequence[str], recs: list[dict]) -> sources_lib.Source:
+    return sources_lib.InMemorySource(
+        recs, name=file_sources.stem(paths[0]), fields=PAIR_FIELDS)
 
   def initial_params(ctx: runner.Context, plan: Any) -> Any:
     _, lm = artifacts.load_params(init_from, transformer.Transformer, model,
@@ -71,13 +83,12 @@ def reward(
           base_params_key(plan.state_shardings)])()
     return heads.scalar_params_from_lm(init, lm)
 
-  def pairs(ctx: runner.Context, path_or_paths: Any, **kw: Any) -> Any:
+  def pairs(ctx: runner.Context, src: sources_lib.Source, **kw: Any) -> Any:
     return pipeline.preference_dataset(
-        file_sources.JsonlSource(path_or_paths, fields=PAIR_FIELDS), tokenizer,
-        seq_len=seq_len, batch_size=ctx.local_batch(batch_size),
-        render=render, **ctx.shard, **kw)
+        src, tokenizer, seq_len=seq_len,
+        batch_size=ctx.local_batch(batch_size), render=render, **ctx.shard,
+        **kw)
 
-  records = read_jsonl(eval_file)
   chosen_rows, rejected_rows = reward_eval.pair_rows(records, render, seq_len)
   last: dict[str, Any] = {}
 
@@ -96,21 +107,21 @@ def reward(
                  for k, v in res["accuracy_by_flaw"].items()}}
 
     return engine.Evals(
-        sets=lambda: iter(pairs(ctx, eval_file, seed=0, shuffle=False,
-                                num_epochs=1)),
+        sets=lambda: iter(pairs(ctx, source([eval_file], records), seed=0,
+                                shuffle=False, num_epochs=1)),
         evaluators=(pairwise,))
 
   def finish(ctx: runner.Context, _) -> dict[str, Any]:
     if "r_chosen" in last:
       reward_eval.write_outputs(ctx.run.root, last)
-    return {}
+    return inputs.summary("reward")
 
   spec = runner.StageSpec(
       name="reward", model_kind="reward", model=model, loss=loss,
       loss_kind="reward", model_cls=heads.RewardModel,
       example_batch=example_pair_batch(batch_size, seq_len),
       data=lambda ctx: pipeline.JsonStateIterator(iter(pairs(
-          ctx, list(train_files), seed=seed))),
+          ctx, source(train_files, train_records), seed=seed))),
       evals=evals, tokenizer=tokenizer, template=template,
       tokens_per_step=2 * batch_size * seq_len, init_from=init_from,
       initial_params=initial_params,

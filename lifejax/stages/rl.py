@@ -109,6 +109,8 @@ def rl_stage(
   rl_common.check_reward(algorithm, reward, reward_run, reward_judge,
                          check_run=algorithm != "ppo")
   rl_common.check_batches(algo, rollout, loop)
+  runner.preflight(stage_name, mesh, loop.minibatch_size,
+                   loop.num_microbatches)
   fit.check_checkpoint(checkpoint)
   st = rl_common.start(sft_run, model, mesh, prompt_files, rollout, reward,
                        reward_run, reward_judge, missing_stop_penalty)
@@ -140,10 +142,11 @@ def rl_stage(
       loop_cfg=loop, seed=seed, value_backbone=value_backbone,
       samples_dir=RunDir(run_dir).samples, lora_cfg=lora,
       eval_records=rl_common.eval_prompts(eval_prompt_files, policy, rollout,
-                                          reward))
+                                          reward, log=st.inputs))
 
   def finish(ctx: runner.Context, result: Any) -> dict[str, Any]:
     summary = job.finish(ctx.run.root, result).summary
+    summary.update(st.inputs.summary(stage_name))
     if algorithm == "ppo":  # the policy LM as a plain LM run directory
       out = ctx.run.policy.root
       fit.export_policy(out, job.layout.lm_params(ctx.model_params(

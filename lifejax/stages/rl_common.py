@@ -4,6 +4,7 @@ programmatic judge) and the lineage of an RL run."""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import os
@@ -13,8 +14,8 @@ from typing import Any
 import gin
 
 from lifejax import checks, sharding
-from lifejax.data import chat
-from lifejax.data.jsonl import read_jsonl
+from lifejax.data import chat, validation
+from lifejax.data.jsonl import read_checked
 from lifejax.model import transformer
 from lifejax.model.config import TransformerConfig
 from lifejax.rl import grpo as grpo_lib, iteration as iteration_lib
@@ -65,19 +66,44 @@ def load_policy(run: str, model: TransformerConfig | None,
 
 
 def prompts(files: Sequence[str], codec: rollout_lib.Codec, prompt_len: int,
-             need_judge: bool) -> tuple[list[dict], dict[str, int]]:
+             need_judge: bool, *, bad_records: str = validation.TRAIN_POLICY,
+             log: validation.SkipLog | None = None
+             ) -> tuple[list[dict], dict[str, int]]:
   """Prompt records that fit in prompt_len (and that the judge can score,
-  when it is the reward), with the counts of what was dropped."""
-  records = [r for p in files for r in read_jsonl(p)]
-  unjudgeable = 0
-  if need_judge:
-    kept = [r for r in records if rollout_lib.judgeable(r)]
-    unjudgeable, records = len(records) - len(kept), kept
-  records, too_long = rollout_lib.fits(records, codec, prompt_len)
+  when it is the reward), with the counts of what was dropped.
+
+  A record whose prompt the codec cannot render (no "prompt"/"messages"
+  list, unknown role, empty turn, ...) is a bad record under `bad_records`
+  (validation.py: "strict" raises `path:line: reason`, "skip" counts). Too
+  long and unjudgeable prompts are left out under either policy (counted
+  as "too_long" / "unjudgeable"). Per-file counts go to `log`.
+  """
+  def renders(record: dict) -> None:
+    codec.encode(record)  # raises a RecordError for a malformed prompt
+
+  records: list[dict] = []
+  dropped: collections.Counter = collections.Counter()
+  for path in files:
+    kept, _, counts = read_checked(path, renders, policy=bad_records,
+                                   what="prompts")
+    if need_judge:
+      judged = [r for r in kept if rollout_lib.judgeable(r)]
+      if len(judged) < len(kept):
+        counts.skipped["unjudgeable"] += len(kept) - len(judged)
+      kept = judged
+    kept, n_long = rollout_lib.fits(kept, codec, prompt_len)
+    if n_long:
+      counts.skipped["too_long"] += n_long
+    dropped.update(unjudgeable=counts.skipped["unjudgeable"],
+                   too_long=counts.skipped["too_long"])
+    if log is not None:
+      log.put(path, counts, kind="prompts", policy=bad_records)
+    records += kept
+  too_long, unjudgeable = dropped["too_long"], dropped["unjudgeable"]
   if not records:
-    raise ValueError(f"no usable prompts in {list(files)} (too long for "
-                     f"prompt_len={prompt_len}: {too_long}, unjudgeable: "
-                     f"{unjudgeable})")
+    raise validation.RecordError(
+        ", ".join(files), "no_usable_prompts", f"too long for prompt_len="
+        f"{prompt_len}: {too_long}, unjudgeable: {unjudgeable}")
   if too_long or unjudgeable:
     logging.info("prompts: dropped %d too long, %d unjudgeable", too_long,
                  unjudgeable)
@@ -184,13 +210,15 @@ def lineage(stage_name: str, policy: Policy, model_kind: str,
 
 
 def eval_prompts(files: Sequence[str], policy: Policy,
-                 rollout: rollout_lib.RolloutConfig, reward: str
-                 ) -> list[dict]:
-  """Dev prompts for an RL run's eval/reward (empty without files)."""
+                 rollout: rollout_lib.RolloutConfig, reward: str, *,
+                 bad_records: str = validation.EVAL_POLICY,
+                 log: validation.SkipLog | None = None) -> list[dict]:
+  """Dev prompts for an RL run's eval/reward (empty without files); a bad
+  record is an error by default (an eval set, validation.py)."""
   if not files:
     return []
   return prompts(files, policy.codec, rollout.prompt_len,
-                 reward == "judge")[0]
+                 reward == "judge", bad_records=bad_records, log=log)[0]
 
 
 @dataclasses.dataclass
@@ -203,6 +231,9 @@ class Start:
   prompt_counts: dict[str, int]
   scorer: rollout_lib.Scorer
   reward_info: dict[str, Any]
+  # What the prompt files held, per file (summary.json's input_records).
+  inputs: validation.SkipLog = dataclasses.field(
+      default_factory=validation.SkipLog)
 
 
 def start(policy_run: str,
@@ -214,8 +245,9 @@ def start(policy_run: str,
   """Loads the policy run, keeps the prompts that fit and builds the
   reward."""
   policy = load_policy(policy_run, model, mesh)
+  inputs = validation.SkipLog()
   records, counts = prompts(prompt_files, policy.codec, rollout.prompt_len,
-                            reward == "judge")
+                            reward == "judge", log=inputs)
   score, info = scorer(policy, reward, reward_run, reward_judge,
                        missing_stop_penalty, rollout.chunk_size)
-  return Start(policy, records, counts, score, info)
+  return Start(policy, records, counts, score, info, inputs)

@@ -81,7 +81,8 @@ def rlaif(
       scorer=scorer, cfg=config, seed=seed, id_prefix=stage_name,
       greedy=greedy)
   out = write_jsonl(run.preferences, pairs)
-  report.update(path=out, judge=judge_info, prompt_filter=prompt_counts)
+  report.update(path=out, judge=judge_info, prompt_filter=prompt_counts,
+                **st.inputs.summary(stage_name))
   with open(run.rlaif_report, "w", encoding="utf-8") as f:
     json.dump(report, f, indent=2, default=str)
   write_lineage(run.root, rl_common.lineage(

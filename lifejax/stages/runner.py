@@ -25,7 +25,7 @@ from typing import Any
 import gin
 import jax
 
-from lifejax import sharding
+from lifejax import checks, sharding
 from lifejax.data import chat
 from lifejax.losses import registry
 from lifejax.model import lora as lora_lib, transformer
@@ -138,6 +138,25 @@ class StageSpec:
   finish: Callable[[Context, engine.FitResult], dict] | None = None
   params_tree: tuple[Any, Any] | None = None
   loss_graphdefs: Callable[[Any], Sequence[Any]] = lambda g: (g,)
+
+
+def preflight(stage: str, mesh_cfg: sharding.MeshConfig, batch_size: int,
+              num_microbatches: int = 1) -> None:
+  """The checks a stage makes before any expensive work (world generation,
+  tokenizer training, loading params): the mesh fits the devices, the batch
+  divides among the data-parallel devices and into microbatches. A
+  failure is a `checks.ConfigError` naming the stage."""
+  try:
+    mesh = sharding.make_mesh(mesh_cfg)
+    checks.at_least(f"{stage}.num_microbatches", num_microbatches, 1)
+    if batch_size % num_microbatches:
+      raise ValueError(f"{stage}.batch_size={batch_size} is not divisible "
+                       f"by num_microbatches={num_microbatches}")
+    sharding.check_batch_divisible(batch_size // num_microbatches, mesh,
+                                   mesh_cfg.rules,
+                                   what=f"{stage} microbatch size")
+  except ValueError as e:
+    raise checks.ConfigError(f"{stage}: {e}") from e
 
 
 def start_run(run_dir: str, stage: str,

@@ -13,9 +13,8 @@ import jax
 
 from lifejax import checks, sharding
 from lifejax.data import chat, chat_render, files, pipeline, sft as sft_data
-from lifejax.data import file_sources, sources as sources_lib
+from lifejax.data import file_sources, sources as sources_lib, validation
 from lifejax.data.batching import example_lm_batch
-from lifejax.data.jsonl import read_jsonl
 from lifejax.data.mixture import MixedIterator
 from lifejax.eval import generation as generation_lib, instruct
 from lifejax.eval import samples as eval_samples
@@ -43,7 +42,9 @@ def sft(
     general_share: float = 0.0,
     template: str = "lifejax",
     train_on: str = "all_assistant",
-    skip_bad: bool = False,
+    skip_bad: bool | None = None,
+    bad_records: str | None = None,
+    bad_eval_records: str = validation.EVAL_POLICY,
     mesh: sharding.MeshConfig = sharding.MeshConfig(),
     optimizer: OptimizerConfig = OptimizerConfig(),
     loop: LoopConfig = LoopConfig(),
@@ -70,8 +71,17 @@ def sft(
     judge.
   loss: a registered loss of kind "lm". lora: train low-rank adapters
     instead of every weight.
+  bad_records / bad_eval_records: the skip policy (data/validation.py) of
+    the training files (train_files, general_files; default "skip": bad
+    records are dropped, counted in summary.json's input_records and
+    logged) and of the eval sets (default "strict": the first bad record is
+    an error). skip_bad: the older spelling of bad_records (True: "skip",
+    False: "strict").
   """
   registry.get_loss(loss, kind="lm", option="sft.loss")  # fail early
+  runner.preflight(stage_name, mesh, batch_size, num_microbatches)
+  policy = validation.training_policy("sft", bad_records, skip_bad)
+  validation.check_policy("sft.bad_eval_records", bad_eval_records)
   checks.in_range("sft.general_share", general_share, 0.0, 1.0)
   if general_share > 0 and not general_files:
     raise ValueError(f"sft.general_share={general_share} needs "
@@ -82,9 +92,25 @@ def sft(
                         "the forgetting panel needs general_eval_files")
   tmpl = chat.get_template(template)
   tokenizer = artifacts.load_tokenizer(init_from)
+  inputs = validation.SkipLog()
 
-  def conv_source(path: str) -> sources_lib.Source:
-    return file_sources.JsonlSource(path, fields={"messages": list})
+  def load(paths: Sequence[str], pol: str) -> dict[str, list[dict]]:
+    out = {}
+    for p in paths:
+      out[p], counts = sft_data.load_conversations(
+          p, tmpl, policy=pol, tokenizer=tokenizer, seq_len=seq_len,
+          train_on=train_on)
+      inputs.put(p, counts, kind="conversations", policy=pol)
+    return out
+
+  train_records = load(train_files, policy)
+  eval_records = load(eval_files, bad_eval_records)
+
+  def conv_source(paths: Sequence[str], loaded: dict[str, list[dict]]
+                  ) -> sources_lib.Source:
+    return sources_lib.InMemorySource(
+        [r for p in paths for r in loaded[p]],
+        name=file_sources.stem(paths[0]), fields={"messages": list})
 
   def conversations(ctx: runner.Context, src: Any, **kw: Any) -> Any:
     return sft_data.sft_dataset(
@@ -92,19 +118,22 @@ def sft(
         batch_size=ctx.local_batch(batch_size), **ctx.shard, **kw)
 
   def data(ctx: runner.Context) -> MixedIterator:
-    srcs = [conv_source(p) for p in train_files]
+    # Loaded records are valid; skip_bad drops the too_long ones (counted
+    # by load_conversations under either policy).
     main = pipeline.JsonStateIterator(iter(conversations(
-        ctx, srcs[0] if len(srcs) == 1 else srcs, seed=seed,
-        skip_bad=skip_bad)))
+        ctx, conv_source(train_files, train_records), seed=seed,
+        skip_bad=True)))
     general = None
     if general_files:
       general = pipeline.JsonStateIterator(iter(pipeline.lm_dataset(
-          [files.source_from_path(p) for p in general_files], tokenizer,
+          [inputs.watch(files.source_from_path(p, policy=policy),
+                        kind="documents", policy=policy)
+           for p in general_files], tokenizer,
           seq_len=seq_len, batch_size=ctx.local_batch(batch_size),
           seed=seed + 1, **ctx.shard)))
     return MixedIterator(main, general, general_share, seed)
 
-  records = [r for p in eval_files for r in read_jsonl(p)
+  records = [r for p in eval_files for r in eval_records[p]
              if "reference" in r][:eval_generation_records]
   panel = ForgettingPanel(0.1 if forgetting_margin is None
                           else forgetting_margin)
@@ -112,12 +141,13 @@ def sft(
   def evals(ctx: runner.Context) -> engine.Evals:
     sets = {}
     for p in eval_files:
-      sets[f"sft_{conv_source(p).name}"] = (
-          lambda p=p: iter(conversations(ctx, conv_source(p), seed=0,
-                                         shuffle=False, num_epochs=1,
-                                         skip_bad=True)))
+      src = conv_source([p], eval_records)
+      sets[f"sft_{src.name}"] = (
+          lambda s=src: iter(conversations(ctx, s, seed=0, shuffle=False,
+                                           num_epochs=1, skip_bad=True)))
     for p in general_eval_files:
-      src = files.source_from_path(p)
+      src = inputs.watch(files.source_from_path(p, policy=bad_eval_records),
+                         kind="documents", policy=bad_eval_records)
       sets[f"general_{src.name}"] = (
           lambda s=src: iter(pipeline.lm_eval_dataset(
               s, tokenizer, seq_len=seq_len,
@@ -139,7 +169,8 @@ def sft(
                         hooks=(panel,))
 
   def finish(ctx: runner.Context, _) -> dict[str, Any]:
-    out: dict[str, Any] = {"forgetting_warnings": panel.warnings}
+    out: dict[str, Any] = {"forgetting_warnings": panel.warnings,
+                           **inputs.summary(stage_name)}
     side = (eval_samples.write_side_by_side(ctx.run.root, records)
             if records else None)
     if side:

@@ -76,3 +76,27 @@ def test_cli_exits_2_with_one_line_before_any_work(tmp_path):
   assert "pretrain.batch_size = 'sixteen': expected int" in proc.stderr
   assert "Traceback" not in proc.stderr
   assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(mesh_data=3), "8 devices are not divisible"),
+    (dict(batch_size=6), "batch size 6 is not divisible"),
+    (dict(batch_size=8, num_microbatches=3), "not divisible by "
+     "num_microbatches=3"),
+])
+def test_mesh_and_batch_are_checked_before_any_work(tmp_path, kwargs,
+                                                    message):
+  """Before the tokenizer is trained or a file is read: the train file
+  does not even exist here."""
+  from lifejax import sharding
+  from lifejax.model.config import TransformerConfig
+  from lifejax.stages import pretrain
+  data = kwargs.pop("mesh_data", 1)
+  with pytest.raises(ConfigError, match=f"pretrain: .*{message}"):
+    pretrain(run_dir=str(tmp_path / "run"),
+             model=TransformerConfig(vocab_size=64, d_model=16, num_layers=1,
+                                     num_heads=2, num_kv_heads=1, mlp_dim=32),
+             train_files=[str(tmp_path / "missing.jsonl")],
+             mesh=sharding.MeshConfig(data=data, fsdp=-1, model=1),
+             **kwargs)
+  assert not (tmp_path / "run").exists()

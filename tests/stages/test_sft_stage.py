@@ -88,7 +88,7 @@ def world_and_base(tmp_path_factory):
   return root, world
 
 
-def _sft(root, world, run, steps, **kw):
+def _sft(root, world, run, steps, extend=False, **kw):
   return sft(
       run_dir=str(root / run), model=MODEL, init_from=str(root / "base"),
       train_files=[str(world / "instructions" / "train.jsonl")],
@@ -100,7 +100,8 @@ def _sft(root, world, run, steps, **kw):
                                 total_steps=6),
       loop=LoopConfig(num_steps=steps, log_every=1, eval_every=3,
                       eval_batches=2, progress=False, eval_at_start=True,
-                      early_stop_metric="eval/sft_validation/loss"),
+                      early_stop_metric="eval/sft_validation/loss",
+                      extend=extend),
       checkpoint=CheckpointConfig(every_steps=3,
                                   best_metric="eval/sft_validation/loss"),
       batch_size=4, seq_len=384, eval_generation_records=4,
@@ -143,9 +144,10 @@ def test_sft_run_layout_and_resume(world_and_base):
   assert side.count("**SFT** (judge ") == 4
   assert f"## {last[0]['id']} ({last[0]['task']})" in side
 
-  # Interrupted after step 3, then resumed: identical losses for 4..6.
+  # Finished at step 3, then extended to 6 (explicitly: a rerun alone
+  # would only report it): identical losses for 4..6.
   _sft(root, world, "resumed", 3)
-  _sft(root, world, "resumed", 6)
+  _sft(root, world, "resumed", 6, extend=True)
   a, b = _losses(run / "metrics.jsonl"), _losses(root / "resumed" /
                                                   "metrics.jsonl")
   for step in (4, 5, 6):
