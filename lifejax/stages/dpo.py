@@ -81,6 +81,9 @@ def dpo(
   # would leave them unused.
   registry.check_hparams(make_loss, loss_hparams or {}, "dpo.loss_hparams",
                          reserved=("ref_params", "ref_graphdef"))
+  pairs_lib.check("dpo", bad_records, bad_eval_records)
+  if runner.only_checking():
+    return {}
   pairs = pairs_lib.load("dpo", init_from, train_files, eval_file, seq_len,
                          bad_records, bad_eval_records)
   template, tokenizer, render, inputs = (pairs.template, pairs.tokenizer,

@@ -33,6 +33,7 @@ from lifejax.run.layout import LifecycleRoot
 from lifejax.stages.dpo import dpo
 from lifejax.stages.pretrain import pretrain
 from lifejax.stages.reward import reward
+from lifejax.stages import runner
 from lifejax.stages.rl import ppo
 from lifejax.stages.sft import sft
 from lifejax.train import metrics as metrics_lib
@@ -105,6 +106,7 @@ def lifecycle(
     raise ValueError(f"lifecycle.source_weights: {extra} are not among "
                      f"lifecycle.pretrain_sources {list(pretrain_sources)}")
   lr = LifecycleRoot(root)
+  _check_stages(lr, model, mesh, run_dpo, run_ppo)
   os.makedirs(lr.root, exist_ok=True)
   ledger = _Ledger(lr, gin_files)
   results: dict[str, Any] = {}
@@ -235,6 +237,39 @@ def lifecycle(
   print(f"[lifecycle] finished in {_elapsed(t_start)}; report: {lr.report}",
         flush=True)
   return results
+
+
+def _check_stages(lr: LifecycleRoot, model: TransformerConfig,
+                  mesh: sharding.MeshConfig, run_dpo: bool,
+                  run_ppo: bool) -> None:
+  """Every stage's options, mesh and batch, checked in its gin scope before
+  the world is generated: a check-only call (`runner.checking_only`) that
+  reads and writes nothing, with stand-ins for the files later stages get."""
+  later = os.path.join(lr.curated, "<made by an earlier stage>")
+  run = lambda name: lr.stage(name).root  # noqa: E731
+  calls = {
+      "pretrain": lambda: pretrain(run_dir=run("pretrain"), model=model,
+                                   mesh=mesh, train_files=[later]),
+      "sft": lambda: sft(run_dir=run("sft"), model=model, mesh=mesh,
+                         init_from=later, train_files=[later],
+                         eval_files=[later], general_files=[later],
+                         general_eval_files=[later]),
+      "reward": lambda: reward(run_dir=run("reward"), model=model, mesh=mesh,
+                               init_from=later, train_files=[later],
+                               eval_file=later),
+  }
+  if run_dpo:
+    calls["dpo"] = lambda: dpo(run_dir=run("dpo"), model=model, mesh=mesh,
+                               init_from=later, train_files=[later],
+                               eval_file=later, prompt_file=later)
+  if run_ppo:
+    calls["ppo"] = lambda: ppo(run_dir=run("ppo"), model=model, mesh=mesh,
+                               sft_run=later, reward_run=later,
+                               prompt_files=[later])
+  with runner.checking_only():
+    for name, call in calls.items():
+      with gin.config_scope(name):
+        call()
 
 
 def _check_world(lr: LifecycleRoot) -> None:

@@ -22,11 +22,15 @@ class PairInputs:
   eval: list[dict[str, Any]]
 
 
+def check(stage: str, bad_records: str, bad_eval_records: str) -> None:
+  validation.check_policy(f"{stage}.bad_records", bad_records)
+  validation.check_policy(f"{stage}.bad_eval_records", bad_eval_records)
+
+
 def load(stage: str, init_from: str, train_files: Sequence[str],
          eval_file: str, seq_len: int, bad_records: str,
          bad_eval_records: str) -> PairInputs:
-  validation.check_policy(f"{stage}.bad_records", bad_records)
-  validation.check_policy(f"{stage}.bad_eval_records", bad_eval_records)
+  check(stage, bad_records, bad_eval_records)
   template = artifacts.load_template(init_from)
   tokenizer = artifacts.load_tokenizer(init_from)
   render = sft_data.ChatRender(template, tokenizer)

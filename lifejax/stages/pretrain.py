@@ -127,6 +127,8 @@ def pretrain(
   checks.choice("pretrain.tokenizer_type", tokenizer_type, ("unigram", "bpe"))
   validation.check_policy("pretrain.bad_records", bad_records)
   validation.check_policy("pretrain.bad_eval_records", bad_eval_records)
+  if runner.only_checking():
+    return {}
   run = runner.start_run(run_dir, stage_name)
 
   inputs = validation.SkipLog()

@@ -59,6 +59,9 @@ def reward(
   eval_file (default "strict": the first is an error)."""
   registry.get_loss(loss, kind="reward", option="reward.loss")  # fail early
   runner.preflight("reward", mesh, batch_size)
+  pairs_lib.check("reward", bad_records, bad_eval_records)
+  if runner.only_checking():
+    return {}
   pairs = pairs_lib.load("reward", init_from, train_files, eval_file, seq_len,
                          bad_records, bad_eval_records)
   template, tokenizer, render, inputs = (pairs.template, pairs.tokenizer,

@@ -112,6 +112,8 @@ def rl_stage(
   runner.preflight(stage_name, mesh, loop.minibatch_size,
                    loop.num_microbatches)
   fit.check_checkpoint(checkpoint)
+  if runner.only_checking():
+    return {}
   st = rl_common.start(sft_run, model, mesh, prompt_files, rollout, reward,
                        reward_run, reward_judge, missing_stop_penalty)
   policy = st.policy

@@ -15,6 +15,8 @@ runner does the rest, the same way for every stage:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import json
 import os
@@ -138,6 +140,26 @@ class StageSpec:
   finish: Callable[[Context, engine.FitResult], dict] | None = None
   params_tree: tuple[Any, Any] | None = None
   loss_graphdefs: Callable[[Any], Sequence[Any]] = lambda g: (g,)
+
+
+_CHECK_ONLY = contextvars.ContextVar("check_only", default=False)
+
+
+@contextlib.contextmanager
+def checking_only():
+  """Stage calls inside return right after checking their options (no
+  file is read or written): a lifecycle checks every stage this way before
+  it generates the world."""
+  token = _CHECK_ONLY.set(True)
+  try:
+    yield
+  finally:
+    _CHECK_ONLY.reset(token)
+
+
+def only_checking() -> bool:
+  """True inside `checking_only()`: the stage returns {} here."""
+  return _CHECK_ONLY.get()
 
 
 def preflight(stage: str, mesh_cfg: sharding.MeshConfig, batch_size: int,

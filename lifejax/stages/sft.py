@@ -91,6 +91,8 @@ def sft(
     raise checks.unused("sft.forgetting_margin",
                         "the forgetting panel needs general_eval_files")
   tmpl = chat.get_template(template)
+  if runner.only_checking():
+    return {}
   tokenizer = artifacts.load_tokenizer(init_from)
   inputs = validation.SkipLog()
 

@@ -100,3 +100,28 @@ def test_mesh_and_batch_are_checked_before_any_work(tmp_path, kwargs,
              mesh=sharding.MeshConfig(data=data, fsdp=-1, model=1),
              **kwargs)
   assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("binding, message", [
+    ("sft.train_on = 'everything'", "sft.train_on='everything'"),
+    ("ppo.value_init = 'reward_model'\nppo.value_model = 'shared'",
+     "ppo.value_init is set but has no effect"),
+    ("dpo.bad_records = 'lenient'", "dpo.bad_records"),
+])
+def test_lifecycle_checks_every_stage_before_generating_the_world(
+    tmp_path, binding, message):
+  """A later stage's bad option fails the lifecycle up front (exit 2, one
+  line), not after world generation, curation and the earlier stages."""
+  root = tmp_path / "root"
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  # The tiny lifecycle's batches are sized for one device.
+  env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace(
+      "--xla_force_host_platform_device_count=8", "").strip()
+  params = [f"lifecycle.root='{root}'"] + binding.split("\n")
+  proc = subprocess.run(
+      [sys.executable, "-m", "lifejax.main", "--gin_file=lifecycle/tiny.gin"]
+      + [f"--gin_param={p}" for p in params],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert message in proc.stderr and "Traceback" not in proc.stderr
+  assert not root.exists()

@@ -2,9 +2,15 @@
 
 import dataclasses
 import json
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from lifejax.curation import local, run_curation
@@ -273,3 +279,59 @@ def test_iterable_input_counts_unusable_items(tmp_path):
                       runner="beam")
   assert _outputs(tmp_path / "beam") == _outputs(tmp_path / "out")
   assert _stable(beam) == _stable(report)
+
+
+# -- kill -9 and resume --------------------------------------------------------
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+
+
+def _launch(corpus_dir, out):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(
+      [REPO] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+  return subprocess.Popen(
+      [sys.executable, os.path.join(HERE, "curation_driver.py"),
+       str(corpus_dir), str(out)], cwd=REPO, env=env,
+      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _newest_mtime(out) -> float:
+  times = [os.path.getmtime(os.path.join(d, f))
+           for d, _, fs in os.walk(out) for f in fs]
+  return max(times, default=0.0)
+
+
+def _wait_for_work(proc, out, since, timeout=120):
+  """Until the launch writes its first file (imports are done)."""
+  t0 = time.monotonic()
+  while proc.poll() is None and time.monotonic() - t0 < timeout:
+    if _newest_mtime(out) > since:
+      return True
+    time.sleep(0.005)
+  return False
+
+
+def test_curation_killed_at_random_points_resumes_byte_identical(
+    corpus, tmp_path):
+  ref = tmp_path / "ref"
+  proc = _launch(corpus, ref)
+  _wait_for_work(proc, ref, 0.0)
+  t_work = time.monotonic()
+  assert proc.wait(timeout=300) == 0, proc.stderr.read()[-3000:]
+  t_work = time.monotonic() - t_work  # from the first file to the end
+  rng = np.random.default_rng(0)
+  out, kills = tmp_path / "killed", 0
+  for _ in range(4):
+    since = time.time()
+    proc = _launch(corpus, out)
+    if _wait_for_work(proc, out, since):
+      time.sleep(float(rng.uniform(0.0, 0.8 * t_work)))
+      proc.send_signal(signal.SIGKILL)
+    rc = proc.wait(timeout=300)
+    kills += rc == -signal.SIGKILL
+  print(f"\ncuration: {kills} kills, work takes {t_work:.2f} s")
+  assert kills >= 2, kills
+  proc = _launch(corpus, out)
+  assert proc.wait(timeout=300) == 0, proc.stderr.read()[-3000:]
+  assert _outputs(out) == _outputs(ref)

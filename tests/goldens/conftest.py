@@ -172,8 +172,14 @@ def _stage_calls(root: str) -> list[tuple[str, object, dict]]:
 
 
 @pytest.fixture(scope="session")
-def golden_runs(tmp_path_factory) -> dict[str, dict]:
-  root = str(tmp_path_factory.mktemp("golden_runs"))
+def golden_root(tmp_path_factory) -> str:
+  """Where `golden_runs` writes its run directories (one per stage)."""
+  return str(tmp_path_factory.mktemp("golden_runs"))
+
+
+@pytest.fixture(scope="session")
+def golden_runs(golden_root) -> dict[str, dict]:
+  root = golden_root
   out: dict[str, dict] = {}
   for name, fn, kwargs in _stage_calls(root):
     run_dir = os.path.join(root, name)
