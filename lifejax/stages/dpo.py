@@ -76,16 +76,14 @@ def dpo(
   eval_file and prompt_file (default "strict": the first is an error).
   """
   make_loss = registry.get_loss(loss, kind="preference", option="dpo.loss")
-  runner.preflight("dpo", mesh, batch_size)
   # The stage precomputes the reference log-probs: a ref_params hparam
   # would leave them unused.
   registry.check_hparams(make_loss, loss_hparams or {}, "dpo.loss_hparams",
                          reserved=("ref_params", "ref_graphdef"))
-  pairs_lib.check("dpo", bad_records, bad_eval_records)
-  if runner.only_checking():
+  pairs = pairs_lib.prepare("dpo", mesh, batch_size, init_from, train_files,
+                            eval_file, seq_len, bad_records, bad_eval_records)
+  if pairs is None:  # only checking (runner.checking_only)
     return {}
-  pairs = pairs_lib.load("dpo", init_from, train_files, eval_file, seq_len,
-                         bad_records, bad_eval_records)
   template, tokenizer, render, inputs = (pairs.template, pairs.tokenizer,
                                          pairs.render, pairs.log)
   train_records, eval_records = pairs.train, pairs.eval

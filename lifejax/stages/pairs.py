@@ -8,8 +8,10 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+from lifejax import sharding
 from lifejax.data import chat, preference, sft as sft_data, validation
 from lifejax.run import artifacts
+from lifejax.stages import runner
 
 
 @dataclasses.dataclass
@@ -22,15 +24,17 @@ class PairInputs:
   eval: list[dict[str, Any]]
 
 
-def check(stage: str, bad_records: str, bad_eval_records: str) -> None:
+def prepare(stage: str, mesh: sharding.MeshConfig, batch_size: int,
+            init_from: str, train_files: Sequence[str], eval_file: str,
+            seq_len: int, bad_records: str, bad_eval_records: str
+            ) -> PairInputs | None:
+  """Checks the stage's mesh, batch and policy options, then (unless the
+  stage is only being checked: None) loads its inputs."""
+  runner.preflight(stage, mesh, batch_size)
   validation.check_policy(f"{stage}.bad_records", bad_records)
   validation.check_policy(f"{stage}.bad_eval_records", bad_eval_records)
-
-
-def load(stage: str, init_from: str, train_files: Sequence[str],
-         eval_file: str, seq_len: int, bad_records: str,
-         bad_eval_records: str) -> PairInputs:
-  check(stage, bad_records, bad_eval_records)
+  if runner.only_checking():
+    return None
   template = artifacts.load_template(init_from)
   tokenizer = artifacts.load_tokenizer(init_from)
   render = sft_data.ChatRender(template, tokenizer)

@@ -58,12 +58,10 @@ def reward(
   dropped, counted in summary.json's input_records and logged) and of
   eval_file (default "strict": the first is an error)."""
   registry.get_loss(loss, kind="reward", option="reward.loss")  # fail early
-  runner.preflight("reward", mesh, batch_size)
-  pairs_lib.check("reward", bad_records, bad_eval_records)
-  if runner.only_checking():
+  pairs = pairs_lib.prepare("reward", mesh, batch_size, init_from, train_files,
+                            eval_file, seq_len, bad_records, bad_eval_records)
+  if pairs is None:  # only checking (runner.checking_only)
     return {}
-  pairs = pairs_lib.load("reward", init_from, train_files, eval_file, seq_len,
-                         bad_records, bad_eval_records)
   template, tokenizer, render, inputs = (pairs.template, pairs.tokenizer,
                                          pairs.render, pairs.log)
   train_records, records = pairs.train, pairs.eval

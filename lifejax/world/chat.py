@@ -12,42 +12,7 @@ from lifejax.world import facts as wf
 from lifejax.world import phrasing as wp
 from lifejax.world import text as wt
 
-_G = {
-    "hello": ["Hello.", "Hi there.", "Good morning.", "Good afternoon.",
-              "Hello, I hope you can help me.", "Hi, I have a quick question.",
-              "Hey, thanks for picking up the chat.", "Good evening."],
-    "agent_hi": [
-        "Hello, my name is {agent} from the support team. How can I help?",
-        "Hi, this is {agent}. What can I do for you today?",
-        "Good day, {agent} here. How may I help you?",
-        "Welcome to {company} support, you are chatting with {agent}.",
-        "Thanks for waiting. I am {agent}, how can I help you today?",
-        "Hello and welcome. {agent} speaking, what brings you here?",
-        "Hi! {agent} from customer care here. Ask me anything."],
-    "thanks": ["Thank you, that is very helpful.", "Great, thanks a lot.",
-               "That answers my question, thank you.",
-               "Perfect, thanks for explaining.", "Thanks, I will do that.",
-               "Okay, that makes sense. Thank you.",
-               "Lovely, you have been a great help."],
-    "bye": ["You are welcome. Have a nice day.", "Happy to help. Goodbye.",
-            "Glad I could help. Take care.", "Thank you for contacting us.",
-            "Anytime. Enjoy the rest of your day.",
-            "My pleasure. Have a good evening.",
-            "You are welcome, and thanks for shopping with us."],
-    "problem": ["it stopped working", "it makes a strange noise",
-                "the colour is not what I expected", "it arrived scratched",
-                "it is smaller than I thought", "one part is missing",
-                "the lid does not close properly", "it gets very hot"],
-    "context": ["I use it every morning before work.",
-                "It was a present for my sister.",
-                "I bought it in your shop in town.",
-                "I ordered it online during the sale.",
-                "We only used it a few times so far.",
-                "My partner picked it because of the reviews."],
-    "sorry": ["I am sorry to hear that.", "Oh no, sorry about that.",
-              "Thanks for letting us know, and sorry for the trouble.",
-              "I understand, that must be frustrating."],
-}
+_G: dict[str, list[str]] = wt.load_grammars("chat")  # grammars/chat.json
 # Side turns: (who asks, question phrasings, answer phrasings, closing acks).
 _SIDE_TURNS = (
     ("Agent", ("Could you tell me your order number, please?",

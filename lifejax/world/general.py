@@ -12,29 +12,7 @@ from lifejax.world import text as wt
 from lifejax.world import topics
 
 # Personal asides, shared by all topics, that make every page a little unique.
-_NARRATIVE = {
-    "S": ["Last {weekday}, {name} and I talked about this for {duration}.",
-          "{name} from {town} sent me a few tips about this {when}.",
-          "I first tried this when I was {age} years old.",
-          "It took me {tries} tries to get it right.",
-          "My notes from {year} still help me today.",
-          "{name} says the secret is {secret}.",
-          "I wrote this page on a {adjective} {weekday} evening in {town}."],
-    "weekday": list(wt.WEEKDAYS),
-    "name": ["Ada", "Bruno", "Chiara", "Elena", "Hugo", "Ines", "Luca",
-             "Mira", "Nils", "Rosa", "Talia", "Vera", "Wren", "Yara"],
-    "duration": ["an hour", "most of the afternoon", "a long lunch",
-                 "twenty minutes"],
-    "town": ["Elmstead", "Riverton", "Hollowfield", "Marston", "Northam",
-             "Bexley Green", "Cobham Cross", "Wetherby Vale"],
-    "when": ["last year", "a while ago", "this spring", "after my last post"],
-    "age": ["eight", "twelve", "fifteen", "twenty", "thirty"],
-    "tries": ["three", "four", "five", "a dozen"],
-    "year": [str(y) for y in range(2009, 2024)],
-    "secret": ["patience", "good tools", "a little practice every day",
-               "asking for help"],
-    "adjective": ["quiet", "rainy", "sunny", "cold", "warm"],
-}
+_NARRATIVE: dict[str, list[str]] = wt.load_grammars("general")
 
 
 def general_page(rng: random.Random, topic: str | None = None,
