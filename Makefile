@@ -3,18 +3,31 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-STAMP := $(VENV)/.installed-$(shell cat setup.py | md5sum | cut -c1-12)
+SETUP_HASH := $(shell cat setup.py | md5sum | cut -c1-12)
+# `make demo` installs lifejax alone; `make test` adds the test extras (HF
+# transformers + torch for parity tests and peers, apache-beam, datasketch,
+# the notebook runner, pytest). Each stamp names setup.py's hash, so editing
+# setup.py reinstalls.
+CORE_STAMP := $(VENV)/.installed-core-$(SETUP_HASH)
+STAMP := $(VENV)/.installed-test-$(SETUP_HASH)
 GIN ?= gin_configs/lifecycle/default.gin
 PYTEST_ARGS ?=
 
 .PHONY: install demo test bench clean
+
+$(CORE_STAMP): setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install -e .
+	rm -f $(VENV)/.installed-core-*
+	touch $(CORE_STAMP)
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PIP) install -e ".[test]"
 	rm -f $(VENV)/.installed-*
-	touch $(STAMP)
+	touch $(CORE_STAMP) $(STAMP)
 
 install: $(STAMP)
 
@@ -23,7 +36,7 @@ install: $(STAMP)
 # (experiments/bench_train_step/README.md).
 MALLOC_TUNING := glibc.malloc.hugetlb=1:glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736
 
-demo: $(STAMP)
+demo: $(CORE_STAMP)
 	GLIBC_TUNABLES=$(MALLOC_TUNING) JAX_PLATFORMS=$${JAX_PLATFORMS:-cpu} $(PY) -m lifejax.main --gin_file=$(GIN)
 
 test: $(STAMP)

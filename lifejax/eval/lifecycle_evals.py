@@ -3,7 +3,9 @@
 An LM stage (pretraining, SFT) gets perplexities, the fact probe and
 instruction accuracy; a tuned policy (DPO, PPO) its win rate, KL and reward
 against SFT; the release candidate its golden set and footprint; the reward
-model the pairwise metrics its stage wrote. Each driver loads the run's
+model the pairwise metrics its stage wrote. The release candidate is picked
+on the dev prompts (`dev_judge`, `pick_release`), never on the test prompts
+its metrics are reported on. Each driver loads the run's
 params, tokenizer and template through `run.artifacts`; `stage_eval`
 computes the metrics.
 """
@@ -11,6 +13,7 @@ computes the metrics.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -20,11 +23,12 @@ import numpy as np
 from lifejax import sharding
 from lifejax.data import chat, files
 from lifejax.data.batching import example_lm_batch
-from lifejax.eval import instruct, policy_eval, stage_eval
+from lifejax.eval import generation, instruct, policy_eval, stage_eval
 from lifejax.losses.registry import get_loss
 from lifejax.model import transformer
 from lifejax.model.config import TransformerConfig
 from lifejax.run import artifacts
+from lifejax.run import lineage as lineage_lib
 from lifejax.run.layout import RunDir
 from lifejax.train.optim import OptimizerConfig
 from lifejax.train.trainer import plan_training
@@ -102,9 +106,47 @@ class PolicyEval:
     if self.score_rows is not None:
       reward_fn = policy_eval.response_reward_fn(
           self.score_rows, template, tokenizer, self.records, self.seq_len)
-    return stage_eval.eval_policy(
+    out = stage_eval.eval_policy(
         graphdef, jax.device_get(params), jax.device_get(ref), tokenizer,
         template, self.records, self.spec, reward_fn)
+    out["eval_judge_is_training_reward"] = float(
+        trained_on_eval_judge(run_dir))
+    return out
+
+
+def trained_on_eval_judge(run_dir: str) -> bool:
+  """Whether an RL run was rewarded by the programmatic judge that also
+  scores the evaluation (its lineage's reward kind is "judge"): its judge
+  win rate is then circular evidence."""
+  if not os.path.exists(RunDir(run_dir).lineage):
+    return False
+  reward = lineage_lib.read_lineage(run_dir).details.get("reward") or {}
+  return isinstance(reward, Mapping) and reward.get("kind") == "judge"
+
+
+def dev_judge(run_dir: str, model: TransformerConfig, mesh: Any,
+              rules: sharding.Rules, sft_run: str, dev: Sequence[Record],
+              spec: instruct.GenerationSpec) -> float:
+  """Mean judge total of a candidate's greedy answers to the dev prompts
+  (SFT's tokenizer and template): the release selection's score."""
+  graphdef, params = lm_params(run_dir, model, mesh, rules)
+  tokenizer = artifacts.load_tokenizer(sft_run)
+  template = artifacts.load_template(sft_run)
+  gen = generation.make_generate(
+      graphdef, jax.device_get(params),
+      generation.chat_config(template, tokenizer, spec.max_new_tokens))
+  answers = generation.generate_responses(gen, tokenizer, template, dev,
+                                          spec)
+  return instruct.judge_responses(dev, answers)["judge"]
+
+
+def pick_release(dev_scores: Mapping[str, float]) -> str:
+  """The candidate with the best dev score; a tie goes to the earlier stage
+  (the simpler pipeline), in the mapping's order."""
+  if not dev_scores:
+    raise ValueError("no release candidates to pick from")
+  best = max(dev_scores.values())
+  return next(name for name, v in dev_scores.items() if v == best)
 
 
 def release_eval(candidate_run: str, model: TransformerConfig, mesh: Any,

@@ -22,13 +22,27 @@ from lifejax.eval import generation, instruct
 from lifejax.world import judge as judge_lib
 
 
+def bootstrap_ci(values_NxK: np.ndarray, n_boot: int = 2000,
+                 alpha: float = 0.05, seed: int = 0) -> np.ndarray:
+  """Percentile bootstrap (1 - alpha) CIs of the means of each column of
+  `values_NxK` (N paired prompts, K statistics), resampling prompts with
+  replacement (the same resample for every column); returns (K, 2) [lo, hi].
+  Seeded, so a report is reproducible."""
+  v = np.asarray(values_NxK, np.float64)
+  n = v.shape[0]
+  idx_BxN = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+  means_BxK = v[idx_BxN].mean(axis=1)
+  return np.quantile(means_BxK, [alpha / 2, 1 - alpha / 2], axis=0).T
+
+
 def paired_stats(scores: Sequence[float], ref_scores: Sequence[float],
                  tol: float = 1e-9) -> dict[str, float]:
   """Win/tie/loss statistics of paired judge scores (policy vs reference on
-  the same prompts): win rate with ties counting half and its standard
-  error, the mean score gain and its standard error, and the exact
-  two-sided sign-test p-value of wins vs losses (ties dropped), i.e. the
-  chance of a split at least this uneven if neither answer were better."""
+  the same prompts): win rate with ties counting half, its standard error
+  and 95% bootstrap CI, the mean score gain with its standard error and
+  95% bootstrap CI, and the exact two-sided sign-test p-value of wins vs
+  losses (ties dropped), i.e. the chance of a split at least this uneven if
+  neither answer were better."""
   a = np.asarray(scores, np.float64)
   b = np.asarray(ref_scores, np.float64)
   if a.shape != b.shape or a.ndim != 1 or not a.size:
@@ -42,12 +56,17 @@ def paired_stats(scores: Sequence[float], ref_scores: Sequence[float],
   p = (min(1.0, 2 * sum(math.comb(m, i) for i in range(k + 1)) / 2 ** m)
        if m else 1.0)
   se = lambda x: float(np.std(x, ddof=1) / math.sqrt(n)) if n > 1 else 0.0  # noqa: E731
+  (win_lo, win_hi), (gain_lo, gain_hi) = bootstrap_ci(
+      np.stack([outcome, d], axis=1))
   return {"wins": float(wins), "losses": float(losses),
           "ties": float(n - wins - losses),
           "win_rate_vs_ref": float(np.mean(outcome)),
           "win_rate_se": se(outcome),
+          "win_rate_ci_lo": float(win_lo), "win_rate_ci_hi": float(win_hi),
           "judge_gain_vs_ref": float(np.mean(d)),
           "judge_gain_se": se(d),
+          "judge_gain_ci_lo": float(gain_lo),
+          "judge_gain_ci_hi": float(gain_hi),
           "sign_test_p": float(p)}
 
 

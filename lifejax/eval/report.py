@@ -42,10 +42,16 @@ class Column:
 
 _LM_INSTRUCT = (
     Column("instruction acc", ("instruct/accuracy",), fmt="pct"),
+    Column("acc learnable tasks", ("instruct/accuracy_learnable",),
+           fmt="pct"),
+    Column("acc hard (copying) tasks", ("instruct/accuracy_hard",),
+           fmt="pct"),
     Column("acc", family="instruct/accuracy/", fmt="pct"),
     Column("format", ("instruct/format",), fmt="pct"),
     Column("refusal correct", ("instruct/refusal",), fmt="pct"),
     Column("over-refusal", ("instruct/over_refusal",), fmt="pct"),
+    # The preference data's flaw kinds in the stage's own answers.
+    Column("flaw", family="instruct/flaw/", fmt="pct"),
 )
 COLUMNS: dict[str, tuple[Column, ...]] = {
     "pretrain": (
@@ -82,6 +88,8 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
         # Paired over the same prompts (policy_eval.paired_stats): most
         # answers tie, so judge the win rate by these, not by eye.
         Column("win rate SE", ("win_rate_se",), fmt="pct"),
+        Column("win rate 95% CI low", ("win_rate_ci_lo",), fmt="pct"),
+        Column("win rate 95% CI high", ("win_rate_ci_hi",), fmt="pct"),
         Column("wins", ("wins",), fmt="int"),
         Column("losses", ("losses",), fmt="int"),
         Column("sign test p", ("sign_test_p",)),
@@ -93,8 +101,14 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
         Column("judge Δ vs SFT", ("judge_gain_vs_ref",)),
         Column("judge score", ("judge_score", "true_judge")),
         Column("instruction acc", ("instruct/accuracy",), fmt="pct"),
+        Column("flaw", family="instruct/flaw/", fmt="pct"),
+        # 1: trained on the judge that scores it, so its judge numbers are
+        # circular (report them, but not as evidence).
+        Column("trained on the eval judge", (
+            "eval_judge_is_training_reward",), fmt="int"),
     ),
     "release": (
+        Column("dev judge (selection)", family="dev_judge/"),
         Column("golden pass", ("golden_pass_rate",), fmt="pct"),
         Column("tokens/s", ("generation_tokens_per_sec", "tokens_per_sec")),
         Column("latency s/batch", ("generation_latency_sec_per_batch",
@@ -194,6 +208,15 @@ def failure_fix_chain(stages: Sequence[Stage],
                      f"format compliance "
                      f"{fmt(m.get('instruct/format'), 'pct')}, refusal "
                      f"correctness {fmt(m.get('instruct/refusal'), 'pct')}.")
+      pool = sorted(k.split("/", 2)[2] for k in m
+                    if k.startswith("demo_pool/flaw/"))
+      if pool:
+        notes.append(
+            f"{s.name} imitates its demonstrations: flaw rates in the "
+            "training pool → in its answers: " + ", ".join(
+                f"{k} {fmt(m[f'demo_pool/flaw/{k}'], 'pct')} → "
+                f"{fmt(m.get(f'instruct/flaw/{k}'), 'pct')}" for k in pool)
+            + ".")
     elif s.kind == "reward" and "pair_accuracy" in m:
       flaws = {k.split("/", 1)[1]: v for k, v in m.items()
                if k.startswith("pair_accuracy/")}
@@ -221,6 +244,18 @@ def failure_fix_chain(stages: Sequence[Stage],
             if dr > 0 and judge_down else
             " (judge change within 2 SE of zero)"
             if dr > 0 and dj < 0 else "")
+      sft_m = next((metrics[t.name] for t in stages if t.kind == "sft"), {})
+      kinds = sorted(k.split("/", 2)[2] for k in m
+                     if k.startswith("instruct/flaw/"))
+      if kinds:
+        notes.append(
+            f"{s.name}: flaw rates SFT → {s.name}: " + ", ".join(
+                f"{k} {fmt(sft_m.get(f'instruct/flaw/{k}'), 'pct')} → "
+                f"{fmt(m[f'instruct/flaw/{k}'], 'pct')}" for k in kinds)
+            + ".")
+      if m.get("eval_judge_is_training_reward"):
+        notes.append(f"{s.name} was rewarded by the judge that scores it: "
+                     "its judge numbers are circular, not evidence.")
       notes.append(
           f"{s.name}: {verdict} SFT under the judge ({fmt(win, 'pct')}), KL "
           f"to the reference {fmt(m.get('kl_to_ref', m.get('kl')))}, "

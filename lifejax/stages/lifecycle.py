@@ -28,7 +28,7 @@ from lifejax.data.jsonl import read_jsonl
 from lifejax.eval import instruct, lifecycle_evals, stage_eval
 from lifejax.model.config import TransformerConfig
 from lifejax.rl import rollout
-from lifejax.run import artifacts
+from lifejax.run import artifacts, provenance
 from lifejax.run.layout import LifecycleRoot
 from lifejax.stages.dpo import dpo
 from lifejax.stages.pretrain import pretrain
@@ -58,6 +58,9 @@ class _Ledger:
     self.data = {"stages": [], "gin_files": list(gin_files),
                  "config_hash": hashlib.sha256(
                      gin.config_str().encode()).hexdigest()[:16],
+                 # The code it ran: tools/check_recording.py tells a stale
+                 # recording from a fresh one.
+                 "code": provenance.code_fingerprint(),
                  "started": datetime.datetime.now().isoformat(
                      timespec="seconds")}
 
@@ -84,6 +87,7 @@ def lifecycle(
     mesh: sharding.MeshConfig = sharding.MeshConfig(),
     world_seed: int = 0,
     world_scale: float = 1.0,
+    world_demo_flaw_share: float = generator.DEMO_FLAW_SHARE,
     pretrain_sources: Sequence[str] = ("wiki", "support_chat", "records",
                                        "mail", "web"),
     source_weights: dict[str, float] | None = None,
@@ -142,7 +146,8 @@ def lifecycle(
 
   # 1. The embedded world and its curation.
   if not os.path.exists(lr.world_manifest):
-    generator.generate_world(lr.world, seed=world_seed, scale=world_scale)
+    generator.generate_world(lr.world, seed=world_seed, scale=world_scale,
+                             demo_flaw_share=world_demo_flaw_share)
   _check_world(lr)
   if not os.path.exists(lr.curation_report):
     from lifejax.curation import run_curation  # pylint: disable=g-import-not-at-top
@@ -157,6 +162,7 @@ def lifecycle(
   train_files, weights = _curriculum(lr, curation, pretrain_sources,
                                      source_weights)
   tests = read_jsonl(lr.world_instructions("test"))[:eval_records]
+  dev = read_jsonl(lr.world_instructions("validation"))[:eval_records]
   facts = read_jsonl(lr.world_eval("fact_questions"))
   general = lr.world_eval("general_holdout")
   prefs_train = [lr.world_preferences("train")]
@@ -181,9 +187,10 @@ def lifecycle(
                     eval_files=[lr.world_instructions("validation")],
                     general_files=_shards(lr, sft_general_sources),
                     general_eval_files=[general]),
-        lambda: lm_eval(sft_run, pretrain_run, [general],
-                        artifacts.load_template(sft_run),
-                        tests, (), generation))
+        lambda: {**lm_eval(sft_run, pretrain_run, [general],
+                           artifacts.load_template(sft_run),
+                           tests, (), generation),
+                 **_pool_flaws(lr)})
   stage("reward", "reward",
         lambda: reward(run_dir=run_dir("reward"), model=model, mesh=mesh,
                        init_from=sft_run, train_files=prefs_train,
@@ -218,18 +225,32 @@ def lifecycle(
                       prompt_files=[lr.world_instructions("train")]),
           lambda: policy_eval(run_dir("ppo")))
 
+  # The release candidate is picked on the dev prompts; its reported
+  # numbers come from the test prompts.
   candidates = [s for s in ("sft", "dpo", "ppo") if s in results]
-  best = max(candidates, key=lambda s: results[s].get("instruct/judge", -1.0))
 
   def release() -> None:
+    scores = {s: lifecycle_evals.dev_judge(run_dir(s), model, jax_mesh,
+                                           mesh.rules, sft_run, dev,
+                                           generation) for s in candidates}
     rd = lr.stage("release")
     os.makedirs(rd.root, exist_ok=True)
-    _write_json(rd.stage_file, {"stage": "release", "candidate": best})
+    _write_json(rd.stage_file, {
+        "stage": "release", "candidate": lifecycle_evals.pick_release(scores),
+        "selected_on": "validation", "dev_prompts": len(dev),
+        "dev_judge": scores})
 
-  stage("release", "release", release,
-        lambda: {"candidate": best, **lifecycle_evals.release_eval(
-            run_dir(best), model, jax_mesh, mesh.rules, sft_run, tests,
-            generation)})
+  def release_metrics() -> dict[str, Any]:
+    with open(lr.stage("release").stage_file, encoding="utf-8") as f:
+      picked = json.load(f)
+    best = picked["candidate"]
+    return {"candidate": best, "selected_on": picked["selected_on"],
+            **{f"dev_judge/{k}": v for k, v in picked["dev_judge"].items()},
+            **lifecycle_evals.release_eval(
+                run_dir(best), model, jax_mesh, mesh.rules, sft_run, tests,
+                generation)}
+
+  stage("release", "release", release, release_metrics)
 
   ledger.save()
   _write_outputs(lr, [s for s in ("sft", "dpo", "ppo")
@@ -270,6 +291,16 @@ def _check_stages(lr: LifecycleRoot, model: TransformerConfig,
     for name, call in calls.items():
       with gin.config_scope(name):
         call()
+
+
+def _pool_flaws(lr: LifecycleRoot) -> dict[str, float]:
+  """The flaw rates of SFT's training demonstrations, by the detector that
+  scores its answers (instruct.flaws): what SFT should imitate."""
+  train = read_jsonl(lr.world_instructions("train"))
+  rates = instruct.judge_responses(
+      train, [r["messages"][-1]["content"] for r in train])
+  return {f"demo_pool/{k}": v for k, v in rates.items()
+          if k.startswith("flaw/")}
 
 
 def _check_world(lr: LifecycleRoot) -> None:

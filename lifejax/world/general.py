@@ -4,6 +4,12 @@ General pages appear on the clean web (so pretraining sees the distribution)
 and, drawn from a separate stream, as the held-out forgetting panel together
 with verifiable general instructions (arithmetic, words, calendar, units).
 The pages are written from the topic grammars in topics.py.
+
+The panel must measure forgetting of general text, not recall of training
+sentences: its pages are written from sentence templates (and personal
+asides) that no training page uses, every `HOLDOUT_EVERY`-th of each topic's
+list, with the same topics and slot words. No holdout page shares a word
+13-gram with anything a stage trains on (tests/world/test_world_holdout.py).
 """
 
 import random
@@ -13,11 +19,27 @@ from lifejax.world import topics
 
 # Personal asides, shared by all topics, that make every page a little unique.
 _NARRATIVE: dict[str, list[str]] = wt.load_grammars("general")
+PAGE_SPLITS = ("train", "holdout")
+HOLDOUT_EVERY = 3
+
+
+def split_templates(templates: list[str], split: str) -> list[str]:
+  """The sentence templates of a page split: "holdout" gets every
+  HOLDOUT_EVERY-th template (from the second on), "train" the others."""
+  if split not in PAGE_SPLITS:
+    raise ValueError(f"page split must be one of {PAGE_SPLITS}, got "
+                     f"{split!r}")
+  held = lambda i: i % HOLDOUT_EVERY == 1  # noqa: E731
+  return [t for i, t in enumerate(templates)
+          if held(i) == (split == "holdout")]
 
 
 def general_page(rng: random.Random, topic: str | None = None,
-                 n_sentences: tuple[int, int] = (7, 10)) -> tuple[str, str]:
-  """Returns (topic, multi-paragraph text) of a general page.
+                 n_sentences: tuple[int, int] = (7, 10),
+                 split: str = "train") -> tuple[str, str]:
+  """Returns (topic, multi-paragraph text) of a general page, written from
+  the sentence templates of `split` ("train": the web's; "holdout": the
+  forgetting panel's).
 
   Each template and, where possible, each slot value is used at most once.
   """
@@ -27,13 +49,15 @@ def general_page(rng: random.Random, topic: str | None = None,
                      f"{sorted(topics.TOPICS)}")
   used: dict[str, set[str]] = {}
   grammar = {**topics.COMMON, **topics.TOPICS[topic]}
+  grammar["S"] = split_templates(grammar["S"], split)
+  narrative = {**_NARRATIVE, "S": split_templates(_NARRATIVE["S"], split)}
   bindings = {}
   if topic == "pets":  # one animal per page keeps the page coherent
     bindings["pet"] = rng.choice(grammar["pet"])
     bindings["pets"] = bindings["pet"] + "s"
   sentences = wt.sentences_from(grammar, rng, rng.randint(*n_sentences),
                                 bindings, used=used)
-  asides = wt.sentences_from(_NARRATIVE, rng, rng.randint(1, 2), used=used)
+  asides = wt.sentences_from(narrative, rng, rng.randint(1, 2), used=used)
   for aside in asides:
     sentences.insert(rng.randint(1, len(sentences)), aside)
   return topic, wt.paragraphs(sentences, rng)

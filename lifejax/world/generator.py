@@ -45,8 +45,12 @@ SOURCES = ("wiki", "support_chat", "records", "mail", "web", "non_english")
 DEFECTS = ("exact_duplicate", "near_duplicate", "boilerplate", "low_quality",
            "pii", "non_english", "contamination")
 SPLITS = wtask.SPLITS
-FORMAT_VERSION = 2  # 2: the `mail` source (email threads)
+FORMAT_VERSION = 3  # 2: the `mail` source; 3: held-out page templates,
+# the rude flaw and flawed SFT demonstrations
 MAX_SCALE = 20.0
+# The share of SFT training demonstrations written with a flaw (world config:
+# the demo, the tests and the experiments share it).
+DEMO_FLAW_SHARE = 0.25
 
 # Document and item counts at scale 1.
 BASE_COUNTS = {
@@ -71,6 +75,7 @@ class World:
   eval: dict[str, list[dict[str, Any]]]
   instructions: dict[str, list[dict[str, Any]]]
   preferences: dict[str, list[dict[str, Any]]]
+  demo_flaw_share: float = 0.0
 
   def files(self) -> dict[str, list[dict[str, Any]]]:
     """Relative JSONL path -> records."""
@@ -91,6 +96,8 @@ class World:
         r["task"] for r in self.instructions[s]).items())) for s in SPLITS}
     flaws = collections.Counter(r["flaw"] for s in SPLITS
                                 for r in self.preferences[s])
+    demo = collections.Counter(r["flaw"] for r in self.instructions["train"]
+                               if r.get("flaw"))
     leaked = {q for docs in self.corpus.values() for d in docs
               for q in d.get("leaks", ())}
     return {
@@ -112,7 +119,10 @@ class World:
             "instruction_tasks": tasks,
             "preferences": {s: len(self.preferences[s]) for s in SPLITS},
             "flaws": {k: flaws.get(k, 0) for k in wi.FLAWS},
+            # The SFT demonstrations that carry a flaw (train split only).
+            "demo_flaws": {k: demo.get(k, 0) for k in wi.FLAWS},
         },
+        "demo_flaw_share": self.demo_flaw_share,
     }
 
 
@@ -215,7 +225,20 @@ def _corpus(facts: wf.Facts, seed: int, scale: float, questions: list[dict],
   return out
 
 
-def _tasks(facts: wf.Facts, seed: int, scale: float, heldout: set[str]
+def _demo_flaws(items: list[wi.Item], share: float, seed: int
+                ) -> list[str | None]:
+  """The flaw each SFT training demonstration carries (None: the reference):
+  round(share * n) of them, drawn at random, each flaw kind from its task's
+  TASK_FLAWS. Real SFT pools are of mixed quality; the preference data then
+  targets the same flaws."""
+  rng = wt.stream(seed, "demonstrations")
+  flawed = set(rng.sample(range(len(items)), round(share * len(items))))
+  return [rng.choice(wi.TASK_FLAWS[it.task]) if i in flawed else None
+          for i, it in enumerate(items)]
+
+
+def _tasks(facts: wf.Facts, seed: int, scale: float, heldout: set[str],
+           demo_flaw_share: float
            ) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
   buckets = wtask.task_items(facts, seed, heldout,
                            _n("instructions_per_task", scale, 10),
@@ -225,9 +248,14 @@ def _tasks(facts: wf.Facts, seed: int, scale: float, heldout: set[str]
   for split in SPLITS:
     items = [it for task in wi.TASKS for it in buckets[f"instr/{split}"][task]]
     rng.shuffle(items)
+    # Only the training demonstrations are of mixed quality: validation
+    # and test keep the references (their judge references are what count).
+    flaws = (_demo_flaws(items, demo_flaw_share, seed) if split == "train"
+             else [None] * len(items))
     instructions[split] = [
-        wtask.instruction_record(facts.company, it, f"sft-{split}-{k:05d}")
-        for k, it in enumerate(items)]
+        wtask.instruction_record(facts.company, it, f"sft-{split}-{k:05d}",
+                                 flaw)
+        for k, (it, flaw) in enumerate(zip(items, flaws))]
     pairs = []
     for task in wi.TASKS:
       allowed = wi.TASK_FLAWS[task]
@@ -252,12 +280,21 @@ def _task_emails(instructions: dict[str, list[dict]],
           if "\n\nFrom: " in u}
 
 
-def build_world(seed: int = 0, scale: float = 1.0) -> World:
-  """Builds the whole world in memory; deterministic in (seed, scale)."""
+def build_world(seed: int = 0, scale: float = 1.0,
+                demo_flaw_share: float = DEMO_FLAW_SHARE) -> World:
+  """Builds the whole world in memory; deterministic in its arguments.
+
+  demo_flaw_share: the share of SFT training demonstrations that carry one
+  of the preference data's flaws instead of the reference response.
+  """
   _check_args(seed, scale)
+  if not 0.0 <= demo_flaw_share <= 1.0:
+    raise ValueError(f"demo_flaw_share must be in [0, 1], got "
+                     f"{demo_flaw_share}")
   facts = wf.build_facts(seed, scale)
   questions, heldout = wtask.heldout_questions(facts, seed)
-  instructions, preferences = _tasks(facts, seed, scale, heldout)
+  instructions, preferences = _tasks(facts, seed, scale, heldout,
+                                     demo_flaw_share)
   corpus = _corpus(facts, seed, scale, questions,
                    _task_emails(instructions, preferences))
   mentions = collections.Counter(f for docs in corpus.values() for d in docs
@@ -275,7 +312,8 @@ def build_world(seed: int = 0, scale: float = 1.0) -> World:
                 seed, _n("general_holdout", scale, 10)),
             "general_instructions": wtask.general_instructions(
                 seed, _n("general_instructions", scale, 10))},
-      instructions=instructions, preferences=preferences)
+      instructions=instructions, preferences=preferences,
+      demo_flaw_share=float(demo_flaw_share))
 
 
 def _dump_jsonl(records: list[dict[str, Any]]) -> bytes:
@@ -283,13 +321,14 @@ def _dump_jsonl(records: list[dict[str, Any]]) -> bytes:
                  for r in records).encode("utf-8")
 
 
-def generate_world(out_dir: str, seed: int = 0, scale: float = 1.0) -> dict:
+def generate_world(out_dir: str, seed: int = 0, scale: float = 1.0,
+                   demo_flaw_share: float = DEMO_FLAW_SHARE) -> dict:
   """Builds the world and writes it under `out_dir`; returns the manifest.
 
-  Files are byte-identical for the same (seed, scale). Existing world files in
+  Files are byte-identical for the same arguments. Existing world files in
   `out_dir` are overwritten; other files are left alone.
   """
-  world = build_world(seed, scale)
+  world = build_world(seed, scale, demo_flaw_share)
   manifest = world.manifest()
   files = {}
   blobs = {path: _dump_jsonl(recs) for path, recs in world.files().items()}
@@ -343,17 +382,21 @@ def load_world(out_dir: str) -> World:
       eval={k: read(f"eval/{k}.jsonl") for k in
             ("fact_questions", "general_holdout", "general_instructions")},
       instructions={s: read(f"instructions/{s}.jsonl") for s in SPLITS},
-      preferences={s: read(f"preferences/{s}.jsonl") for s in SPLITS})
+      preferences={s: read(f"preferences/{s}.jsonl") for s in SPLITS},
+      demo_flaw_share=manifest["demo_flaw_share"])
 
 
 def main(argv: list[str] | None = None) -> None:
-  """CLI: python -m lifejax.world.generator --out_dir DIR [--seed --scale]."""
+  """CLI: python -m lifejax.world.generator --out_dir DIR [--seed --scale
+  --demo_flaw_share]."""
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--out_dir", required=True)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--scale", type=float, default=1.0)
+  parser.add_argument("--demo_flaw_share", type=float, default=DEMO_FLAW_SHARE)
   args = parser.parse_args(argv)
-  counts = generate_world(args.out_dir, args.seed, args.scale)["counts"]
+  counts = generate_world(args.out_dir, args.seed, args.scale,
+                          args.demo_flaw_share)["counts"]
   print(json.dumps({k: counts[k] for k in ("corpus", "defects",
                                            "instructions", "preferences")}))
 

@@ -6,16 +6,28 @@ import random
 from typing import Any
 
 TASKS = ("summarize", "reply", "action_items", "fact_qa", "refuse_pii")
-FLAWS = ("vague", "verbose", "wrong_fact", "wrong_format", "unsafe_compliance")
-# Which flaws make sense for each task (unsafe compliance needs a private ask).
+FLAWS = ("vague", "verbose", "wrong_fact", "wrong_format", "unsafe_compliance",
+         "rude")
+# Which flaws make sense for each task (unsafe compliance needs a private ask;
+# an action-item list has no sentence to be rude in).
 TASK_FLAWS = {
-    "summarize": ("vague", "verbose", "wrong_fact", "wrong_format"),
-    "reply": ("vague", "verbose", "wrong_fact", "wrong_format"),
+    "summarize": ("vague", "verbose", "wrong_fact", "wrong_format", "rude"),
+    "reply": ("vague", "verbose", "wrong_fact", "wrong_format", "rude"),
     "action_items": ("vague", "verbose", "wrong_fact", "wrong_format"),
-    "fact_qa": ("vague", "verbose", "wrong_fact", "wrong_format"),
+    "fact_qa": ("vague", "verbose", "wrong_fact", "wrong_format", "rude"),
     "refuse_pii": ("unsafe_compliance", "unsafe_compliance", "vague",
-                   "verbose"),
+                   "verbose", "rude"),
 }
+# Tasks a model can learn within the demo's budget (knowledge stored in
+# pretraining, plus form) and tasks that need names and items copied out of
+# a long prompt, which the ~10M demo model does not learn to do (the copy
+# probe): reported as separate groups.
+TASK_GROUPS = {"learnable": ("fact_qa", "refuse_pii"),
+               "hard": ("summarize", "reply", "action_items")}
+_RUDE_OPENERS = ("Obviously,", "Whatever.", "Honestly, this is annoying.")
+_RUDE_BODY = ("Stop bothering me with this.", "Figure it out next time.",
+              "Honestly, this is annoying.")
+_LOWER_FIRST = ("The", "A", "An", "Your", "This", "It")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,9 +42,42 @@ class Item:
   def __post_init__(self):
     if self.task not in TASKS:
       raise ValueError(f"unknown task {self.task!r}")
-    missing = set(TASK_FLAWS[self.task]) - set(self.rejected)
+    missing = set(TASK_FLAWS[self.task]) - set(self.rejected) - {"rude"}
     if missing:
       raise ValueError(f"{self.task} item lacks rejected {sorted(missing)}")
+
+
+def rude(task: str, gold: str, rng: random.Random) -> str:
+  """The reference response made rude and nothing else: the content, shape
+  and length budget stay, so only the judge's politeness fails."""
+  if task == "refuse_pii":  # "I'm sorry, but I can't ..." -> "Obviously, I"
+    body = gold.split(" but ", 1)[1] if " but " in gold else gold
+    return f"{rng.choice(_RUDE_OPENERS[:1])} {body}"
+  if task == "reply":  # a rude sentence opens the letter's body
+    lines = gold.split("\n")
+    i = next(k for k, ln in enumerate(lines) if k > 0 and ln.strip())
+    lines[i] = f"{rng.choice(_RUDE_BODY)} {lines[i]}"
+    return "\n".join(lines)
+  if task == "summarize":  # the first bullet starts rudely
+    lines = gold.split("\n")
+    head, _, rest = lines[0].partition(" ")
+    first, _, tail = rest.partition(" ")
+    first = first.lower() if first in _LOWER_FIRST else first
+    lines[0] = f"{head} Obviously, {first} {tail}".rstrip()
+    return "\n".join(lines)
+  if task == "fact_qa":
+    first, _, tail = gold.partition(" ")
+    first = first.lower() if first in _LOWER_FIRST else first
+    return f"{rng.choice(_RUDE_OPENERS[:2])} {first} {tail}".rstrip()
+  raise ValueError(f"no rude variant for task {task!r}")
+
+
+def with_rude(item: "Item", rng: random.Random) -> "Item":
+  """`item` with its rude rejected response added, where its task has one."""
+  if "rude" not in TASK_FLAWS[item.task]:
+    return item
+  return dataclasses.replace(item, rejected={
+      **item.rejected, "rude": rude(item.task, item.gold, rng)})
 
 
 _PADDING = (

@@ -191,25 +191,36 @@ def task_items(facts: wf.Facts, seed: int, heldout: set[str], n_instr: int,
   buckets = {f"{k}/{s}": {} for k in ("instr", "pref") for s in SPLITS}
   for task in wi.TASKS:
     rng = wt.stream(seed, "tasks", task)
+    # Rude variants draw from a stream of their own: every other item stays
+    # as it was before the rude flaw existed.
+    rude_rng = wt.stream(seed, "rude", task)
     seen = set()
     make, units = makers[task]
     parts = ({b: [None] for b in buckets} if units is None
              else _partition(units, rng))
     for bucket in buckets:
       kind, split = bucket.split("/")
-      buckets[bucket][task] = _items(make, parts[bucket], counts[kind][split],
-                                     rng, seen)
+      buckets[bucket][task] = [
+          wi.with_rude(it, rude_rng) for it in _items(
+              make, parts[bucket], counts[kind][split], rng, seen)]
   return buckets
 
 
-def instruction_record(company: str, item: wi.Item, rid: str) -> dict[str, Any]:
-  """The on-disk SFT record: system, user and reference assistant turns."""
-  return {"id": rid, "task": item.task,
-          "messages": [{"role": "system", "content": SYSTEM.format(
-              company=company)},
-                       {"role": "user", "content": item.user},
-                       {"role": "assistant", "content": item.gold}],
-          "reference": item.reference}
+def instruction_record(company: str, item: wi.Item, rid: str,
+                       flaw: str | None = None) -> dict[str, Any]:
+  """The on-disk SFT record: system, user and assistant turns. The
+  assistant turn is the reference response, or with `flaw` the item's
+  response with that flaw (a flawed demonstration, recorded as "flaw")."""
+  out = {"id": rid, "task": item.task,
+         "messages": [{"role": "system", "content": SYSTEM.format(
+             company=company)},
+                      {"role": "user", "content": item.user},
+                      {"role": "assistant", "content": (
+                          item.rejected[flaw] if flaw else item.gold)}],
+         "reference": item.reference}
+  if flaw:
+    out["flaw"] = flaw
+  return out
 
 
 def preference_record(company: str, item: wi.Item, flaw: str,

@@ -75,6 +75,6 @@ def general_holdout(seed: int, n: int) -> list[dict[str, str]]:
   rng = wt.stream(seed, "general_holdout")
   out = []
   for i in range(n):
-    topic, text = wg.general_page(rng)
+    topic, text = wg.general_page(rng, split="holdout")
     out.append({"id": f"general-{i:04d}", "topic": topic, "text": text})
   return out

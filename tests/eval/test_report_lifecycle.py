@@ -1,11 +1,15 @@
 """report.md of a real tiny lifecycle: a row per stage with the runs' own
 numbers, the failure -> fix chain computed from them, plots, curation."""
 
+import dataclasses
 import json
 import os
 
-from lifejax.data.jsonl import write_jsonl
-from lifejax.eval import report, runs
+import pytest
+
+from lifejax.data.jsonl import read_jsonl, write_jsonl
+from lifejax.eval import lifecycle_evals, report, runs
+from lifejax.run import lineage
 from lifejax.run.layout import LifecycleRoot, RunDir
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -193,3 +197,63 @@ def test_progress_lines_name_each_stage(tiny_lifecycle):
   for k, name in enumerate(("pretrain", "sft", "reward", "dpo", "release"), 1):
     assert f"[lifecycle] [{k}/5 {name}] starting" in text, text[-2000:]
   assert "[lifecycle] finished in " in text
+
+
+def test_release_candidate_is_picked_on_dev_and_reported_on_test(
+    tiny_lifecycle):
+  """The release stage scores every candidate on the dev (validation)
+  prompts and picks the best there; its reported numbers are the test
+  prompts'. A dev tie goes to the earlier stage."""
+  lr = LifecycleRoot(tiny_lifecycle)
+  with open(lr.stage("release").stage_file) as f:
+    picked = json.load(f)
+  assert picked["selected_on"] == "validation"
+  assert set(picked["dev_judge"]) == {"sft", "dpo"}
+  assert picked["candidate"] == lifecycle_evals.pick_release(
+      picked["dev_judge"])
+  with open(lr.stage("release").eval) as f:
+    ev = json.load(f)
+  assert ev["candidate"] == picked["candidate"]
+  assert ev["dev_judge/sft"] == picked["dev_judge"]["sft"]
+  dev_ids = {r["id"] for r in read_jsonl(lr.world_instructions("validation"))}
+  test_ids = {r["id"] for r in read_jsonl(lr.world_instructions("test"))}
+  assert dev_ids and test_ids and not dev_ids & test_ids
+  # The ledger names the code the run came from (the recording check).
+  with open(lr.ledger) as f:
+    code = json.load(f)["code"]
+  assert code["files"]["lifejax/stages/lifecycle.py"]
+  assert lifecycle_evals.pick_release({"sft": 0.5, "dpo": 0.5,
+                                       "ppo": 0.4}) == "sft"
+  assert lifecycle_evals.pick_release({"sft": 0.5, "dpo": 0.6}) == "dpo"
+  with pytest.raises(ValueError, match="no release candidates"):
+    lifecycle_evals.pick_release({})
+
+
+def test_a_run_rewarded_by_the_eval_judge_is_flagged(lifecycle_copy):
+  root = lifecycle_copy(heavy=False)
+  dpo = LifecycleRoot(root).stage("dpo").root
+  assert not lifecycle_evals.trained_on_eval_judge(dpo)
+  lin = lineage.read_lineage(dpo)
+  lineage.write_lineage(dpo, dataclasses.replace(
+      lin, details={**lin.details, "reward": {"kind": "judge"}}))
+  assert lifecycle_evals.trained_on_eval_judge(dpo)
+
+
+def test_flaw_rates_and_circular_judges_are_told(lifecycle_copy):
+  root = lifecycle_copy(heavy=False)
+  dirs = {s["name"]: s["run_dir"] for s in _ledger(root)["stages"]}
+  _write_eval(dirs["sft"], **{"demo_pool/flaw/verbose": 0.05,
+                              "instruct/flaw/verbose": 0.04,
+                              "demo_pool/flaw/rude": 0.06,
+                              "instruct/flaw/rude": 0.05})
+  _write_eval(dirs["dpo"], win_rate_vs_ref=0.7,
+              **{"instruct/flaw/verbose": 0.01, "instruct/flaw/rude": 0.0,
+                 "eval_judge_is_training_reward": 1.0})
+  with open(report.write_report(root), encoding="utf-8") as f:
+    md = f.read()
+  pool = next(ln for ln in md.splitlines() if "sft imitates its demon" in ln)
+  assert "flaw rates in the training pool → in its answers:" in pool
+  assert "rude 6.0% → 5.0%" in pool and "verbose 5.0% → 4.0%" in pool
+  tuned = next(ln for ln in md.splitlines() if "flaw rates SFT → dpo" in ln)
+  assert "rude 5.0% → 0.0%" in tuned and "verbose 4.0% → 1.0%" in tuned
+  assert "dpo was rewarded by the judge that scores it" in md

@@ -9,11 +9,11 @@ from lifejax.world import judge
 
 TASKS = {"summarize", "reply", "action_items", "fact_qa", "refuse_pii"}
 FLAWS_OK = {
-    "summarize": {"vague", "verbose", "wrong_fact", "wrong_format"},
-    "reply": {"vague", "verbose", "wrong_fact", "wrong_format"},
+    "summarize": {"vague", "verbose", "wrong_fact", "wrong_format", "rude"},
+    "reply": {"vague", "verbose", "wrong_fact", "wrong_format", "rude"},
     "action_items": {"vague", "verbose", "wrong_fact", "wrong_format"},
-    "fact_qa": {"vague", "verbose", "wrong_fact", "wrong_format"},
-    "refuse_pii": {"unsafe_compliance", "vague", "verbose"},
+    "fact_qa": {"vague", "verbose", "wrong_fact", "wrong_format", "rude"},
+    "refuse_pii": {"unsafe_compliance", "vague", "verbose", "rude"},
 }
 
 
@@ -109,16 +109,19 @@ def test_references_agree_with_the_world(world):
   for _, _, r in _all_records(world):
     ref, user = r["reference"], _user(r)
     gold = r["messages"][-1]["content"] if "messages" in r else r["chosen"]
+    if r.get("flaw") and "messages" in r:  # a flawed demonstration
+      gold = None
     if r["task"] == "fact_qa":
       assert ref["answer"] == facts[ref["fact_id"]]["value"]
-      assert ref["answer"] in gold and ref["answer"] not in ref["distractors"]
+      assert ref["answer"] not in ref["distractors"]
+      assert gold is None or ref["answer"] in gold
       if ref["open_book"]:
         assert ref["answer"] in user
     elif r["task"] == "refuse_pii":
       e = people[ref["employee"]]
       assert ref["private_values"] == [e["email"], e["phone"]]
       assert e["name"] in user
-      assert not any(v in gold for v in ref["private_values"])
+      assert gold is None or not any(v in gold for v in ref["private_values"])
     elif r["task"] == "summarize":
       assert len(ref["points"]) == 3
       for p in ref["points"]:
@@ -127,14 +130,14 @@ def test_references_agree_with_the_world(world):
       for item in ref["items"]:
         assert item["owner"] in user and item["due"] in user
         assert item["task"] in user
-    else:
+    elif gold is not None:
       assert all(m in gold for m in ref["must_mention"])
       assert gold.splitlines()[-1] == ref["signer"]
 
 
 def test_unsafe_rejections_leak_and_chosen_never_does(world):
   unsafe = [r for _, _, r in _all_records(world)
-            if r.get("flaw") == "unsafe_compliance"]
+            if r.get("flaw") == "unsafe_compliance" and "rejected" in r]
   assert unsafe
   for r in unsafe:
     assert any(v in r["rejected"] for v in r["reference"]["private_values"])
@@ -151,6 +154,8 @@ def test_judge_prefers_every_chosen_response(world):
 def test_reference_answers_get_near_full_marks(world):
   for split in generator.SPLITS:
     for r in world.instructions[split]:
+      if r.get("flaw"):  # a flawed demonstration (the mixed-quality pool)
+        continue
       s = judge.score(r, r["messages"][-1]["content"])
       assert s.total >= 0.95, (r["id"], s)
   for r in world.eval["general_instructions"]:
@@ -204,3 +209,32 @@ def test_general_holdout_is_unseen_general_text(world):
     assert h["text"] not in corpus
     assert not set(re.findall(r"\w+", h["text"].lower())) & company_words
     assert len(h["text"].split()) >= 50
+
+
+def test_sft_demonstrations_are_a_mixed_quality_pool(world):
+  """A stated share of the training demonstrations carries one of its
+  task's flaws (the preference data's kinds), recorded per record and in
+  the manifest; validation and test keep the reference responses."""
+  from lifejax.eval import instruct  # pylint: disable=g-import-not-at-top
+  from lifejax.world import generator, items  # pylint: disable=g-import-not-at-top
+  from lifejax.world import judge  # pylint: disable=g-import-not-at-top
+  train = world.instructions["train"]
+  flawed = [r for r in train if r.get("flaw")]
+  assert len(flawed) == round(generator.DEMO_FLAW_SHARE * len(train))
+  for r in flawed:
+    assert r["flaw"] in items.TASK_FLAWS[r["task"]], r["id"]
+    answer = r["messages"][-1]["content"]
+    assert instruct.flaws(r, answer, judge.score(r, answer))[r["flaw"]], r
+  for split in ("validation", "test"):
+    assert not any(r.get("flaw") for r in world.instructions[split])
+  counts = world.manifest()["counts"]["demo_flaws"]
+  assert sum(counts.values()) == len(flawed)
+  assert world.manifest()["demo_flaw_share"] == generator.DEMO_FLAW_SHARE
+  clean = generator.build_world(seed=world.seed, scale=world.scale,
+                                demo_flaw_share=0.0)
+  assert not any(r.get("flaw") for r in clean.instructions["train"])
+  # The share moves only the demonstrations: the prompts are the same.
+  assert ([r["messages"][1] for r in clean.instructions["train"]]
+          == [r["messages"][1] for r in train])
+  with pytest.raises(ValueError, match="demo_flaw_share"):
+    generator.build_world(seed=0, scale=0.3, demo_flaw_share=1.5)
