@@ -9,7 +9,10 @@
               engine (`train.loop`): rollouts from the current policy,
               prepared by the algorithm, resumable at iteration boundaries.
   ppo.py      PPO: KL-shaped rewards, GAE, the KL controller.
-  grpo.py     GRPO: group-relative advantages, no critic.
+  grpo.py     GRPO and its family (DAPO, Dr. GRPO, GSPO options):
+              group-relative advantages, no critic.
+  dynamic_sampling.py  DAPO's dynamic sampling: drop flat groups, refill.
+  monitors.py  policy entropy and KL-to-reference alerts.
   rlaif.py    on-policy preference pairs labelled by a judge, for DPO.
 
 The losses themselves are the registered ones in `lifejax.losses`; the

@@ -11,6 +11,13 @@ state (iteration, prompt position, the algorithm's state such as an
 adaptive KL coefficient) is saved with every checkpoint, which falls on an
 iteration boundary, so a restarted run continues exactly as an
 uninterrupted one would.
+
+An algorithm may ask for dynamic sampling (DAPO): groups it finds
+uninformative are dropped and refilled from extra rollout rounds
+(`dynamic_sampling.refill_groups`). `monitors.Monitors` (RLLoopConfig's
+entropy_floor, kl_ceiling) log a warning and count an alert when the
+policy's entropy collapses below a fraction of its first-iteration value
+or the KL to the reference exceeds a bound.
 """
 
 from __future__ import annotations
@@ -27,7 +34,9 @@ from lifejax import checks
 from lifejax.data.jsonl import write_jsonl
 from lifejax.losses.lm import LossFn
 from lifejax.rl import rollout as rollout_lib
+from lifejax.rl.dynamic_sampling import refill_groups
 from lifejax.rl.layout import Layout, PolicyForwards
+from lifejax.rl.monitors import Monitors, policy_entropy
 from lifejax.run.layout import iteration_sample_name
 
 
@@ -40,6 +49,15 @@ class RLLoopConfig:
   num_microbatches for gradient accumulation). Metrics are logged once per
   iteration (the mean of its steps' metrics beside the rollout's metrics);
   checkpoints are written every `checkpoint_every` iterations.
+
+  Monitors: log_entropy logs `policy_entropy`, the mean entropy (nats) of
+  the sampling policy over the rollout's response tokens (one extra forward
+  per iteration). entropy_floor (a fraction; 0: off; implies log_entropy):
+  alert when policy_entropy < entropy_floor * its first-iteration value.
+  kl_ceiling (0: off): alert when the rollout's `kl` (log pi - log ref
+  summed over a response, mean over samples) exceeds it. An alert is a
+  logged warning plus metrics alert/<name> (1 in that iteration) and
+  alert/<name>_count (alerts so far in the run, resumed with it).
   """
 
   num_iterations: int = 100
@@ -55,6 +73,9 @@ class RLLoopConfig:
   progress: bool = True
   max_nonfinite_steps: int = 10  # LoopConfig's: minibatch steps
   extend: bool = False  # train a finished run on to num_iterations
+  log_entropy: bool = False
+  entropy_floor: float = 0.0
+  kl_ceiling: float = 0.0
 
   def __post_init__(self):
     checks.at_least("RLLoopConfig.num_iterations", self.num_iterations, 0)
@@ -66,6 +87,9 @@ class RLLoopConfig:
     checks.at_least("RLLoopConfig.eval_every", self.eval_every, 0)
     checks.at_least("RLLoopConfig.early_stop_patience",
                     self.early_stop_patience, 0)
+    checks.in_range("RLLoopConfig.entropy_floor", self.entropy_floor, 0.0,
+                    1.0)
+    checks.at_least("RLLoopConfig.kl_ceiling", self.kl_ceiling, 0.0)
     if self.minibatch_size % self.num_microbatches:
       raise ValueError(f"RLLoopConfig.minibatch_size={self.minibatch_size} "
                        "is not divisible by RLLoopConfig.num_microbatches="
@@ -83,7 +107,12 @@ class RLLoopConfig:
 
 
 class Algorithm(Protocol):
-  """What an RL algorithm supplies (see ppo.PPO, grpo.GRPO)."""
+  """What an RL algorithm supplies (see ppo.PPO, grpo.GRPO).
+
+  Optional: `dynamic_sampling_rounds` (int, default 0) > 0 with
+  `informative_groups(rollout) -> (num_groups,) bool` turns on
+  `refill_groups` for its rollouts.
+  """
 
   group_size: int  # samples per prompt
   loss: str  # a registered loss name ...
@@ -180,6 +209,7 @@ class RolloutSource:
     self.sampling_cfg = rollout_cfg.sampling_config(
         codec.stop_ids, codec.pad_id, codec.vocab_limit)
     self.iteration = 0
+    self.monitors = Monitors(loop_cfg.entropy_floor, loop_cfg.kl_ceiling)
     self._queue: list[dict[str, np.ndarray]] = []
     self._metrics: dict[str, float] = {}
 
@@ -188,15 +218,37 @@ class RolloutSource:
       self._start_iteration(self.trained_params(state))
     return self._queue.pop(0)
 
+  def _collect(self, params: Any, it: int
+               ) -> tuple[rollout_lib.Rollout, dict[str, float]]:
+    """This iteration's rollout (refilled when the algorithm asks for
+    dynamic sampling; extra round r samples with the key folded with r)."""
+    sample = self.forwards.sampler(params, self.sampling_cfg)
+    key = jax.random.fold_in(jax.random.PRNGKey(self.seed), it)
+
+    def one(rng: jax.Array) -> rollout_lib.Rollout:
+      return rollout_lib.collect(
+          next(self.prompts), codec=self.codec, cfg=self.rollout_cfg,
+          sample=sample, rng=rng, group_size=self.algorithm.group_size,
+          stats=lambda rows: self.forwards.stats(params, rows),
+          ref_logp=self.forwards.ref_logp, scorer=self.scorer)
+
+    rollout = one(key)
+    rounds = getattr(self.algorithm, "dynamic_sampling_rounds", 0)
+    if not rounds:
+      return rollout, {}
+    return refill_groups(rollout, lambda r: one(jax.random.fold_in(key, r)),
+                         self.algorithm.informative_groups,
+                         self.algorithm.group_size, rounds)
+
+  def _policy_entropy(self, params: Any, rows: rollout_lib.Rows) -> float:
+    f = self.forwards
+    return policy_entropy(
+        f.layout.lm_graphdef, f.layout.lm_params(params), rows, f.mesh,
+        f.rules, f.chunk_size)
+
   def _start_iteration(self, params: Any) -> None:
     it = self.iteration
-    rollout = rollout_lib.collect(
-        next(self.prompts), codec=self.codec, cfg=self.rollout_cfg,
-        sample=self.forwards.sampler(params, self.sampling_cfg),
-        rng=jax.random.fold_in(jax.random.PRNGKey(self.seed), it),
-        group_size=self.algorithm.group_size,
-        stats=lambda rows: self.forwards.stats(params, rows),
-        ref_logp=self.forwards.ref_logp, scorer=self.scorer)
+    rollout, sampled = self._collect(params, it)
     batch, prepared = self.algorithm.prepare(rollout)
     # The controller's update uses only this rollout's statistics, and the
     # loss never reads it, so observing now (not after the updates) changes
@@ -210,8 +262,12 @@ class RolloutSource:
       for s in range(0, n, size):
         idx = order[s:s + size][self._rows]
         self._queue.append({k: v[idx] for k, v in batch.items()})
-    self._metrics = {**prepared, **rollout_lib.rollout_metrics(rollout),
-                     "iteration": float(it + 1)}
+    metrics = {**prepared, **rollout_lib.rollout_metrics(rollout),
+               **sampled}
+    if self.loop_cfg.log_entropy or self.loop_cfg.entropy_floor:
+      metrics["policy_entropy"] = self._policy_entropy(params, rollout.rows)
+    metrics.update(self.monitors.check(it + 1, metrics))
+    self._metrics = {**metrics, "iteration": float(it + 1)}
     every = self.loop_cfg.samples_every
     if self.samples_dir and (it == 0 or (every and (it + 1) % every == 0)):
       write_samples(self.samples_dir, it + 1, rollout)
@@ -227,13 +283,19 @@ class RolloutSource:
           f"an RL checkpoint must fall on an iteration boundary; "
           f"{len(self._queue)} minibatches of iteration {self.iteration} "
           "are still queued")
-    return {"iteration": self.iteration, "prompts": self.prompts.get_state(),
-            "algorithm": self.algorithm.get_state()}
+    state = {"iteration": self.iteration,
+             "prompts": self.prompts.get_state(),
+             "algorithm": self.algorithm.get_state()}
+    if self.monitors.active:
+      state["monitors"] = self.monitors.get_state()
+    return state
 
   def set_state(self, state: dict) -> None:
     self.iteration = int(state["iteration"])
     self.prompts.set_state(state["prompts"])
     self.algorithm.set_state(state["algorithm"])
+    if self.monitors.active and "monitors" in state:
+      self.monitors.set_state(state["monitors"])
     self._queue = []
 
 

@@ -245,8 +245,12 @@ def test_rl_algorithms_build_the_registered_loss_by_name(private_registry):
       ("ppo", ("LM", "V"), dict(clip_eps=cfg.clip_eps,
                                 value_clip_eps=cfg.value_clip_eps,
                                 vf_coef=cfg.vf_coef, ent_coef=cfg.ent_coef)),
-      ("grpo", ("LM",), dict(clip_eps=gcfg.clip_eps, kl_coef=gcfg.kl_coef,
-                             aggregation=gcfg.aggregation))]
+      ("grpo", ("LM",), dict(
+          clip_eps=gcfg.clip_eps, kl_coef=gcfg.kl_coef,
+          aggregation=gcfg.aggregation, clip_eps_low=gcfg.clip_eps_low,
+          clip_eps_high=gcfg.clip_eps_high,
+          importance_sampling_level=gcfg.importance_sampling_level,
+          norm_length=gcfg.norm_length))]
 
 
 @pytest.mark.parametrize("stage, loss", [
