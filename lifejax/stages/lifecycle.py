@@ -88,6 +88,7 @@ def lifecycle(
     world_seed: int = 0,
     world_scale: float = 1.0,
     world_demo_flaw_share: float = generator.DEMO_FLAW_SHARE,
+    world_entity_scale: float = 1.0,
     pretrain_sources: Sequence[str] = ("wiki", "support_chat", "records",
                                        "mail", "web"),
     source_weights: dict[str, float] | None = None,
@@ -147,7 +148,8 @@ def lifecycle(
   # 1. The embedded world and its curation.
   if not os.path.exists(lr.world_manifest):
     generator.generate_world(lr.world, seed=world_seed, scale=world_scale,
-                             demo_flaw_share=world_demo_flaw_share)
+                             demo_flaw_share=world_demo_flaw_share,
+                             entity_scale=world_entity_scale)
   _check_world(lr)
   if not os.path.exists(lr.curation_report):
     from lifejax.curation import run_curation  # pylint: disable=g-import-not-at-top

@@ -215,8 +215,12 @@ def _employees(rng: random.Random, n: int, departments: list[str],
   return out
 
 
-def build_facts(seed: int, scale: float) -> Facts:
-  """Draws the company, its entities and the fact table for (seed, scale)."""
+def build_facts(seed: int, scale: float, entity_scale: float = 1.0) -> Facts:
+  """Draws the company, its entities and the fact table for (seed, scale).
+
+  entity_scale multiplies the entity counts alone: below 1 the same corpus
+  states fewer facts, each more often (denser knowledge)."""
+  scale = scale * entity_scale
   rng = wt.stream(seed, "facts")
   company = (f"{rng.choice(_COMPANY_HEADS)}{rng.choice(_COMPANY_TAILS)} "
              f"{rng.choice(_COMPANY_KINDS)}")

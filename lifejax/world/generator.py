@@ -76,6 +76,7 @@ class World:
   instructions: dict[str, list[dict[str, Any]]]
   preferences: dict[str, list[dict[str, Any]]]
   demo_flaw_share: float = 0.0
+  entity_scale: float = 1.0
 
   def files(self) -> dict[str, list[dict[str, Any]]]:
     """Relative JSONL path -> records."""
@@ -123,6 +124,7 @@ class World:
             "demo_flaws": {k: demo.get(k, 0) for k in wi.FLAWS},
         },
         "demo_flaw_share": self.demo_flaw_share,
+        "entity_scale": self.entity_scale,
     }
 
 
@@ -281,17 +283,24 @@ def _task_emails(instructions: dict[str, list[dict]],
 
 
 def build_world(seed: int = 0, scale: float = 1.0,
-                demo_flaw_share: float = DEMO_FLAW_SHARE) -> World:
+                demo_flaw_share: float = DEMO_FLAW_SHARE,
+                entity_scale: float = 1.0) -> World:
   """Builds the whole world in memory; deterministic in its arguments.
 
   demo_flaw_share: the share of SFT training demonstrations that carry one
-  of the preference data's flaws instead of the reference response.
+    of the preference data's flaws instead of the reference response.
+  entity_scale: multiplies the number of employees, products, vendors (and
+    departments, by its square root) but not the documents: below 1 each
+    fact is stated more often.
   """
   _check_args(seed, scale)
   if not 0.0 <= demo_flaw_share <= 1.0:
     raise ValueError(f"demo_flaw_share must be in [0, 1], got "
                      f"{demo_flaw_share}")
-  facts = wf.build_facts(seed, scale)
+  if not 0.05 <= entity_scale <= MAX_SCALE:
+    raise ValueError(f"entity_scale must be in [0.05, {MAX_SCALE}], got "
+                     f"{entity_scale}")
+  facts = wf.build_facts(seed, scale, entity_scale)
   questions, heldout = wtask.heldout_questions(facts, seed)
   instructions, preferences = _tasks(facts, seed, scale, heldout,
                                      demo_flaw_share)
@@ -313,7 +322,8 @@ def build_world(seed: int = 0, scale: float = 1.0,
             "general_instructions": wtask.general_instructions(
                 seed, _n("general_instructions", scale, 10))},
       instructions=instructions, preferences=preferences,
-      demo_flaw_share=float(demo_flaw_share))
+      demo_flaw_share=float(demo_flaw_share),
+      entity_scale=float(entity_scale))
 
 
 def _dump_jsonl(records: list[dict[str, Any]]) -> bytes:
@@ -322,13 +332,14 @@ def _dump_jsonl(records: list[dict[str, Any]]) -> bytes:
 
 
 def generate_world(out_dir: str, seed: int = 0, scale: float = 1.0,
-                   demo_flaw_share: float = DEMO_FLAW_SHARE) -> dict:
+                   demo_flaw_share: float = DEMO_FLAW_SHARE,
+                   entity_scale: float = 1.0) -> dict:
   """Builds the world and writes it under `out_dir`; returns the manifest.
 
   Files are byte-identical for the same arguments. Existing world files in
   `out_dir` are overwritten; other files are left alone.
   """
-  world = build_world(seed, scale, demo_flaw_share)
+  world = build_world(seed, scale, demo_flaw_share, entity_scale)
   manifest = world.manifest()
   files = {}
   blobs = {path: _dump_jsonl(recs) for path, recs in world.files().items()}
@@ -383,20 +394,22 @@ def load_world(out_dir: str) -> World:
             ("fact_questions", "general_holdout", "general_instructions")},
       instructions={s: read(f"instructions/{s}.jsonl") for s in SPLITS},
       preferences={s: read(f"preferences/{s}.jsonl") for s in SPLITS},
-      demo_flaw_share=manifest["demo_flaw_share"])
+      demo_flaw_share=manifest["demo_flaw_share"],
+      entity_scale=manifest["entity_scale"])
 
 
 def main(argv: list[str] | None = None) -> None:
   """CLI: python -m lifejax.world.generator --out_dir DIR [--seed --scale
-  --demo_flaw_share]."""
+  --demo_flaw_share --entity_scale]."""
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--out_dir", required=True)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--scale", type=float, default=1.0)
   parser.add_argument("--demo_flaw_share", type=float, default=DEMO_FLAW_SHARE)
+  parser.add_argument("--entity_scale", type=float, default=1.0)
   args = parser.parse_args(argv)
   counts = generate_world(args.out_dir, args.seed, args.scale,
-                          args.demo_flaw_share)["counts"]
+                          args.demo_flaw_share, args.entity_scale)["counts"]
   print(json.dumps({k: counts[k] for k in ("corpus", "defects",
                                            "instructions", "preferences")}))
 

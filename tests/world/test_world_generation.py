@@ -133,3 +133,16 @@ def test_bad_arguments_are_rejected(seed, scale, error):
 def test_load_world_needs_a_manifest(tmp_path):
   with pytest.raises(FileNotFoundError, match="generate_world"):
     generator.load_world(str(tmp_path))
+
+
+def test_entity_scale_makes_knowledge_denser():
+  """Fewer entities, the same documents: each fact is stated more often."""
+  full = generator.build_world(seed=0, scale=0.5)
+  dense = generator.build_world(seed=0, scale=0.5, entity_scale=0.4)
+  mean = lambda w: sum(f["mentions"] for f in w.facts) / len(w.facts)  # noqa: E731
+  assert len(dense.facts) < 0.6 * len(full.facts)
+  assert mean(dense) > 1.5 * mean(full)
+  assert dense.manifest()["entity_scale"] == 0.4
+  assert full.manifest()["entity_scale"] == 1.0
+  with pytest.raises(ValueError, match="entity_scale"):
+    generator.build_world(seed=0, scale=0.5, entity_scale=0.0)
