@@ -198,15 +198,18 @@ class PairBatches:
   """Shuffled fixed-size batches over precomputed pair rows (+ ref logps).
 
   Deterministic from (seed, epoch); the state is (epoch, position), so a
-  resumed run continues with exactly the next batch.
+  resumed run continues with exactly the next batch. `names`: the batch's
+  keys for the two halves (KTO's are ("completion", "kl")).
   """
 
-  def __init__(self, chosen: dict, rejected: dict, batch_size: int, seed: int):
+  def __init__(self, chosen: dict, rejected: dict, batch_size: int, seed: int,
+               names: tuple[str, str] = ("chosen", "rejected")):
     self.chosen, self.rejected = chosen, rejected
     self.n = next(iter(chosen.values())).shape[0]
     if self.n < batch_size:
       raise ValueError(f"{self.n} preference pairs < batch_size {batch_size}")
     self.batch_size, self.seed = batch_size, seed
+    self.names = names
     self.epoch, self.pos = 0, 0
 
   def __iter__(self):
@@ -218,8 +221,9 @@ class PairBatches:
     order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
     idx = order[self.pos:self.pos + self.batch_size]
     self.pos += self.batch_size
-    return {"chosen": {k: v[idx] for k, v in self.chosen.items()},
-            "rejected": {k: v[idx] for k, v in self.rejected.items()}}
+    first, second = self.names
+    return {first: {k: v[idx] for k, v in self.chosen.items()},
+            second: {k: v[idx] for k, v in self.rejected.items()}}
 
   def get_state(self) -> dict:
     return {"epoch": self.epoch, "pos": self.pos}

@@ -17,7 +17,8 @@ from lifejax.run.layout import LifecycleRoot, RunDir
 from lifejax.run.lineage import Lineage, read_lineage
 from lifejax.train.metrics import read_metrics
 
-POLICY_KINDS = ("dpo", "ppo", "cdpo", "ipo", "simpo", "grpo")
+POLICY_KINDS = ("dpo", "ppo", "cdpo", "ipo", "simpo", "orpo", "kto",
+                "online_dpo", "grpo")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,6 +11,20 @@ response tokens, for the chosen (w) and rejected (l) answer of each pair:
           log-probs as in the paper (TRL's variant averages per token).
 * "simpo" (Meng et al., 2024), reference-free and length-normalized:
           -log sigmoid(beta / |w| * log pi(w) - beta / |l| * log pi(l) - gamma).
+* "orpo"  (Hong et al., 2024), reference-free: the chosen answer's NLL plus
+          lambda * -log sigmoid(log odds(w) - log odds(l)), where
+          odds(y) = p / (1 - p) of the length-averaged p = exp(log pi(y) / |y|)
+          and log odds = a - log(1 - exp(a)), a = log pi(y) / |y| < 0, with
+          log(1 - exp(a)) computed stably (log1p(-exp(a)) far from 0,
+          log(-expm1(a)) near it). The NLL is the per-token mean of each
+          chosen answer, averaged over pairs (the paper's L_SFT; TRL averages
+          over all chosen tokens of the batch instead, which differs only
+          when lengths differ). Its "implicit rewards" are the log-odds, so
+          reward_margin is the mean log odds ratio.
+
+SimPO and ORPO are reference-free (their factories carry
+`reference_free = True`, see `needs_reference`): a stage computes no
+reference log-probs for them.
 
 Reference log-probs come from the batch (`batch["chosen"]["ref_logp"]`,
 `batch["rejected"]["ref_logp"]`, (B,) f32, e.g. precomputed once with
@@ -20,12 +34,13 @@ over the data instead of one per step) and keeps the reference out of the
 step; `ref_params` are closed over by the loss (jit passes them as
 arguments, not embedded constants).
 
-Every loss takes `nll_weight` (alpha, default 0): alpha times the chosen
-answer's per-token negative log-likelihood, -log pi(w) / |w|, is added to
-each pair's loss (RPO, Pang et al., 2024; TRL's `rpo_alpha`). DPO alone can
-lower the chosen answer's likelihood along with the rejected one's; the NLL
-term keeps probability mass on the chosen answers, which matters for
-on-policy pairs whose rejected side is often degenerate text.
+Every loss takes `nll_weight` (alpha, default 0; ORPO's default is 1, its
+SFT term): alpha times the chosen answer's per-token negative
+log-likelihood, -log pi(w) / |w|, is added to each pair's loss (RPO, Pang
+et al., 2024; TRL's `rpo_alpha`). DPO alone can lower the chosen answer's
+likelihood along with the rejected one's; the NLL term keeps probability
+mass on the chosen answers, which matters for on-policy pairs whose
+rejected side is often degenerate text.
 
 Batch: {"chosen": LM batch, "rejected": LM batch}, (B, T) arrays with
 loss_mask on response targets only (`lifejax.data.pipeline.preference_dataset`).
@@ -109,6 +124,37 @@ def simpo_objective(lp: PreferenceLogps, *, beta: float,
   r_rejected_B = beta * lp.rejected / jnp.maximum(lp.rejected_len, 1.0)
   return (-jax.nn.log_sigmoid(r_chosen_B - r_rejected_B - gamma),
           r_chosen_B, r_rejected_B)
+
+
+# a above this is treated as this (p = 1 - 1e-6): log(1 - exp(a)) -> -inf at
+# a = 0, and its gradient with it.
+_MAX_AVG_LOGP = -1e-6
+_LOG_HALF = -0.6931471805599453
+
+
+def log1mexp(a: jax.Array) -> jax.Array:
+  """log(1 - exp(a)) for a < 0, f32, accurate at both ends (Maechler,
+  2012): log(-expm1(a)) for a > -log 2, log1p(-exp(a)) below. a is clamped
+  to <= -1e-6 first, so both branches (and their gradients) stay finite."""
+  a = jnp.minimum(a.astype(F32), _MAX_AVG_LOGP)
+  return jnp.where(a > _LOG_HALF, jnp.log(-jnp.expm1(a)),
+                   jnp.log1p(-jnp.exp(a)))
+
+
+def log_odds(avg_logp: jax.Array) -> jax.Array:
+  """log(p / (1 - p)) of p = exp(avg_logp): avg_logp - log(1 - p)."""
+  return jnp.minimum(avg_logp, _MAX_AVG_LOGP) - log1mexp(avg_logp)
+
+
+def orpo_objective(lp: PreferenceLogps, *,
+                   odds_ratio_weight: float) -> PairOutputs:
+  """lambda * -log sigmoid(log odds(w) - log odds(l)) on length-averaged
+  log-probs (the NLL term is the builder's nll_weight); the rewards are
+  the log-odds of each answer."""
+  lo_chosen_B = log_odds(lp.chosen / jnp.maximum(lp.chosen_len, 1.0))
+  lo_rejected_B = log_odds(lp.rejected / jnp.maximum(lp.rejected_len, 1.0))
+  return (-odds_ratio_weight * jax.nn.log_sigmoid(lo_chosen_B - lo_rejected_B),
+          lo_chosen_B, lo_rejected_B)
 
 
 # -- from a model and a batch to PreferenceLogps -------------------------------
@@ -264,7 +310,19 @@ def make_ipo_loss_fn(graphdef: nnx.GraphDef, *, tau: float = 0.1,
                                   nll_weight=nll_weight)
 
 
+def _reference_free(factory: Callable[..., LossFn]) -> Callable[..., LossFn]:
+  factory.reference_free = True  # type: ignore[attr-defined]
+  return factory
+
+
+def needs_reference(factory: Callable[..., LossFn]) -> bool:
+  """Whether a registered preference loss reads reference log-probs (False
+  for the factories marked reference-free: SimPO, ORPO)."""
+  return not getattr(factory, "reference_free", False)
+
+
 @register_loss("simpo", kind="preference")
+@_reference_free
 def make_simpo_loss_fn(graphdef: nnx.GraphDef, *, beta: float = 2.0,
                        gamma: float = 1.0, nll_weight: float = 0.0) -> LossFn:
   """SimPO: reference-free, length-normalized, target margin `gamma`."""
@@ -274,7 +332,23 @@ def make_simpo_loss_fn(graphdef: nnx.GraphDef, *, beta: float = 2.0,
                                   nll_weight=nll_weight)
 
 
-PREFERENCE_LOSSES = ("dpo", "cdpo", "ipo", "simpo")
+@register_loss("orpo", kind="preference")
+@_reference_free
+def make_orpo_loss_fn(graphdef: nnx.GraphDef, *, odds_ratio_weight: float = 0.1,
+                      nll_weight: float = 1.0) -> LossFn:
+  """ORPO: nll_weight x chosen NLL + odds_ratio_weight x the odds-ratio
+  loss (the paper's lambda; TRL's ORPOConfig.beta, default 0.1)."""
+  if odds_ratio_weight < 0:
+    raise ValueError(f"odds_ratio_weight must be >= 0, got "
+                     f"{odds_ratio_weight}")
+
+  def objective(lp):
+    return orpo_objective(lp, odds_ratio_weight=odds_ratio_weight)
+  return build_preference_loss_fn(graphdef, objective, needs_reference=False,
+                                  nll_weight=nll_weight)
+
+
+PREFERENCE_LOSSES = ("dpo", "cdpo", "ipo", "simpo", "orpo")
 
 
 def make_preference_loss_fn(name: str, graphdef: nnx.GraphDef,

@@ -31,7 +31,8 @@ LossFactory = Callable[..., LossFn]
 
 # Modules whose import registers the built-in losses.
 _BUILTIN_MODULES = ("lifejax.losses.reward", "lifejax.losses.dpo",
-                    "lifejax.losses.ppo", "lifejax.losses.grpo")
+                    "lifejax.losses.kto", "lifejax.losses.ppo",
+                    "lifejax.losses.grpo")
 
 _REGISTRY: dict[str, LossFactory] = {}
 _KINDS: dict[str, str] = {}  # name -> kind, for factories registered with one

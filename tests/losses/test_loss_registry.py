@@ -12,8 +12,8 @@ from lifejax.losses import dpo, grpo, lm, ppo, registry, reward
 def test_builtins_are_registered():
   names = registry.available_losses()
   assert names == sorted(names)
-  assert set(names) >= {"lm", "reward", "dpo", "cdpo", "ipo", "simpo", "ppo",
-                        "grpo"}
+  assert set(names) >= {"lm", "reward", "dpo", "cdpo", "ipo", "simpo", "orpo",
+                        "kto", "ppo", "grpo"}
   assert registry.get_loss("lm") is lm.make_lm_loss_fn
   assert registry.get_loss("reward") is reward.make_reward_loss_fn
   assert registry.get_loss("dpo") is dpo.make_dpo_loss_fn
@@ -82,7 +82,8 @@ def _builtin(kind):
 
 
 def test_builtin_kinds_and_lookup_by_kind():
-  assert _builtin("preference") == ["cdpo", "dpo", "ipo", "simpo"]
+  assert _builtin("preference") == ["cdpo", "dpo", "ipo", "orpo", "simpo"]
+  assert _builtin("unpaired") == ["kto"]
   assert _builtin("lm") == ["lm"]
   for name in ("reward", "ppo", "grpo"):
     assert _builtin(name) == [name]
@@ -91,7 +92,7 @@ def test_builtin_kinds_and_lookup_by_kind():
     registry.get_loss("ppo", kind="preference", option="dpo.loss")
   msg = str(err.value)
   assert msg.startswith("\"dpo.loss: 'ppo'")
-  assert "preference losses: cdpo, dpo, ipo, simpo" in msg
+  assert "preference losses: cdpo, dpo, ipo, orpo, simpo" in msg
   with pytest.raises(KeyError, match="dpo.loss: unknown loss 'dpoo'"):
     registry.get_loss("dpoo", kind="preference", option="dpo.loss")
 
