@@ -50,6 +50,7 @@ import numpy as np
 from lifejax import sharding
 from lifejax.data import batching
 from lifejax.losses.lm import make_lm_loss_fn
+from lifejax.model import flops
 from lifejax.model.config import TransformerConfig
 from lifejax.train import optim, trainer as trainer_lib
 from lifejax.train.checkpoint import CheckpointConfig
@@ -301,7 +302,7 @@ def report(args: argparse.Namespace, cfgs: dict[str, TransformerConfig],
   tokens = args.batch * args.seq
   peak = {k: max(p[k] for p in peaks) for k in peaks[0]}
   cfg0 = next(iter(cfgs.values()))
-  flops_tok = cfg0.flops_per_token(args.seq)
+  flops_tok = flops.train_flops_per_token(cfg0, args.seq)
   lines = [
       f"Command: `{command}`",
       "",
@@ -311,7 +312,7 @@ def report(args: argparse.Namespace, cfgs: dict[str, TransformerConfig],
       f"{cfg0.num_kv_heads} kv heads, mlp {cfg0.mlp_dim}, remat "
       f"`{cfg0.remat_policy}`. Batch {args.batch} x seq {args.seq} = "
       f"{tokens} tokens/step; {flops_tok / 1e6:.1f} MFLOP/token "
-      "(6N + attention, `TransformerConfig.flops_per_token`).",
+      "(6 N_mm + causal attention, `lifejax.model.flops`).",
       "",
       f"Machine: {threads} cores (JAX/XLA thread pool = all of them; torch "
       f"`set_num_threads({threads})`), jax {jax.__version__}. Measured matmul "
@@ -346,8 +347,9 @@ def report(args: argparse.Namespace, cfgs: dict[str, TransformerConfig],
     lines.append(
         f"| {r.name} | {med * 1e3:.0f} ({min(r.times) * 1e3:.0f}-"
         f"{max(r.times) * 1e3:.0f}) | {tok_s:,.0f} | {tflops:.3f} | "
-        f"{100 * tflops * 1e3 / peak['f32']:.0f}% | "
-        f"{100 * tflops * 1e3 / peak['bf16']:.0f}% | {ratio} | "
+        f"{100 * flops.mfu(tok_s, flops_tok, peak['f32'] * 1e9):.0f}% | "
+        f"{100 * flops.mfu(tok_s, flops_tok, peak['bf16'] * 1e9):.0f}% | "
+        f"{ratio} | "
         f"{statistics.median(r.cpu_times):.2f} | "
         f"{_fmt(r.info.get('compile_s'), '.1f')} | "
         f"{_fmt(r.info.get('xla_mb'), '.0f')} |")

@@ -1,0 +1,60 @@
+"""Model FLOPs of a training step: the one formula MFU is reported with.
+
+Convention (the one MaxText reports MFU with; PaLM appendix B without its
+causal-attention overcount): count only matmul FLOPs, 2 per multiply-add,
+and charge the backward pass twice the forward (one matmul for the input
+gradient, one for the weight gradient), so training = 3 x forward.
+
+Per token of a sequence of length T, for a decoder with L layers, d_attn =
+H * E (query heads x head dim):
+
+* weight matmuls: every weight of the q/k/v/o projections, the gated MLP
+  and the output head takes part in one multiply-add per token, 2 * N_mm
+  forward, so 6 * N_mm for training. The input embedding is a gather, not a
+  matmul, and norms and biases are elementwise: none of them is in N_mm.
+* attention: a query attends to T keys; scores q . k cost 2 * T * E per
+  head and the weighted sum of values another 2 * T * E, so 4 * T * d_attn
+  per token per layer forward, 12 * L * T * d_attn for training. A causal
+  mask leaves query t with t + 1 keys, T / 2 on average, which halves it:
+  6 * L * T * d_attn.
+
+Remat recompute is not model FLOPs (MFU divides useful work by peak), so a
+rematerialized step does more hardware FLOPs than this formula counts.
+"""
+
+from __future__ import annotations
+
+from lifejax.model.config import TransformerConfig
+
+
+def matmul_params(cfg: TransformerConfig) -> int:
+  """N_mm: parameters that multiply activations (layers' projections and
+  the output head; not the embedding gather, norms or biases)."""
+  d, e, f = cfg.d_model, cfg.resolved_head_dim, cfg.mlp_dim
+  per_layer = d * e * (2 * cfg.num_heads + 2 * cfg.num_kv_heads) + 3 * d * f
+  return cfg.num_layers * per_layer + cfg.vocab_size * d
+
+
+def attention_flops_per_token(cfg: TransformerConfig, seq_len: int,
+                              causal: bool = True) -> float:
+  """Training FLOPs of the score and value matmuls per token:
+  12 * L * T * H * E, halved for a causal mask."""
+  full = 12.0 * cfg.num_layers * seq_len * cfg.num_heads * (
+      cfg.resolved_head_dim)
+  return full / 2 if causal else full
+
+
+def train_flops_per_token(cfg: TransformerConfig, seq_len: int,
+                          causal: bool = True) -> float:
+  """Model FLOPs of one training token: 6 * N_mm + attention (see module
+  docstring). `causal=False` counts the full T x T score matrix, which is
+  what an implementation that computes and then masks it executes."""
+  return 6.0 * matmul_params(cfg) + attention_flops_per_token(
+      cfg, seq_len, causal)
+
+
+def mfu(tokens_per_second: float, flops_per_token: float,
+        peak_flops_per_second: float) -> float:
+  """Model FLOPs utilization: achieved model FLOP/s over the hardware peak
+  (of all chips the tokens were processed on)."""
+  return tokens_per_second * flops_per_token / peak_flops_per_second
