@@ -36,6 +36,7 @@ EXTRAS = {
     "beam": ["apache-beam>=2.60,<3"],
     "curation": ["datasketch>=1.6,<3"],
     "notebook": ["nbclient>=0.10,<1", "nbformat>=5.10,<6", "ipykernel>=6.29,<8"],
+    "eval": ["lm-eval==0.4.13"],
 }
 EXTRAS["test"] = sorted(
     {"pytest>=8,<10", "hypothesis>=6,<7"}
@@ -43,6 +44,7 @@ EXTRAS["test"] = sorted(
     | set(EXTRAS["beam"])
     | set(EXTRAS["curation"])
     | set(EXTRAS["notebook"])
+    | set(EXTRAS["eval"])
 )
 
 setuptools.setup(

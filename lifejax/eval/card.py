@@ -4,7 +4,8 @@
 the candidate's checkpoint, every earlier stage reached through `init_from`
 (data manifests, config hashes, checkpoints to roll back to and the commands
 that restore them, see `card_rollback.py`), the chat template, the evaluation
-and a safety report.
+(with the release's lm-eval results, if it ran any on this candidate) and a
+safety report.
 Every artifact the card names is a mapping with `path` and `sha256`
 (directories hash as a whole, see `card_audit.sha256_dir`); paths inside the
 lifecycle root are relative to the card's directory, so a copied root still
@@ -210,6 +211,25 @@ def _related(refs: _Refs, lineage: Lineage | None,
   return out
 
 
+def _lm_eval(refs: _Refs, stages: Mapping[str, runs.Stage],
+             stage_name: str) -> dict[str, Any] | None:
+  """The release stage's lm-eval results ("lm_eval/<task>/<metric>" in its
+  eval.json, lifecycle.lm_eval_tasks) by task, if it released this stage;
+  None when it ran no lm-eval task or picked another candidate."""
+  release = stages.get("release")
+  if release is None:
+    return None
+  run = RunDir(release.run_dir)
+  if runs.read_json(run.stage_file, {}).get("candidate") != stage_name:
+    return None
+  tasks: dict[str, dict[str, float]] = {}
+  for key, value in (runs.read_json(run.eval) or {}).items():
+    if key.startswith("lm_eval/"):
+      task, metric = key[len("lm_eval/"):].split("/", 1)
+      tasks.setdefault(task, {})[metric] = value
+  return {"eval": refs.ref(run.eval), "tasks": tasks} if tasks else None
+
+
 def _dataset(refs: _Refs, entry: dict[str, Any] | None,
              keys: tuple[str, ...]) -> dict[str, Any] | None:
   if entry is None:
@@ -263,6 +283,7 @@ def build_card(root: str, stage_name: str) -> tuple[str, dict[str, Any]]:
     template_file = RunDir(sft["run_dir"]).chat_template
   template = runs.read_json(template_file)
   report_md = lr.report
+  lm_eval = _lm_eval(refs, stages, stage_name)
   rollback = []
   for i, c in enumerate(chain[1:], start=1):
     ck = _checkpoints(refs, c["run_dir"])
@@ -309,6 +330,8 @@ def build_card(root: str, stage_name: str) -> tuple[str, dict[str, Any]]:
           "eval": (refs.ref(RunDir(run_dir).eval)
                    if os.path.isfile(RunDir(run_dir).eval) else None),
           "metrics": dict(sorted(metrics.items()))},
+      # Only when the release ran lm-eval tasks on this candidate.
+      **({"lm_eval": lm_eval} if lm_eval else {}),
       "safety_report": _safety(refs, root, run_dir, metrics),
       "rollback_artifacts": rollback,
       "related_runs": _related(refs, cand["lineage"], by_dir),

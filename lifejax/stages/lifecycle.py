@@ -99,24 +99,44 @@ def lifecycle(
     eval_seq_len: int = 384,
     eval_batch_size: int = 16,
     generation: instruct.GenerationSpec = instruct.GenerationSpec(),
+    lm_eval_tasks: Sequence[str] = (),
+    lm_eval_include_path: str | None = None,
     gin_files: Sequence[str] = (),
+    until: str | None = None,
 ) -> dict[str, Any]:
   """Runs every stage into `root`; returns {stage: eval metrics}.
 
   source_weights: relative weights of some of `pretrain_sources` (1 for the
   others); a source that is not one of them is an error.
+  until: stop after this stage (and its evaluation), e.g. "pretrain" to
+  measure what pretraining stores; None runs the whole lifecycle.
+  lm_eval_tasks: local lm-eval tasks (YAML under `lm_eval_include_path`,
+  needs the "eval" extra) run on the release candidate; their metrics go
+  into the release eval ("lm_eval/<task>/<metric>") and its model card.
   """
   extra = sorted(set(source_weights or {}) - set(pretrain_sources))
   if extra:
     raise ValueError(f"lifecycle.source_weights: {extra} are not among "
                      f"lifecycle.pretrain_sources {list(pretrain_sources)}")
+  order = (["pretrain", "sft", "reward"] + ["dpo"] * run_dpo
+           + ["ppo"] * run_ppo + ["release"])
+  if until is not None and until not in order:
+    raise ValueError(f"lifecycle.until={until!r}: expected one of {order} "
+                     "(or None for the whole lifecycle)")
+  if bool(lm_eval_tasks) != bool(lm_eval_include_path):
+    raise ValueError("lifecycle.lm_eval_tasks and lifecycle."
+                     "lm_eval_include_path go together (local tasks only): "
+                     f"got {list(lm_eval_tasks)} and {lm_eval_include_path!r}")
+  if lm_eval_tasks:  # a missing task (or lm-eval) fails now, not after training
+    from lifejax.eval import lm_eval_adapter  # pylint: disable=g-import-not-at-top
+    lm_eval_adapter.check_tasks(lm_eval_tasks, lm_eval_include_path)
   lr = LifecycleRoot(root)
   _check_stages(lr, model, mesh, run_dpo, run_ppo)
   os.makedirs(lr.root, exist_ok=True)
   ledger = _Ledger(lr, gin_files)
   results: dict[str, Any] = {}
   t_start = time.perf_counter()
-  n_stages = 3 + int(run_dpo) + int(run_ppo) + 1
+  n_stages = len(order) if until is None else order.index(until) + 1
 
   def run_dir(name: str) -> str:
     return lr.stage(name).root
@@ -144,6 +164,17 @@ def lifecycle(
     results[name] = metrics
     ledger.add(name, kind, rd.root, "resumed" if resumed else "done",
                time.perf_counter() - t0)
+
+  def stopped_after(name: str) -> bool:
+    """Whether lifecycle.until ends the run here (its outputs written)."""
+    if until != name:
+      return False
+    ledger.save()
+    _write_outputs(lr, [s for s in ("sft", "dpo", "ppo")
+                        if os.path.exists(lr.stage(s).eval)])
+    print(f"[lifecycle] stopped after {name} (lifecycle.until) in "
+          f"{_elapsed(t_start)}; report: {lr.report}", flush=True)
+    return True
 
   # 1. The embedded world and its curation.
   if not os.path.exists(lr.world_manifest):
@@ -182,6 +213,8 @@ def lifecycle(
                            chat.get_template("lifejax"), tests, facts,
                            generation),
                  "contamination_docs_removed": float(_contamination(curation))})
+  if stopped_after("pretrain"):
+    return results
   stage("sft", "sft",
         lambda: sft(run_dir=sft_run, model=model, mesh=mesh,
                     init_from=pretrain_run,
@@ -193,11 +226,15 @@ def lifecycle(
                            artifacts.load_template(sft_run),
                            tests, (), generation),
                  **_pool_flaws(lr)})
+  if stopped_after("sft"):
+    return results
   stage("reward", "reward",
         lambda: reward(run_dir=run_dir("reward"), model=model, mesh=mesh,
                        init_from=sft_run, train_files=prefs_train,
                        eval_file=prefs_eval),
         lambda: lifecycle_evals.reward_metrics(run_dir("reward")))
+  if stopped_after("reward"):
+    return results
 
   # One reward model for the DPO and PPO evals, loaded when first needed.
   # Its scorer is RL's (rl.rollout), so it is wired here, above both.
@@ -220,12 +257,16 @@ def lifecycle(
                       eval_file=prefs_eval,
                       prompt_file=lr.world_instructions("validation")),
           lambda: policy_eval(run_dir("dpo")))
+    if stopped_after("dpo"):
+      return results
   if run_ppo:
     stage("ppo", "ppo",
           lambda: ppo(run_dir=run_dir("ppo"), model=model, mesh=mesh,
                       sft_run=sft_run, reward_run=run_dir("reward"),
                       prompt_files=[lr.world_instructions("train")]),
           lambda: policy_eval(run_dir("ppo")))
+    if stopped_after("ppo"):
+      return results
 
   # The release candidate is picked on the dev prompts; its reported
   # numbers come from the test prompts.
@@ -246,11 +287,18 @@ def lifecycle(
     with open(lr.stage("release").stage_file, encoding="utf-8") as f:
       picked = json.load(f)
     best = picked["candidate"]
-    return {"candidate": best, "selected_on": picked["selected_on"],
-            **{f"dev_judge/{k}": v for k, v in picked["dev_judge"].items()},
-            **lifecycle_evals.release_eval(
-                run_dir(best), model, jax_mesh, mesh.rules, sft_run, tests,
-                generation)}
+    out = {"candidate": best, "selected_on": picked["selected_on"],
+           **{f"dev_judge/{k}": v for k, v in picked["dev_judge"].items()},
+           **lifecycle_evals.release_eval(
+               run_dir(best), model, jax_mesh, mesh.rules, sft_run, tests,
+               generation)}
+    if lm_eval_tasks:  # lm-eval is an optional extra, imported on demand
+      from lifejax.eval import lm_eval_adapter  # pylint: disable=g-import-not-at-top
+      out.update(lm_eval_adapter.flat_metrics(lm_eval_adapter.evaluate_tasks(
+          run_dir(best), lm_eval_tasks, lm_eval_include_path,
+          tokenizer=sft_run, model=model, mesh=mesh,
+          batch_size=eval_batch_size)))
+    return out
 
   stage("release", "release", release, release_metrics)
 

@@ -24,14 +24,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
 HEAVY = (layout.CHECKPOINTS, layout.BEST, layout.TENSORBOARD)
 
 
-def run_tiny_lifecycle(root: str, run_ppo: bool = False) -> str:
+def run_tiny_lifecycle(root: str, run_ppo: bool = False,
+                       extra_params: tuple[str, ...] = ()) -> str:
   """Runs the tiny lifecycle into `root`.
 
   PPO is off by default: these tests read the layout every stage shares
   (a PPO run's own rows are covered by a layout test in
   test_report_lifecycle.py), and it keeps the suite within its time budget.
   """
-  params = [f"lifecycle.root={root!r}", f"lifecycle.run_ppo={run_ppo}"]
+  params = [f"lifecycle.root={root!r}", f"lifecycle.run_ppo={run_ppo}",
+            *extra_params]
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   # One device is all a 32-wide model needs; 8 simulated ones only add
   # collectives (the sharded paths have their own tests).

@@ -68,3 +68,21 @@ def test_a_world_from_an_older_generator_is_refused(lifecycle_copy,
     json.dump(data, f)
   with pytest.raises(RuntimeError, match="world format 1, but this lifejax"):
     run_lifecycle(root)
+
+
+def test_until_stops_after_the_named_stage(lifecycle_copy, run_lifecycle):
+  """lifecycle.until='pretrain' ends the run after pretraining's evaluation,
+  with the ledger and report written and no later stage started."""
+  root = lifecycle_copy(heavy=False)
+  lr = LifecycleRoot(root)
+  for name in ("sft", "reward", "dpo", "release"):
+    shutil.rmtree(lr.stage(name).root)
+  run_lifecycle(root, extra_params=("lifecycle.until='pretrain'",))
+  assert _ledger(root) == {"pretrain": "skipped"}
+  assert not os.path.exists(lr.stage("sft").root)
+  assert os.path.exists(lr.report)
+  log = os.path.join(os.path.dirname(root), "lifecycle.log")
+  with open(log) as f:
+    assert "stopped after pretrain (lifecycle.until)" in f.read()
+  with pytest.raises(RuntimeError, match="lifecycle.until='judge'"):
+    run_lifecycle(root, extra_params=("lifecycle.until='judge'",))
