@@ -28,6 +28,7 @@ INSTALL_REQUIRES = [
     "absl-py>=2,<3",
     "importlib_resources>=6",  # TFDS builders defined in a module need it
     "jinja2>=3.1,<4",  # exporting chat templates in the HF (Jinja) format
+    "tokenizers>=0.21,<1",  # HF tokenizer.json: import, export, run dirs
     "py3langid==0.4.0",  # language ID for curation; its model ships in the wheel
 ]
 
