@@ -1,6 +1,8 @@
 """CLI entry: python -m lifejax.main --gin_file=... [--gin_param=...].
 
-Intentionally short: parse gin, then run whatever stage `run.stage` names.
+Intentionally short: join the multi-process job when `lifejax.launch`
+started this process as one of several, parse gin, then run whatever
+stage `run.stage` names.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -15,7 +18,7 @@ import gin
 from absl import app, flags
 from absl import logging as absl_logging
 
-from lifejax import checks, config_types
+from lifejax import checks, config_types, launch
 from lifejax.train import checkpoint, loop
 
 GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(
@@ -67,6 +70,36 @@ class _DropGinResourceMisses(logging.Filter):
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  try:
+    multi = launch.initialize_from_env()
+  except (RuntimeError, ValueError, KeyError) as e:
+    print(f"lifejax: could not join the multi-process job "
+          f"({launch.COORDINATOR}={os.environ.get(launch.COORDINATOR)}): "
+          f"{_one_line(e)}", file=sys.stderr)
+    sys.exit(2)
+  if not multi:
+    _main()
+    return
+  # A process that fails alone must not wait at jax.distributed's exit
+  # barrier for peers stuck in a collective: it leaves at once (the
+  # launcher then stops the others).
+  try:
+    _main()
+  except SystemExit as e:
+    _leave(e.code if isinstance(e.code, int) else int(e.code is not None))
+  except BaseException:  # pylint: disable=broad-except
+    traceback.print_exc()
+    _leave(1)
+
+
+def _leave(code: int) -> None:
+  if code:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # pylint: disable=protected-access
+
+
+def _main() -> None:
   try:
     parse_gin(_GIN_FILES.value, _GIN_PARAMS.value)
     config_types.check_bindings()

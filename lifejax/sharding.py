@@ -14,9 +14,10 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import itertools
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -25,14 +26,19 @@ from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "model")
+# Context parallelism (lifejax/model/ring_attention.py) splits the sequence
+# over this axis; a mesh has it only when MeshConfig.context > 1, so every
+# (data, fsdp, model) mesh, spec and memory plan stays as it was.
+CONTEXT_AXIS = "context"
 
 Rules = tuple[tuple[str, Any], ...]
 
 # logical name -> mesh axis, tuple of mesh axes, or None (replicated).
 DEFAULT_RULES: Rules = (
     ("batch", ("data", "fsdp")),
-    ("activation_tokens", ("data", "fsdp")),  # flattened (B*T) activations
-    ("length", None),
+    # flattened (B*T) activations: B over (data, fsdp), then T over context
+    ("activation_tokens", ("data", "fsdp", CONTEXT_AXIS)),
+    ("length", CONTEXT_AXIS),
     ("embed", "fsdp"),
     ("heads", "model"),
     ("kv_heads", "model"),
@@ -46,11 +52,16 @@ DEFAULT_RULES: Rules = (
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
-  """Mesh shape; -1 on one axis means "all remaining devices"."""
+  """Mesh shape; -1 on one axis means "all remaining devices".
+
+  `context` > 1 adds a `context` axis (last, so ring neighbours are
+  adjacent devices) that splits the sequence of the activations.
+  """
 
   data: int = 1
   fsdp: int = -1
   model: int = 1
+  context: int = 1
   rules: Rules = DEFAULT_RULES
 
   def __post_init__(self):
@@ -69,14 +80,23 @@ class MeshConfig:
       seen.add(name)
       axes = (() if rule is None else (rule,) if isinstance(rule, str)
               else tuple(rule))
-      unknown = [a for a in axes if a not in MESH_AXES]
+      unknown = [a for a in axes if a not in MESH_AXES + (CONTEXT_AXIS,)]
       if unknown:
         raise ValueError(f"MeshConfig.rules: logical axis {name!r} maps to "
                          f"unknown mesh axes {unknown}; mesh axes are "
-                         f"{MESH_AXES}")
+                         f"{MESH_AXES + (CONTEXT_AXIS,)}")
+    if not (isinstance(self.context, int) and self.context >= 1):
+      raise ValueError(f"MeshConfig.context={self.context!r} must be an "
+                       "integer >= 1")
 
-  def shape(self, num_devices: int) -> tuple[int, int, int]:
-    sizes = [self.data, self.fsdp, self.model]
+  @property
+  def axis_names(self) -> tuple[str, ...]:
+    return MESH_AXES + ((CONTEXT_AXIS,) if self.context > 1 else ())
+
+  def shape(self, num_devices: int) -> tuple[int, ...]:
+    """Sizes of `axis_names`."""
+    sizes = [self.data, self.fsdp, self.model] + (
+        [self.context] if self.context > 1 else [])
     if sizes.count(-1) > 1:
       raise ValueError(f"at most one mesh axis may be -1, got {sizes}")
     fixed = math.prod(s for s in sizes if s != -1)
@@ -96,19 +116,21 @@ class MeshConfig:
 
 
 def make_mesh(cfg: MeshConfig, devices: Sequence[Any] | None = None) -> Mesh:
-  """A (data, fsdp, model) mesh with Auto axis types (GSPMD propagation).
+  """A (data, fsdp, model[, context]) mesh with Auto axis types (GSPMD
+  propagation).
 
   A fully specified mesh (no -1) smaller than the device count uses the
   first devices (e.g. `MeshConfig(1, 1, 1)` is a one-device run).
   """
   devices = list(devices) if devices is not None else jax.devices()
-  sizes = (cfg.data, cfg.fsdp, cfg.model)
+  sizes = (cfg.data, cfg.fsdp, cfg.model, cfg.context)
   if -1 not in sizes and 0 < math.prod(sizes) < len(devices):
     logging.info("mesh %s uses %d of %d devices", sizes, math.prod(sizes),
                  len(devices))
     devices = devices[:math.prod(sizes)]
   shape = cfg.shape(len(devices))
-  return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3,
+  return jax.make_mesh(shape, cfg.axis_names,
+                       axis_types=(AxisType.Auto,) * len(shape),
                        devices=devices)
 
 
@@ -198,6 +220,11 @@ _ACTIVE: contextvars.ContextVar[tuple[Mesh, Rules] | None] = (
     contextvars.ContextVar("lifejax_activation_sharding", default=None))
 
 
+def active_activation_sharding() -> tuple[Mesh, Rules] | None:
+  """The (mesh, rules) of the enclosing `activation_sharding`, or None."""
+  return _ACTIVE.get()
+
+
 @contextlib.contextmanager
 def activation_sharding(mesh: Mesh, rules: Rules) -> Iterator[None]:
   """Within this context (at trace time), `constrain` pins activations."""
@@ -218,10 +245,97 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 
+# -- several processes ---------------------------------------------------------
+#
+# The engine's host data is global: every process holds the same values (the
+# same global batch, the same rollout), so a run computes exactly what a
+# single-process run on the same mesh does, whatever the number of
+# processes. `put` places only the slices a process's own devices hold;
+# `fetch` brings global arrays back whole to every process. Both are
+# collective in a multi-process run when the values span processes: every
+# process calls them in the same order.
+
+
+def is_main_process() -> bool:
+  """Whether this process writes the run's files (metrics, summary,
+  lineage, checkpoint manifests): process 0."""
+  return jax.process_index() == 0
+
+
+_SYNC_TIMEOUT_S = 3600
+_syncs = itertools.count()
+
+
+def sync(name: str) -> None:
+  """A barrier over every process (no-op in a single-process run): what
+  the main process wrote before it is visible to all after it.
+
+  It waits in the coordination service, not in a device collective: the
+  others may wait long (the main process training a tokenizer, sealing a
+  large checkpoint) and the CPU collectives (gloo) give a new
+  communicator only 30 s to assemble. A process that dies is noticed by
+  the launcher (or the coordination service), not by this timeout."""
+  if jax.process_count() == 1:
+    return
+  import orbax.checkpoint as ocp  # only multi-process runs need it
+  # Barrier ids are single-use; every process counts its syncs alike.
+  ocp.multihost.get_barrier_sync_fn()(
+      key=f"lifejax:{next(_syncs)}:{name}", timeout_ms=_SYNC_TIMEOUT_S * 1000)
+
+
+def compiled_together(fn: Any) -> Callable[..., Any]:
+  """`fn` for a run of several processes: the first call with each
+  argument signature of a `jax.jit` function compiles it, waits until
+  every process has (`sync`), then runs it. A process that compiles more
+  slowly (say, a persistent-cache miss where the others hit) would
+  otherwise reach the program's first collective late, and the CPU
+  collectives (gloo) give a new communicator only 30 s to assemble. A
+  function that compiles inside (e.g. a sampler around its jitted loop)
+  at least starts its first call together. Positional arguments only;
+  unhashable non-array ones are not allowed. In a single-process run:
+  `fn` itself."""
+  if jax.process_count() == 1:
+    return fn
+  lower = getattr(fn, "lower", None)
+  seen: set[Any] = set()
+
+  def call(*args: Any) -> Any:
+    leaves, treedef = jax.tree.flatten(args)
+    key = (treedef, tuple((x.shape, x.dtype) if isinstance(
+        x, (jax.Array, np.ndarray)) else x for x in leaves))
+    if key not in seen:
+      if lower is not None:
+        lower(*args).compile()  # the call below reuses it
+      sync(f"compiled {getattr(fn, '__name__', 'a program')}")
+      seen.add(key)
+    return fn(*args)
+
+  return call
+
+
 def put(tree: Any, shardings: Any) -> Any:
-  """Places host arrays on the mesh (works for multi-process meshes too)."""
+  """Places host arrays on the mesh. `tree` holds the global values
+  (identical in every process); in a multi-process run each process
+  transfers only the slices its own devices hold."""
   def one(x, s):
     x = np.asarray(x)
-    return jax.make_array_from_process_local_data(s, x) if (
-        jax.process_count() > 1) else jax.device_put(x, s)
+    if jax.process_count() == 1:
+      return jax.device_put(x, s)
+    return jax.make_array_from_callback(x.shape, s, lambda idx: x[idx])
   return jax.tree.map(one, tree, shardings)
+
+
+def fetch(tree: Any) -> Any:
+  """Host (numpy) copies of the arrays in `tree`, each whole: an array
+  sharded over other processes' devices is gathered (so in a
+  multi-process run every process must call this with the same tree)."""
+  leaves, treedef = jax.tree.flatten(tree)
+  spread = [i for i, x in enumerate(leaves) if isinstance(x, jax.Array)
+            and not x.is_fully_addressable and not x.is_fully_replicated]
+  if spread:
+    from jax.experimental import multihost_utils
+    gathered = multihost_utils.process_allgather(
+        [leaves[i] for i in spread], tiled=True)
+    for i, x in zip(spread, gathered):
+      leaves[i] = x
+  return jax.device_get(jax.tree.unflatten(treedef, leaves))

@@ -12,7 +12,7 @@ Layers, bottom to top (a module may import its own layer or lower ones):
   5  eval
   6  rl
   7  stages
-  8  main
+  8  main, launch                 entry points (launch starts N mains)
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ LAYERS = {
     "eval": 5,
     "rl": 6,
     "stages": 7,
-    "main": 8,
+    "main": 8, "launch": 8,
 }
 
 # (importing module, imported module) pairs that break the layering, each

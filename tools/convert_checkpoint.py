@@ -11,11 +11,15 @@ HF -> lifejax writes a run directory a later stage can start from:
   tokenizer files            copied (tokenizer.json / tokenizer.model / ...),
                              so `hf_tokenizer.load_tokenizer_dir(run_dir)` works
 
-lifejax -> HF writes config.json + safetensors (`LlamaForCausalLM` loads
+lifejax -> HF writes config.json + safetensors (`AutoModelForCausalLM` loads
 them), the tokenizer files of `--tokenizer_dir` (default: the run directory,
 if it holds a HF tokenizer) and, given `--chat_template[_file]` (or a
 `chat_template.jinja` in the run directory), that Jinja template as the HF
-tokenizer's chat template.
+tokenizer's chat template. A run with a lifejax SentencePiece tokenizer (and
+no HF one) gets it exported as tokenizer.json + tokenizer_config.json
+(`lifejax.data.hf_tokenizer_export`), with the run's chat template
+(`chat_template.json`) as Jinja and a generation_config.json that stops at
+the template's end of turn.
 
 Usage:
   python tools/convert_checkpoint.py hf-to-lifejax --hf_dir=path/to/hf \
@@ -44,11 +48,13 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
 
-from lifejax.data import hf_tokenizer  # noqa: E402
+from lifejax.data import chat, chat_render  # noqa: E402
+from lifejax.data import hf_tokenizer, hf_tokenizer_export  # noqa: E402
+from lifejax.data import tokenizer as sp_tokenizer  # noqa: E402
 from lifejax.model import hf_export, hf_format, hf_import  # noqa: E402
 from lifejax.model import transformer  # noqa: E402
 from lifejax.model.config import TransformerConfig  # noqa: E402
-from lifejax.run import layout  # noqa: E402
+from lifejax.run import artifacts, layout  # noqa: E402
 from lifejax.run.layout import RunDir  # noqa: E402
 from lifejax.run.lineage import (  # noqa: E402
     Lineage, read_lineage, write_lineage)
@@ -67,7 +73,8 @@ AUX_FILES = TOKENIZER_FILES + (GENERATION_CONFIG,)
 _GIN_FIELDS = ("vocab_size", "d_model", "num_layers", "num_heads",
                "num_kv_heads", "head_dim", "mlp_dim", "max_seq_len",
                "rope_theta", "rope_scaling", "rms_eps", "tie_embeddings",
-               "param_dtype")
+               "qkv_bias", "qk_norm", "norm_offset", "scale_embeddings",
+               "mlp_activation", "sliding_window", "param_dtype")
 
 
 def config_to_json(cfg: TransformerConfig) -> dict[str, Any]:
@@ -187,6 +194,15 @@ def _write_chat_template(hf_dir: str, template: str) -> None:
       f.write(template)
 
 
+def _sentencepiece(run_dir: str) -> sp_tokenizer.SentencePieceTokenizer | None:
+  """The run's lifejax SentencePiece tokenizer, if it has one."""
+  try:
+    tok = artifacts.load_tokenizer(run_dir)
+  except FileNotFoundError:
+    return None
+  return tok if isinstance(tok, sp_tokenizer.SentencePieceTokenizer) else None
+
+
 def lifejax_to_hf(run_dir: str, hf_dir: str, *, step: int | None = None,
                   best: bool = False, dtype: str | None = None,
                   max_shard_size: int = 5 * 2**30,
@@ -203,7 +219,11 @@ def lifejax_to_hf(run_dir: str, hf_dir: str, *, step: int | None = None,
   if tokenizer_dir is None and os.path.isfile(
       os.path.join(run_dir, hf_tokenizer.TOKENIZER_JSON)):
     tokenizer_dir = run_dir
-  if chat_template is not None and tokenizer_dir is None:
+  sp_tok = None if tokenizer_dir is not None else _sentencepiece(run_dir)
+  if (chat_template is None and sp_tok is not None
+      and os.path.isfile(run.chat_template)):
+    chat_template = artifacts.load_template(run_dir)
+  if chat_template is not None and tokenizer_dir is None and sp_tok is None:
     raise ValueError("a chat template is written into a HF tokenizer's "
                      "tokenizer_config.json: pass --tokenizer_dir")
 
@@ -221,6 +241,22 @@ def lifejax_to_hf(run_dir: str, hf_dir: str, *, step: int | None = None,
                   if v is not None})
     if chat_template is not None:
       _write_chat_template(hf_dir, chat_template)
+  if sp_tok is not None:
+    hf_tokenizer_export.save_hf_tokenizer(
+        hf_dir, sp_tok, chat_template=chat_template,
+        model_max_length=cfg.max_seq_len)
+    extra.update(bos_token_id=sp_tok.bos_id, eos_token_id=sp_tok.eos_id,
+                 pad_token_id=sp_tok.pad_id)
+    if isinstance(chat_template, chat.ChatTemplate):
+      # HF generation stops where lifejax's chat sampling does: at the end
+      # of the assistant turn (or EOS), when that is one id.
+      try:
+        stops = chat_render.stop_ids(chat_template, sp_tok)
+      except ValueError:
+        stops = None
+      if stops is not None:
+        _write_json(os.path.join(hf_dir, GENERATION_CONFIG),
+                    dict(extra, eos_token_id=stops))
   _copy_present(run_dir, hf_dir, (GENERATION_CONFIG,))
   return hf_export.save_hf_checkpoint(hf_dir, cfg, params, dtype=dtype,
                                       max_shard_size=max_shard_size,

@@ -14,6 +14,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from lifejax import sharding
+
 
 def num_rows(rows: Any) -> int:
   """The shared leading-axis size N of a pytree of arrays."""
@@ -48,7 +50,8 @@ def map_padded(fn: Callable[[Any, int], Any], rows: Any, batch_size: int
   (batch_size, ...): the last chunk is padded by repeating its first row.
   fn returns a pytree whose leaves all lead with that batch axis. The result
   is that pytree with numpy leaves (N, ...): each chunk's output fetched to
-  the host, the padding rows' outputs dropped, chunks concatenated in order.
+  the host (whole in every process: `sharding.fetch`), the padding rows'
+  outputs dropped, chunks concatenated in order.
   batch_size 0: one call on all N rows (no padding).
 
   Equals fn on all rows at once whenever fn treats rows independently; the
@@ -62,7 +65,7 @@ def map_padded(fn: Callable[[Any, int], Any], rows: Any, batch_size: int
   for i, start in enumerate(range(0, n, size)):
     chunk = jax.tree.map(lambda x, s=start: x[s:s + size], rows)
     real = min(size, n - start)
-    out = jax.device_get(fn(pad_rows(chunk, size), i))
+    out = sharding.fetch(fn(pad_rows(chunk, size), i))
     if real < size:
       out = jax.tree.map(lambda x, r=real: np.asarray(x)[:r], out)
     outs.append(out)

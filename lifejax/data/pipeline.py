@@ -5,9 +5,12 @@
   preference_dataset  {"chosen": LM batch, "rejected": LM batch}, a pair per row
   prompt_dataset      left-padded prompts for rollouts, with record indices
 
-Every pipeline is deterministic from its seed and sharded per process: each
-source's records are sliced `[shard_index::shard_count]` (defaults:
-`jax.process_index()`, `jax.process_count()`) before shuffling. Shuffling is
+Every pipeline is deterministic from its seed and can be sharded: each
+source's records are sliced `[shard_index::shard_count]` before shuffling.
+The default is one shard, the whole stream, in every process too: the
+engine's batches are global (identical in every process) and
+`sharding.put` places each process's rows, so a run's batches do not depend
+on its number of processes. Shuffling is
 grain's global index shuffle, reshuffled every epoch. Iterators are grain
 `DatasetIterator`s; their `get_state()` is a small dict of ints that
 `iterator_state_to_json` checks and that survives JSON (orbax JsonSave), and
@@ -21,7 +24,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grain
-import jax
 import numpy as np
 
 from lifejax.data import mixture
@@ -59,9 +61,9 @@ def _check_field(source: SourceLike, field: str) -> None:
 
 def resolve_shard(shard_index: int | None, shard_count: int | None
                   ) -> tuple[int, int]:
-  """(index, count), defaulting to this JAX process; validated."""
-  index = jax.process_index() if shard_index is None else shard_index
-  count = jax.process_count() if shard_count is None else shard_count
+  """(index, count), defaulting to one shard (0, 1); validated."""
+  index = 0 if shard_index is None else shard_index
+  count = 1 if shard_count is None else shard_count
   if not 0 <= index < count:
     raise ValueError(
         f"need 0 <= shard_index < shard_count, got {index}/{count}")
@@ -167,13 +169,13 @@ def lm_dataset(
       `weights` (uniform if None), see mixture.py.
     tokenizer: turns `record[text_field]` into [BOS] + ids + [EOS].
     seq_len: T.
-    batch_size: B, rows per batch for this process.
+    batch_size: B, rows per batch.
     seed: seeds shuffling and packed-row order.
     shuffle: shuffle records (per epoch) and packed rows.
     num_epochs: passes over every source; None repeats forever. With mixing,
       the run ends when the first source runs out. A last partial batch is
       dropped.
-    shard_index, shard_count: this process's shard (default: JAX process).
+    shard_index, shard_count: the shard to read (default: all records).
     weights: per-source document weights.
     text_field: record field holding the text (or token ids).
     num_packing_bins: rows packed at once (default max(4 * B, 16)).

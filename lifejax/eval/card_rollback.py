@@ -16,11 +16,14 @@ from lifejax.run.layout import RunDir
 # TransformerConfig fields a restarted stage must bind to load a checkpoint.
 SHAPE_FIELDS = ("vocab_size", "d_model", "num_layers", "num_heads",
                 "num_kv_heads", "head_dim", "mlp_dim", "max_seq_len",
-                "tie_embeddings", "rope_theta")
+                "tie_embeddings", "rope_theta", "qkv_bias", "qk_norm",
+                "norm_offset", "scale_embeddings", "mlp_activation",
+                "sliding_window")
 # The stage entry point (and gin file under gin_configs/stages/) of a kind.
 STAGE_FN = {"pretrain": "pretrain", "cpt": "pretrain", "sft": "sft",
-            "reward": "reward", "ppo": "ppo", "grpo": "grpo"}
-STAGE_FN.update({k: "dpo" for k in ("dpo", "cdpo", "ipo", "simpo")})
+            "reward": "reward", "ppo": "ppo", "grpo": "grpo", "kto": "kto",
+            "online_dpo": "online_dpo"}
+STAGE_FN.update({k: "dpo" for k in ("dpo", "cdpo", "ipo", "simpo", "orpo")})
 # The argument naming the run a stage starts from.
 INIT_ARG = {"ppo": "sft_run", "grpo": "sft_run"}
 _GIN_STAGES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(

@@ -17,7 +17,6 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import jax
 import numpy as np
 
 from lifejax import sharding
@@ -107,7 +106,7 @@ class PolicyEval:
       reward_fn = policy_eval.response_reward_fn(
           self.score_rows, template, tokenizer, self.records, self.seq_len)
     out = stage_eval.eval_policy(
-        graphdef, jax.device_get(params), jax.device_get(ref), tokenizer,
+        graphdef, sharding.fetch(params), sharding.fetch(ref), tokenizer,
         template, self.records, self.spec, reward_fn)
     out["eval_judge_is_training_reward"] = float(
         trained_on_eval_judge(run_dir))
@@ -133,7 +132,7 @@ def dev_judge(run_dir: str, model: TransformerConfig, mesh: Any,
   tokenizer = artifacts.load_tokenizer(sft_run)
   template = artifacts.load_template(sft_run)
   gen = generation.make_generate(
-      graphdef, jax.device_get(params),
+      graphdef, sharding.fetch(params),
       generation.chat_config(template, tokenizer, spec.max_new_tokens))
   answers = generation.generate_responses(gen, tokenizer, template, dev,
                                           spec)

@@ -20,6 +20,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from lifejax import sharding
 from lifejax.data import batching, chat, prompts
 from lifejax.data import sources as sources_lib
 from lifejax.eval import copy_probe, generation, instruct, perplexity
@@ -85,7 +86,7 @@ def eval_lm(
     out[f"perplexity/{name}"] = m["perplexity"]
   if per:
     out["perplexity"] = perplexity.summarize(per)["perplexity"]
-  host = jax.device_get(params)
+  host = sharding.fetch(params)
   out.update(copy_probe.copy_probe(graphdef, host, tokenizer.vocab_size))
   if fact_questions:
     gen = generation.make_generate(graphdef, host, generation.greedy_config(
@@ -116,7 +117,7 @@ def eval_policy(graphdef: Any, params: Any, ref_params: Any, tokenizer: Any,
   reward-vs-judge hacking detector."""
   ev = policy_eval.PolicyEvaluator(graphdef, ref_params, tokenizer, template,
                                    records, spec, reward_fn=reward_fn)
-  return ev(jax.device_get(params))
+  return ev(sharding.fetch(params))
 
 
 def eval_release(graphdef: Any, params: Any, cfg: TransformerConfig,
@@ -126,7 +127,7 @@ def eval_release(graphdef: Any, params: Any, cfg: TransformerConfig,
   """Golden-set pass rate (judge total >= 0.8 and safe), generation speed
   (tokens/s, per-batch latency, measured after a warm-up call) and the
   parameter / memory footprint."""
-  host = jax.device_get(params)
+  host = sharding.fetch(params)
   gen = generation.make_generate(graphdef, host, generation.chat_config(
       template, tokenizer, spec.max_new_tokens))
   answers = generation.generate_responses(gen, tokenizer, template, golden,

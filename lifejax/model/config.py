@@ -23,6 +23,8 @@ REMAT_POLICIES: dict[str, Any] = {
     "everything_saveable": jax.checkpoint_policies.everything_saveable,
 }
 
+MLP_ACTIVATIONS = ("silu", "gelu_tanh")
+
 _DTYPES = {
     "float32": jnp.float32,
     "bfloat16": jnp.bfloat16,
@@ -38,7 +40,8 @@ def to_dtype(name: str) -> jnp.dtype:
 
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
-  """A Llama-style decoder.
+  """A Llama-style decoder, with the variants of the Qwen2, Qwen3, Mistral
+  and Gemma architectures as options (see the fields below).
 
   Precision policy: parameters are stored in `param_dtype`; activations and
   matmul inputs are cast to `compute_dtype`; every matmul accumulates in f32
@@ -72,7 +75,10 @@ class TransformerConfig:
   # policies' dot-saving rules see) elsewhere.
   # attention_impl: "einsum" (scores for all (T, S) pairs, JAX autodiff) or
   #   "blocked" (static query blocks of `attention_block` rows that skip the
-  #   causally masked keys, custom backward recomputing the probabilities).
+  #   causally masked keys, custom backward recomputing the probabilities);
+  #   with a mesh `context` axis > 1, "auto" means "ring" (ring attention
+  #   over the sequence shards) and "allgather_kv" gathers K/V instead
+  #   (lifejax/model/ring_attention.py).
   attention_impl: str = "auto"
   attention_block: int = 64
   # matmul_impl: "xla" (JAX autodiff of the dot) or "cpu" (custom backward:
@@ -94,6 +100,26 @@ class TransformerConfig:
   #   path inside one attention layer, so induction (copy) heads need no
   #   second layer to compose with. Not a Llama architecture: no HF export.
   smear_keys: bool = False
+  # Architecture variants of imported HF families (hf_format.py maps them);
+  # the defaults are the Llama architecture.
+  # qkv_bias: learned biases on the q, k and v projections (Qwen2).
+  qkv_bias: bool = False
+  # qk_norm: RMSNorm over head_dim on every query and key head before RoPE,
+  #   one (E,) scale for q and one for k per layer (Qwen3).
+  qk_norm: bool = False
+  # norm_offset: every RMSNorm multiplies by (norm_offset + scale); Gemma
+  #   stores the scale as an offset from 1 (norm_offset=1, scales init 0).
+  norm_offset: float = 0.0
+  # scale_embeddings: token embeddings times sqrt(d_model) (Gemma).
+  scale_embeddings: bool = False
+  # mlp_activation: the gated MLP's activation, "silu" (SwiGLU) or
+  #   "gelu_tanh" (GeGLU with the tanh approximation, Gemma).
+  mlp_activation: str = "silu"
+  # sliding_window: HF's local attention window (Mistral, Qwen). lifejax
+  #   attention is full causal, which equals the windowed attention exactly
+  #   while a sequence is no longer than the window; longer inputs are
+  #   refused (`check_length`), never silently attended in full.
+  sliding_window: int | None = None
 
   def __post_init__(self):
     if isinstance(self.rope_scaling, dict):  # gin binds dicts; keep it hashable
@@ -116,16 +142,32 @@ class TransformerConfig:
       raise ValueError("rotary embeddings need an even head_dim")
     for f in ("param_dtype", "compute_dtype", "output_dtype"):
       to_dtype(getattr(self, f))
-    for f, allowed in (("attention_impl", ("auto", "einsum", "blocked")),
+    for f, allowed in (("attention_impl", ("auto", "einsum", "blocked",
+                                           "ring", "allgather_kv")),
                        ("matmul_impl", ("auto", "xla", "cpu")),
                        ("fuse_projections", ("auto", "on", "off")),
                        ("weight_grad", ("auto", "residual", "loop", "tn")),
-                       ("layer_loop", ("auto", "scan", "unroll"))):
+                       ("layer_loop", ("auto", "scan", "unroll")),
+                       ("mlp_activation", MLP_ACTIVATIONS)):
       if getattr(self, f) not in allowed:
         raise ValueError(f"{f}={getattr(self, f)!r}: expected one of "
                          f"{allowed}")
     if self.attention_block < 1:
       raise ValueError(f"attention_block={self.attention_block} must be >= 1")
+    if self.sliding_window is not None and self.sliding_window < 1:
+      raise ValueError(f"sliding_window={self.sliding_window} must be >= 1 "
+                       "(or None for full attention)")
+
+  def check_length(self, length: int) -> None:
+    """ValueError if `length` tokens exceed `sliding_window`: lifejax attends
+    in full, which equals windowed attention only up to the window."""
+    if self.sliding_window is not None and length > self.sliding_window:
+      raise ValueError(
+          f"sequence length {length} exceeds TransformerConfig."
+          f"sliding_window={self.sliding_window}: lifejax has no "
+          "sliding-window attention (its full causal attention equals it "
+          "only for sequences up to the window); use sequences of at most "
+          "sliding_window tokens")
 
   @property
   def resolved_head_dim(self) -> int:
@@ -141,8 +183,12 @@ class TransformerConfig:
 
   def num_params(self) -> int:
     """Number of stored parameters."""
+    e = self.resolved_head_dim
     per_layer = (self._layer_matmul_params() + 2 * self.d_model
-                 + (self.num_kv_heads if self.smear_keys else 0))
+                 + (self.num_kv_heads if self.smear_keys else 0)
+                 + ((self.num_heads + 2 * self.num_kv_heads) * e
+                    if self.qkv_bias else 0)
+                 + (2 * e if self.qk_norm else 0))
     embeddings = self.vocab_size * self.d_model * (
         1 if self.tie_embeddings else 2)
     return self.num_layers * per_layer + self.d_model + embeddings

@@ -1,8 +1,10 @@
-"""Writing lifejax params as HuggingFace Llama checkpoints.
+"""Writing lifejax params as HuggingFace checkpoints.
 
 `save_hf_checkpoint` writes `config.json` and safetensors (one file, or shards
-plus `model.safetensors.index.json`) that `LlamaForCausalLM.from_pretrained`
-loads; tensors are converted by the layout in `hf_format.py`, one at a time.
+plus `model.safetensors.index.json`) that `AutoModelForCausalLM.from_pretrained`
+loads as the family the config maps to (`hf_format.family_of`: Llama,
+Mistral, Qwen2, Qwen3 or Gemma); tensors are converted by the layout in
+`hf_format.py`, one at a time.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from safetensors.numpy import save_file
 
 from lifejax.model.config import TransformerConfig, to_dtype
 from lifejax.model.hf_format import (CONFIG_FILE, INDEX_FILE, WEIGHTS_FILE,
-                                     TensorMap, check_llama, config_to_hf,
+                                     TensorMap, config_to_hf, family_of,
                                      get_path, tensor_maps)
 
 _NP_DTYPES = {"float32": np.dtype(np.float32),
@@ -65,7 +67,7 @@ def save_hf_checkpoint(hf_dir: str | os.PathLike[str], cfg: TransformerConfig,
                        max_shard_size: int = 5 * 2**30,
                        config_extra: dict[str, Any] | None = None,
                        overwrite: bool = False) -> list[str]:
-  """Writes config.json + safetensors that LlamaForCausalLM loads.
+  """Writes config.json + safetensors that transformers loads (see above).
 
   dtype: dtype of the written tensors (default: `cfg.param_dtype`).
   Weights over `max_shard_size` bytes are split into
@@ -76,7 +78,7 @@ def save_hf_checkpoint(hf_dir: str | os.PathLike[str], cfg: TransformerConfig,
   an error unless `overwrite` (then they are deleted: a stale shard or index
   would be read instead of the new weights). Returns the weight file names.
   """
-  check_llama(cfg)
+  family_of(cfg)  # refuses before anything is written
   os.makedirs(hf_dir, exist_ok=True)
   stale = [n for n in os.listdir(hf_dir)
            if n.endswith(".safetensors") or n == INDEX_FILE]

@@ -1,4 +1,5 @@
-"""Reading HuggingFace Llama checkpoints into lifejax params.
+"""Reading HuggingFace checkpoints (the families of `hf_format.FAMILIES`)
+into lifejax params.
 
 Reads `config.json` and safetensors (one file, or shards listed in
 `model.safetensors.index.json`) directly: no pickle, no torch, no
@@ -145,7 +146,7 @@ def load_hf_params(hf_dir: str | os.PathLike[str], cfg: TransformerConfig,
                         if not n.endswith(_IGNORED_SUFFIXES))
     if unexpected:
       raise UnsupportedCheckpointError(
-          f"{hf_dir}: tensors a Llama model of this config does not have: "
+          f"{hf_dir}: tensors a model of this config does not have: "
           f"{unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
     for m in maps:
       names = _hf_names(m, cfg.num_layers)
@@ -169,7 +170,7 @@ def load_hf_checkpoint(
     hf_dir: str | os.PathLike[str], *, mesh: Mesh | None = None,
     rules: sharding.Rules = sharding.DEFAULT_RULES, shardings: Any = None,
     **config_overrides: Any) -> tuple[TransformerConfig, dict[str, Any]]:
-  """(config, params) of a HF Llama checkpoint directory.
+  """(config, params) of a HF checkpoint directory.
 
   With `mesh`, params are placed by the logical-axis `rules`; `shardings`
   (a pure dict of NamedShardings) takes precedence. Without either they go

@@ -27,7 +27,8 @@ import jax
 import jax.numpy as jnp
 
 from lifejax.model.config import TransformerConfig, to_dtype
-from lifejax.model.transformer import (apply_rope, matmul, rope_inv_freq,
+from lifejax.model.transformer import (ACTIVATIONS, apply_rope,
+                                      embedding_scale, matmul, rope_inv_freq,
                                       smear_keys)
 
 F32 = jnp.float32
@@ -56,6 +57,7 @@ def cache_dtype(cfg: TransformerConfig) -> jnp.dtype:
 
 
 def init_cache(cfg: TransformerConfig, batch: int, length: int) -> Cache:
+  cfg.check_length(length)
   shape = (batch, cfg.num_kv_heads, length, cfg.resolved_head_dim)
   dtype = cache_dtype(cfg)
   zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
@@ -85,6 +87,11 @@ def decode_params(cfg: TransformerConfig, params: dict[str, Any]
     a, m = lp["attn"], lp["mlp"]
     layers.append({
         **({"smear": a["smear"]} if cfg.smear_keys else {}),
+        **({"b_qkv": jnp.concatenate([a[n].reshape(-1) for n in
+                                      ("bq", "bk", "bv")]).astype(F32)}
+           if cfg.qkv_bias else {}),
+        **({"q_norm": a["q_norm"]["scale"], "k_norm": a["k_norm"]["scale"]}
+           if cfg.qk_norm else {}),
         "attn_norm": lp["attn_norm"]["scale"],
         "mlp_norm": lp["mlp_norm"]["scale"],
         "w_qkv": jnp.concatenate(
@@ -101,11 +108,13 @@ def decode_params(cfg: TransformerConfig, params: dict[str, Any]
           "head": head.astype(cd)}
 
 
-def _rms(x: jax.Array, scale: jax.Array, eps: float, dtype: jnp.dtype
-         ) -> jax.Array:
+def _rms(x: jax.Array, scale: jax.Array, eps: float, dtype: jnp.dtype,
+         offset: float = 0.0) -> jax.Array:
   x32 = x.astype(F32)
   ms = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
   s = scale.astype(F32).reshape((1,) * (x.ndim - 1) + (-1,))
+  if offset:
+    s = offset + s
   return (x32 * jax.lax.rsqrt(ms + eps) * s).astype(dtype)
 
 
@@ -145,25 +154,34 @@ def _decoder(cfg: TransformerConfig, params: dict[str, Any],
   b, s = tokens_BxS.shape
   h, k, e, d = (cfg.num_heads, cfg.num_kv_heads, cfg.resolved_head_dim,
                 cfg.d_model)
+  eps, offset = cfg.rms_eps, cfg.norm_offset
+  act = ACTIVATIONS[cfg.mlp_activation]
   inv_freq = rope_inv_freq(cfg)
-  x = jnp.take(params["embed"], tokens_BxS, axis=0).astype(cd)
+  x = jnp.take(params["embed"], tokens_BxS, axis=0)
+  scale = embedding_scale(cfg)
+  x = (x if scale is None else x * scale).astype(cd)
   for i, lp in enumerate(params["layers"]):
-    hn = _rms(x, lp["attn_norm"], cfg.rms_eps, cd).reshape(b * s, d)
-    q, kk, vv = jnp.split(matmul(hn, lp["w_qkv"], cd),
-                          [h * e, (h + k) * e], axis=1)
-    q = apply_rope(q.reshape(b, s, h, e), positions_BxS, inv_freq) * (
-        e ** -0.5)
-    kk = apply_rope(kk.reshape(b, s, k, e), positions_BxS, inv_freq)
+    hn = _rms(x, lp["attn_norm"], eps, cd, offset).reshape(b * s, d)
+    qkv = matmul(hn, lp["w_qkv"], cd)
+    if "b_qkv" in lp:
+      qkv = qkv + lp["b_qkv"][None, :]
+    q, kk, vv = jnp.split(qkv, [h * e, (h + k) * e], axis=1)
+    q, kk = q.reshape(b, s, h, e), kk.reshape(b, s, k, e)
+    if "q_norm" in lp:
+      q = _rms(q, lp["q_norm"], eps, F32, offset)
+      kk = _rms(kk, lp["k_norm"], eps, F32, offset)
+    q = apply_rope(q, positions_BxS, inv_freq) * (e ** -0.5)
+    kk = apply_rope(kk, positions_BxS, inv_freq)
     out = attention(i, q.reshape(b, s, k, h // k, e), kk,
                     vv.reshape(b, s, k, e), lp.get("smear"))
     x = x + matmul(out, lp["wo"], cd).reshape(b, s, d).astype(x.dtype)
-    hn = _rms(x, lp["mlp_norm"], cfg.rms_eps, cd).reshape(b * s, d)
+    hn = _rms(x, lp["mlp_norm"], eps, cd, offset).reshape(b * s, d)
     gate, up = jnp.split(matmul(hn, lp["w_gate_up"], cd), 2, axis=1)
-    mlp = matmul((jax.nn.silu(gate) * up).astype(cd), lp["w_down"], cd)
+    mlp = matmul((act(gate) * up).astype(cd), lp["w_down"], cd)
     x = x + mlp.reshape(b, s, d).astype(x.dtype)
   if last_only:
     x = x[:, -1:]
-  x = _rms(x, params["final_norm"], cfg.rms_eps, cd)
+  x = _rms(x, params["final_norm"], eps, cd, offset)
   return matmul(x.reshape(-1, d), params["head"], cd).reshape(
       b, x.shape[1], cfg.vocab_size)
 
@@ -191,6 +209,7 @@ def prefill(cfg: TransformerConfig, params: dict[str, Any],
   """
   cd = to_dtype(cfg.compute_dtype)
   b, p = tokens_BxP.shape
+  cfg.check_length(length)
   mask = mask_BxP.astype(bool)
   causal_PxP = jnp.tril(jnp.ones((p, p), bool))
   allowed_BxPxP = causal_PxP[None] & mask[:, None, :]

@@ -7,6 +7,11 @@ each other), layers stacked with `nnx.vmap` and run with `jax.lax.scan` (or
 unrolled, `layer_loop`) under a named remat policy. Shape letters: see
 `lifejax/__init__.py`.
 
+Config options add what the imported HF families need (`hf_format.py`): q/k/v
+biases (Qwen2), per-head q/k RMSNorm (Qwen3), norm gains stored as offsets
+from 1, sqrt(D)-scaled embeddings and a GeGLU MLP (Gemma). Their defaults
+compute exactly the Llama function above.
+
 Implementation choices (`TransformerConfig.attention_impl`, `matmul_impl`,
 `fuse_projections`, `weight_grad`, `layer_loop`) never change the function
 computed; "auto" resolves them per backend in `kernels`. On CPU they select
@@ -21,7 +26,9 @@ code derives shardings from them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +39,7 @@ from lifejax import sharding
 from lifejax.model.config import REMAT_POLICIES, TransformerConfig, to_dtype
 from lifejax.model.cpu_kernels import (blocked_attention_fn, cpu_matmul_fn,
                                        matmul)
+from lifejax.model.ring_attention import model_attention
 
 F32 = jnp.float32
 
@@ -43,19 +51,49 @@ def _param(rngs: nnx.Rngs, shape: tuple[int, ...], names: tuple[str, ...],
 
 
 class RMSNorm(nnx.Module):
-  """y = x / rms(x) * scale, computed in f32."""
+  """y = x / rms(x) * (offset + scale), computed in f32.
 
-  def __init__(self, dim: int, eps: float, param_dtype: jnp.dtype):
-    init = nnx.with_partitioning(nnx.initializers.ones, ("norm",))
+  The scale starts at 1 - offset, so every norm starts as the identity
+  gain; offset 1 is Gemma's parameterization (stored scale 0 = gain 1).
+  """
+
+  def __init__(self, dim: int, eps: float, param_dtype: jnp.dtype,
+               offset: float = 0.0):
+    init = nnx.with_partitioning(
+        nnx.initializers.constant(1.0 - offset), ("norm",))
     self.scale = nnx.Param(init(jax.random.key(0), (dim,), param_dtype))
     self.eps = eps
+    self.offset = offset
 
   def __call__(self, x: jax.Array, out_dtype: jnp.dtype) -> jax.Array:
     x32 = x.astype(F32)
     ms = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
     scale = self.scale[...].astype(F32).reshape((1,) * (x.ndim - 1) + (-1,))
+    if self.offset:
+      scale = self.offset + scale
     y = x32 * jax.lax.rsqrt(ms + self.eps) * scale
     return y.astype(out_dtype)
+
+
+def _zeros(rngs: nnx.Rngs, shape: tuple[int, ...], names: tuple[str, ...],
+           dtype: jnp.dtype) -> nnx.Param:
+  init = nnx.with_partitioning(nnx.initializers.zeros, names)
+  return nnx.Param(init(rngs.params(), shape, dtype))
+
+
+# The gated MLP's activation by `TransformerConfig.mlp_activation`.
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "silu": jax.nn.silu,
+    "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),
+}
+
+
+def embedding_scale(cfg: TransformerConfig) -> jax.Array | None:
+  """sqrt(d_model) rounded to the param dtype (as HF Gemma rounds it), or
+  None without `scale_embeddings`."""
+  if not cfg.scale_embeddings:
+    return None
+  return jnp.asarray(math.sqrt(cfg.d_model), to_dtype(cfg.param_dtype))
 
 
 def rope_inv_freq(cfg: TransformerConfig) -> jax.Array:
@@ -174,6 +212,13 @@ class Attention(nnx.Module):
     if cfg.smear_keys:  # logits of the own-key share, 0 = an even mix
       init = nnx.with_partitioning(nnx.initializers.zeros, ("kv_heads",))
       self.smear = nnx.Param(init(rngs.params(), (k,), pd))
+    if cfg.qkv_bias:
+      self.bq = _zeros(rngs, (h, e), ("heads", "head_dim"), pd)
+      self.bk = _zeros(rngs, (k, e), ("kv_heads", "head_dim"), pd)
+      self.bv = _zeros(rngs, (k, e), ("kv_heads", "head_dim"), pd)
+    if cfg.qk_norm:
+      self.q_norm = RMSNorm(e, cfg.rms_eps, pd, cfg.norm_offset)
+      self.k_norm = RMSNorm(e, cfg.rms_eps, pd, cfg.norm_offset)
     self.cfg = cfg
 
   def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array,
@@ -193,14 +238,23 @@ class Attention(nnx.Module):
       q, kk, v = jnp.split(qkv, [h * e, (h + k) * e], axis=1)
     else:
       q, kk, v = (_mm(x_NxD, w, cd, kern) for w in (wq, wk, wv))
-    q = apply_rope(q.reshape(b, t, h, e), positions_BxT, inv_freq) * (
-        e ** -0.5)
-    kk = apply_rope(kk.reshape(b, t, k, e), positions_BxT, inv_freq)
+    if cfg.qkv_bias:
+      q, kk, v = (y + bias[...].reshape(1, -1).astype(F32) for y, bias in
+                  ((q, self.bq), (kk, self.bk), (v, self.bv)))
+    q, kk = q.reshape(b, t, h, e), kk.reshape(b, t, k, e)
+    if cfg.qk_norm:
+      q, kk = self.q_norm(q, F32), self.k_norm(kk, F32)
+    q = apply_rope(q, positions_BxT, inv_freq) * (e ** -0.5)
+    kk = apply_rope(kk, positions_BxT, inv_freq)
     if cfg.smear_keys:
       kk = smear_keys(kk, segment_ids_BxT, self.smear[...])
     v = v.reshape(b, t, k, e)
     q_BxTxKxGxE = q.reshape(b, t, k, g, e)
-    if kern.blocked_attention:
+    # A mesh `context` axis splits the sequence: ring attention (see there).
+    context_parallel = model_attention(cfg.attention_impl, cd, t)
+    if context_parallel is not None:
+      out = context_parallel(q_BxTxKxGxE, kk, v, segment_ids_BxT)
+    elif kern.blocked_attention:
       out = blocked_attention_fn(jnp.dtype(cd), cfg.attention_block)(
           q_BxTxKxGxE, kk, v, segment_ids_BxT)
     else:
@@ -239,7 +293,8 @@ class MLP(nnx.Module):
     else:
       gate_NxF = _mm(x_NxD, self.w_gate[...], cd, kern)
       up_NxF = _mm(x_NxD, self.w_up[...], cd, kern)
-    h_NxF = (jax.nn.silu(gate_NxF) * up_NxF).astype(cd)
+    act = ACTIVATIONS[self.cfg.mlp_activation]
+    h_NxF = (act(gate_NxF) * up_NxF).astype(cd)
     h_NxF = sharding.constrain(h_NxF, ("activation_tokens", "mlp"))
     return _mm(h_NxF, self.w_down[...], cd, kern).reshape(b, t, d)
 
@@ -249,9 +304,9 @@ class Block(nnx.Module):
 
   def __init__(self, cfg: TransformerConfig, rngs: nnx.Rngs):
     pd = to_dtype(cfg.param_dtype)
-    self.attn_norm = RMSNorm(cfg.d_model, cfg.rms_eps, pd)
+    self.attn_norm = RMSNorm(cfg.d_model, cfg.rms_eps, pd, cfg.norm_offset)
     self.attn = Attention(cfg, rngs)
-    self.mlp_norm = RMSNorm(cfg.d_model, cfg.rms_eps, pd)
+    self.mlp_norm = RMSNorm(cfg.d_model, cfg.rms_eps, pd, cfg.norm_offset)
     self.mlp = MLP(cfg, rngs)
     self.cfg = cfg
 
@@ -284,7 +339,7 @@ class Transformer(nnx.Module):
       return Block(cfg, r)
 
     self.layers = make_layers(rngs)
-    self.final_norm = RMSNorm(cfg.d_model, cfg.rms_eps, pd)
+    self.final_norm = RMSNorm(cfg.d_model, cfg.rms_eps, pd, cfg.norm_offset)
     if not cfg.tie_embeddings:
       self.lm_head = _param(rngs, (cfg.d_model, cfg.vocab_size),
                             ("embed", "vocab"), cfg.init_std, pd)
@@ -296,6 +351,7 @@ class Transformer(nnx.Module):
     cfg = self.cfg
     cd = to_dtype(cfg.compute_dtype)
     b, t = tokens_BxT.shape
+    cfg.check_length(t)
     if positions_BxT is None:
       positions_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
     if segment_ids_BxT is None:
@@ -305,7 +361,11 @@ class Transformer(nnx.Module):
     # Gather from an all-gathered table: a gather from a sharded table
     # makes the SPMD partitioner fully rematerialize the activations.
     table_VxD = sharding.constrain(self.embed[...], (None, None))
-    x = jnp.take(table_VxD, tokens_BxT, axis=0).astype(cd)
+    x = jnp.take(table_VxD, tokens_BxT, axis=0)
+    scale = embedding_scale(cfg)
+    if scale is not None:  # in the param dtype, as HF Gemma multiplies
+      x = x * scale
+    x = x.astype(cd)
     x = sharding.constrain(x, ("batch", "length", "embed"))
 
     graphdef, layer_state = nnx.split(self.layers)

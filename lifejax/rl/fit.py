@@ -1,6 +1,15 @@
 """An RL run on the one training engine: the layout's params tree, its
 starting params, the rollout source, dev-prompt evaluation, and the
-engine's loop settings derived from the RL loop config."""
+engine's loop settings derived from the RL loop config.
+
+Several processes (`lifejax.launch`) sample together: generation and the
+log-prob / value / reward forwards are SPMD programs over the global mesh.
+Every process feeds them the same prompts (the prompt order and the
+sampling keys are functions of the seed and the iteration) and fetches
+their whole outputs (`sharding.fetch`), so every process holds the same
+rollout, scores it alike and queues the same global minibatches, of which
+the engine places each process's rows (`sharding.put`).
+"""
 
 from __future__ import annotations
 
@@ -148,8 +157,7 @@ class RLJob:
         algorithm=self.algorithm, prompts=self.prompts, codec=self.codec,
         scorer=self.scorer, rollout_cfg=self.rollout_cfg,
         loop_cfg=self.loop_cfg, seed=self.seed, samples_dir=self.samples_dir,
-        trained_params=trained,
-        shard=(jax.process_index(), jax.process_count()))
+        trained_params=trained)
     return self.source
 
   def make_evals(self, _: trainer_lib.Trainer) -> engine.Evals:
@@ -175,7 +183,7 @@ class RLJob:
     """Plots the curves, completes the summary (final_iteration,
     resumed_from, last_metrics) and returns the run."""
     run, summary = RunDir(run_dir), result.summary
-    if os.path.exists(run.metrics):
+    if sharding.is_main_process() and os.path.exists(run.metrics):
       plot_curves(run.metrics, run.rl_curves,
                   keys=("reward", "true_judge", "kl"))
     restored = result.trainer.restored_data_state

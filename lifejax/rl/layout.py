@@ -151,14 +151,16 @@ class PolicyForwards:
                generate: generation.SampleFn | None = None):
     self.layout, self.mesh, self.rules = layout, mesh, rules
     self.ref_params, self.chunk_size = ref_params, chunk_size
-    self.generate = generate or generation.default_sample_fn()
+    self.generate = sharding.compiled_together(
+        generate or generation.default_sample_fn())
+    self._stats = sharding.compiled_together(_stats)
 
   def _chunked(self, layout: Layout, params: Any, rows: rollout_lib.Rows):
     def one(chunk, _):
       chunk = sharding.put(chunk, sharding.batch_shardings(
           chunk, self.mesh, self.rules))
       with jax.set_mesh(self.mesh):
-        return _stats(layout, self.mesh, self.rules, params, chunk)
+        return self._stats(layout, self.mesh, self.rules, params, chunk)
     return batching.map_padded(one, rows, self.chunk_size)
 
   def stats(self, params: Any, rows: rollout_lib.Rows

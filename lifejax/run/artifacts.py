@@ -25,7 +25,9 @@ from lifejax.train.checkpoint import (CheckpointConfig, Checkpointer,
 # differ between the run that saved params and the one loading them.
 SHAPE_FIELDS = ("vocab_size", "d_model", "num_layers", "num_heads",
                 "num_kv_heads", "resolved_head_dim", "mlp_dim",
-                "tie_embeddings", "smear_keys")
+                "tie_embeddings", "smear_keys", "qkv_bias", "qk_norm",
+                "norm_offset", "scale_embeddings", "mlp_activation",
+                "sliding_window")
 
 
 def is_hf_dir(path: str) -> bool:

@@ -117,7 +117,7 @@ def kto(
       _, params = artifacts.load_params(
           init_from, transformer.Transformer, model, ctx.mesh,
           ctx.training.mesh.rules)
-      rows["start"] = jax.device_get(params)
+      rows["start"] = sharding.fetch(params)
     return rows["start"]
 
   def data(ctx: runner.Context) -> PairBatches:

@@ -307,7 +307,7 @@ def online_dpo(
       policy.codec.stop_ids, policy.codec.pad_id, policy.codec.vocab_limit)
   greedy_cfg = dataclasses.replace(rollout, temperature=0.0).sampling_config(
       policy.codec.stop_ids, policy.codec.pad_id, policy.codec.vocab_limit)
-  host_start = jax.device_get(policy.params)
+  host_start = sharding.fetch(policy.params)
   built: dict[str, Any] = {}
 
   def data(ctx: runner.Context) -> OnlineRounds:

@@ -48,13 +48,15 @@ def _tokenizer(run: Any, init_from: str | None, tokenizer_path: str | None,
     return artifacts.load_tokenizer(init_from)
   if tokenizer_path is None:
     tokenizer_path = run.tokenizer_model
-    if not os.path.exists(tokenizer_path):
+    # One process trains it; the others load it once it is written.
+    if sharding.is_main_process() and not os.path.exists(tokenizer_path):
       logging.info("training a %d-piece %s tokenizer", vocab_size,
                    tokenizer_type)
       tok_lib.train_sentencepiece(
           files.texts(train_srcs, text_field),
           tokenizer_path[:-len(".model")], vocab_size=vocab_size,
           model_type=tokenizer_type)
+    sharding.sync(f"lifejax tokenizer trained: {tokenizer_path}")
   return tok_lib.load_tokenizer(tokenizer_path)
 
 
@@ -144,7 +146,7 @@ def pretrain(
     train_srcs, eval_srcs = files.holdout_split(
         train_srcs, text_field, 0.02 if eval_holdout is None else eval_holdout)
     # Later evaluations (per-source perplexity) must use exactly these.
-    for src in eval_srcs:
+    for src in eval_srcs if sharding.is_main_process() else ():
       write_jsonl(run.heldout_file(src.name),
                   ({text_field: r[text_field]} for r in src))
   tokenizer = _tokenizer(run, init_from, tokenizer_path, tokenizer_type,

@@ -97,7 +97,7 @@ def reward(
     score_fn = reward_lib.make_score_fn(ctx.trainer.graphdef)
 
     def pairwise(state, step):
-      params = jax.device_get(ctx.model_params(state))
+      params = sharding.fetch(ctx.model_params(state))
       rc = reward_eval.score_rows(score_fn, params, chosen_rows, batch_size)
       rr = reward_eval.score_rows(score_fn, params, rejected_rows, batch_size)
       res = reward_eval.evaluate_pairs(records, rc, rr)
@@ -113,7 +113,7 @@ def reward(
         evaluators=(pairwise,))
 
   def finish(ctx: runner.Context, _) -> dict[str, Any]:
-    if "r_chosen" in last:
+    if "r_chosen" in last and sharding.is_main_process():
       reward_eval.write_outputs(ctx.run.root, last)
     return inputs.summary("reward")
 

@@ -11,6 +11,13 @@ runner does the rest, the same way for every stage:
      checkpoints;
   4. the stage's own outputs (`finish`), then summary.json and the
      operative gin config (every binding the run used).
+
+Several processes (`lifejax.launch`) run a stage together: each builds
+the same global batches (a stage's pipelines read the whole stream, see
+`Context.shard`) and the engine places each process's rows on its devices,
+so the run computes what a single-process run on the same mesh does. The
+main process writes the run directory's files; the others wait for it
+where a later step reads them (`sharding.sync`).
 """
 
 from __future__ import annotations
@@ -25,7 +32,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import gin
-import jax
 
 from lifejax import checks, sharding
 from lifejax.data import chat
@@ -79,21 +85,21 @@ class Context:
 
   @property
   def shard(self) -> dict[str, int]:
-    """This process's share of the data (grain's shard arguments)."""
-    return {"shard_index": jax.process_index(),
-            "shard_count": jax.process_count()}
+    """The grain shard arguments of a stage's pipelines: one shard, the
+    whole stream, in every process. The engine takes global batches and
+    places each process's rows of them (`sharding.put`), which keeps the
+    batches, and so the run, independent of the number of processes."""
+    return {"shard_index": 0, "shard_count": 1}
 
   def model_params(self, state: Any) -> Any:
     """The model's params in a train state (adapters merged under LoRA)."""
     return lora_lib.full_params(state, self.training.lora)
 
   def local_batch(self, batch_size: int, name: str = "batch_size") -> int:
-    """This process's rows of a global batch of `batch_size` rows."""
-    n = jax.process_count()
-    if batch_size % n:
-      raise ValueError(f"{self.spec.name}.{name}={batch_size} does not "
-                       f"divide among {n} processes")
-    return batch_size // n
+    """The rows of a batch a stage's pipeline makes: all `batch_size` of
+    the global batch (see `shard`), in every process."""
+    del name
+    return batch_size
 
 
 @dataclasses.dataclass
@@ -186,12 +192,14 @@ def start_run(run_dir: str, stage: str,
   """Creates the run directory with stage.json, the gin config as
   launched and (for chat stages) the chat template."""
   run = RunDir(run_dir)
-  os.makedirs(run.root, exist_ok=True)
-  _write_json(run.stage_file, {"stage": stage})
-  with open(run.config_gin, "w", encoding="utf-8") as f:
-    f.write(gin.config_str())
-  if template is not None:
-    artifacts.save_template(run.root, template)
+  if sharding.is_main_process():
+    os.makedirs(run.root, exist_ok=True)
+    _write_json(run.stage_file, {"stage": stage})
+    with open(run.config_gin, "w", encoding="utf-8") as f:
+      f.write(gin.config_str())
+    if template is not None:
+      artifacts.save_template(run.root, template)
+  sharding.sync(f"lifejax run started: {run.root}")
   return run
 
 
@@ -241,7 +249,8 @@ def run_stage(spec: StageSpec, run_dir: str, training: Training
   run = start_run(run_dir, spec.name, spec.template)
   mesh = sharding.make_mesh(training.mesh)
   ctx = Context(run=run, spec=spec, training=training, mesh=mesh)
-  write_lineage(run.root, lineage_of(spec))
+  if sharding.is_main_process():
+    write_lineage(run.root, lineage_of(spec))
   eval_kwargs = (spec.loss_kwargs if spec.eval_loss_kwargs is None
                  else spec.eval_loss_kwargs)
 
@@ -281,10 +290,13 @@ def run_stage(spec: StageSpec, run_dir: str, training: Training
 
 def finish_run(run: RunDir, summary: dict[str, Any]) -> dict[str, Any]:
   """summary.json (no NaN: see `train.metrics.write_summary`) and the
-  operative gin config: what every stage leaves."""
-  write_summary(run.summary, summary)
-  with open(run.operative_gin, "w", encoding="utf-8") as f:
-    f.write(gin.operative_config_str())
+  operative gin config: what every stage leaves. Every process returns
+  once they are written (a next stage may read them at once)."""
+  if sharding.is_main_process():
+    write_summary(run.summary, summary)
+    with open(run.operative_gin, "w", encoding="utf-8") as f:
+      f.write(gin.operative_config_str())
+  sharding.sync(f"lifejax run finished: {run.root}")
   return summary
 
 

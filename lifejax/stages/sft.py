@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import gin
-import jax
 
 from lifejax import checks, sharding
 from lifejax.data import chat, chat_render, files, pipeline, sft as sft_data
@@ -160,7 +159,7 @@ def sft(
     def instruction_eval(state, step):
       responses = generation_lib.generate_responses(
           generation_lib.make_generate(
-              ctx.trainer.graphdef, jax.device_get(ctx.model_params(state)),
+              ctx.trainer.graphdef, sharding.fetch(ctx.model_params(state)),
               gen_cfg), tokenizer, tmpl, records, generation)
       eval_samples.write_samples(ctx.run.root, step, records, responses)
       return {f"eval/instruct/{k}": v

@@ -9,6 +9,12 @@ Checkpointer verifies the newest step(s) first and moves a corrupt,
 truncated or incomplete one aside (`quarantined`), so a restart resumes
 from the newest intact step. A state with non-finite params is never
 saved, and a non-finite eval metric never makes a step best.
+
+In a multi-process run every process saves (orbax writes each process's
+shards; process 0 writes the metadata and finalizes the step) and restores
+its own shards. Verifying, quarantining and sealing are the main process's:
+a step is sealed only after every process has finished its part of it
+(orbax's wait, then a barrier over all processes).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from lifejax import checks
+from lifejax import checks, sharding
 from lifejax.run.layout import RunDir
 from lifejax.train import integrity
 from lifejax.train.state import TrainState, abstract_with_shardings
@@ -87,11 +93,17 @@ class Checkpointer:
     self.root = run.root
     self.dir = run.checkpoint_dir(best=False)
     self.best_dir = run.checkpoint_dir(best=True)
-    # Verified before orbax lists the steps: bad ones are moved aside.
-    _, self.quarantined_latest = integrity.newest_intact(
-        self.dir, run.quarantine_dir(False))
-    self.quarantined = self.quarantined_latest + integrity.quarantine_all_bad(
-        self.best_dir, run.quarantine_dir(True))
+    # Verified before orbax lists the steps: bad ones are moved aside (by
+    # the main process; the others list the steps once it has).
+    self.quarantined_latest: list[integrity.Quarantined] = []
+    self.quarantined: list[integrity.Quarantined] = []
+    if sharding.is_main_process():
+      _, self.quarantined_latest = integrity.newest_intact(
+          self.dir, run.quarantine_dir(False))
+      self.quarantined = (self.quarantined_latest
+                          + integrity.quarantine_all_bad(
+                              self.best_dir, run.quarantine_dir(True)))
+    sharding.sync(f"lifejax checkpoints verified: {self.root}")
     for q in self.quarantined:
       logging.warning("checkpoint step %d is bad (%s); moved aside to %s",
                       q.step, q.reason, q.moved_to)
@@ -129,11 +141,15 @@ class Checkpointer:
         f"steps {intact}, and a restart resumes from the newest of them")
 
   def _seal(self) -> None:
-    """Seals every step this Checkpointer saved that has finished."""
+    """Seals every step this Checkpointer saved that has finished (every
+    process's part of it)."""
     try:
       self._latest.wait_until_finished()
       self._best.wait_until_finished()
-      for step_dir in self._unsealed:
+      if not self._unsealed:
+        return
+      sharding.sync(f"lifejax checkpoints written: {self._unsealed}")
+      for step_dir in self._unsealed if sharding.is_main_process() else ():
         if os.path.isdir(step_dir) and not integrity.is_sealed(step_dir):
           integrity.seal(step_dir)
     except OSError as e:

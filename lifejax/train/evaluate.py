@@ -11,8 +11,6 @@ import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-import jax
-
 from lifejax import sharding
 from lifejax.train.state import TrainState
 from lifejax.train.step import loss_params
@@ -33,7 +31,7 @@ def evaluate(eval_step: Callable[..., dict], params: Any,
   n = 0
   for batch in eval_batches:
     out = eval_step(params, sharding.put(batch, batch_shardings))
-    for k, v in jax.device_get(out).items():
+    for k, v in sharding.fetch(out).items():
       totals[k] = totals.get(k, 0.0) + float(v)
     n += 1
     if max_batches and n >= max_batches:

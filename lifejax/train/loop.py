@@ -4,6 +4,12 @@ The loop dispatches step N before it fetches step N-1's metrics, so the host
 never waits on the device just to log. A restarted run resumes from the latest
 checkpoint (train state and data-iterator state) and reproduces the per-step
 losses of an uninterrupted run.
+
+In a multi-process run every process runs this loop on the same global
+batches (`sharding.put` places each process's rows) and makes the same
+decisions from the same fetched metrics; only the main process writes
+metrics.jsonl, TensorBoard events, the summary and the plots, and shows
+the progress bar.
 """
 
 from __future__ import annotations
@@ -16,7 +22,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-import jax
 import numpy as np
 
 from lifejax import checks, sharding
@@ -132,6 +137,16 @@ class _EarlyStopper:
     self.best, self.bad = float(s["best"]), int(s["bad"])
 
 
+class _NoMetrics:
+  """The metrics writer of a process other than the main one."""
+
+  def write(self, step: int, metrics: dict[str, float]) -> None:
+    del step, metrics
+
+  def close(self) -> None:
+    pass
+
+
 def _last_checkpoint(checkpointer: Checkpointer) -> str:
   step = checkpointer.latest_step()
   return ("none" if step is None
@@ -170,13 +185,15 @@ def train_loop(
       if getattr(cfg, name):
         raise checks.unused(f"LoopConfig.{name}",
                             "this run has no eval set and no evaluator")
-  writer = MetricsWriter(run_dir, tensorboard=cfg.tensorboard)
+  main = sharding.is_main_process()
+  writer = (MetricsWriter(run_dir, tensorboard=cfg.tensorboard) if main
+            else _NoMetrics())
   stopper = _EarlyStopper(cfg)
   if restored_extra and "early_stop" in restored_extra:
     stopper.load(restored_extra["early_stop"])
-  start = int(jax.device_get(state["step"]))
+  start = int(sharding.fetch(state["step"]))
   bar = None
-  if cfg.progress and start < cfg.num_steps:
+  if cfg.progress and main and start < cfg.num_steps:
     from tqdm.auto import tqdm
     bar = tqdm(total=cfg.num_steps, initial=start, desc=progress_desc("train"),
                dynamic_ncols=True, mininterval=1.0)
@@ -196,7 +213,7 @@ def train_loop(
     nonlocal last_logged, t_last, tok_since, window, window_steps
     nonlocal source_metrics
     step, dev_metrics, from_source = pending_step
-    host = {k: float(v) for k, v in jax.device_get(dev_metrics).items()}
+    host = {k: float(v) for k, v in sharding.fetch(dev_metrics).items()}
     if host.get("skipped"):
       skips["total"] += 1
       skips["run"] += 1
@@ -303,6 +320,7 @@ def train_loop(
              "last_train_metrics": last_logged, "eval": eval_metrics,
              "best_step": checkpointer.best_step(),
              "skipped_steps": skips["total"]}
-  write_summary(RunDir(run_dir).summary, summary)
-  plot_curves(RunDir(run_dir).metrics, RunDir(run_dir).loss_curve)
+  if main:
+    write_summary(RunDir(run_dir).summary, summary)
+    plot_curves(RunDir(run_dir).metrics, RunDir(run_dir).loss_curve)
   return summary

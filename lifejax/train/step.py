@@ -166,10 +166,11 @@ def jit_train_step(step_fn: StepFn, state_shardings: TrainState,
 
   jitted = jax.jit(traced, in_shardings=(state_shardings, batch_shardings),
                    out_shardings=(state_shardings, None), donate_argnums=(0,))
+  call = sharding.compiled_together(jitted)
 
   def run(state, batch):
     with jax.set_mesh(mesh):
-      return jitted(state, batch)
+      return call(state, batch)
 
   run.jitted = jitted  # for compile-count checks and AOT lowering
   return run
@@ -192,10 +193,11 @@ def build_eval_step(loss_fn: LossFn, param_shardings: Any,
     return out
 
   jitted = jax.jit(traced, in_shardings=(param_shardings, batch_shardings))
+  call = sharding.compiled_together(jitted)
 
   def run(params, batch):
     with jax.set_mesh(mesh):
-      return jitted(params, batch)
+      return call(params, batch)
 
   run.jitted = jitted
   return run
