@@ -3,8 +3,9 @@
 The SFT run supplies the policy's initial params, the frozen reference, the
 tokenizer and the chat template (prompts are rendered with it, generation
 stops at its end-of-turn marker). The reward is a reward-model run
-(`reward="reward_model"`, normalized with its reward_stats.json) or the
-programmatic judge (`reward="judge"`, a named preset). Whatever the reward,
+(`reward="reward_model"`, normalized with its reward_stats.json), the
+programmatic judge (`reward="judge"`, a named preset) or a Python function
+(`reward="python"`, `reward_fn`). Whatever the reward,
 every iteration also logs the DEFAULT judge's score of the same responses
 (`true_judge`): learned reward rising while it falls is reward hacking.
 
@@ -52,6 +53,7 @@ def rl_stage(
     reward: str,
     reward_run: str | None = None,
     reward_judge: str | judge_lib.JudgeConfig = "default",
+    reward_fn: rl_common.RewardFn | None = None,
     ppo_config: ppo_lib.PPOConfig | None = None,
     value_model: str | None = None,
     value_init: str | None = None,
@@ -73,10 +75,14 @@ def rl_stage(
   """PPO or GRPO from `sft_run` (the policy and its frozen reference) on
   prompt records; gin binds it as `ppo` and `grpo`.
 
-  reward: "reward_model" (reward_run's model, normalized; ppo's default) or
+  reward: "reward_model" (reward_run's model, normalized; ppo's default),
     "judge" (grpo's default: the `reward_judge` preset, default |
     length_hackable | safety_hackable, or a JudgeConfig, e.g.
-    `ppo.reward_judge = @JudgeConfig()` in gin).
+    `ppo.reward_judge = @JudgeConfig()` in gin) or "python" (`reward_fn`).
+  reward_fn: with reward="python", called as reward_fn(record, response)
+    -> float on each sample (record: the prompt record as read, every
+    field; response: the decoded text); a gin-registered function, bound
+    as `grpo.reward_fn = @my_module.my_reward` after `import my_module`.
   ppo only: ppo_config; value_model "separate" (a ValueModel, the default)
     or "shared" (a value head on the policy's trunk); value_init, the
     separate critic's backbone: "reward_model" (reward_run's backbone) or
@@ -107,7 +113,8 @@ def rl_stage(
     layout_kind, config = "policy", {"grpo": algo.cfg}
   # PPO's reward_run may also start the critic: an unused one is fine.
   rl_common.check_reward(algorithm, reward, reward_run, reward_judge,
-                         check_run=algorithm != "ppo")
+                         check_run=algorithm != "ppo", reward_fn=reward_fn,
+                         fn_field="reward_fn")
   rl_common.check_batches(algo, rollout, loop)
   runner.preflight(stage_name, mesh, loop.minibatch_size,
                    loop.num_microbatches)
@@ -115,7 +122,8 @@ def rl_stage(
   if runner.only_checking():
     return {}
   st = rl_common.start(sft_run, model, mesh, prompt_files, rollout, reward,
-                       reward_run, reward_judge, missing_stop_penalty)
+                       reward_run, reward_judge, missing_stop_penalty,
+                       reward_fn)
   policy = st.policy
   value_cfg, details = None, {}
   if algorithm == "ppo":
@@ -153,10 +161,11 @@ def rl_stage(
       out = ctx.run.policy.root
       fit.export_policy(out, job.layout.lm_params(ctx.model_params(
           result.state)), summary["final_iteration"])
-      artifacts.save_template(out, policy.template)
-      write_lineage(out, rl_common.lineage(
-          f"{stage_name}_policy", policy, "policy", prompt_files,
-          rl_run=ctx.run.root))
+      if sharding.is_main_process():
+        artifacts.save_template(out, policy.template)
+        write_lineage(out, rl_common.lineage(
+            f"{stage_name}_policy", policy, "policy", prompt_files,
+            rl_run=ctx.run.root))
       summary["policy_dir"] = out
     return summary
 

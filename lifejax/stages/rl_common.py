@@ -1,17 +1,22 @@
 """What the RL stages (PPO, GRPO, RLAIF) share: the policy loaded from an
-LM run, the prompts it can take, the reward (a reward-model run or the
-programmatic judge) and the lineage of an RL run."""
+LM run, the prompts it can take, the reward (a reward-model run, the
+programmatic judge or, for PPO and GRPO, a Python function) and the
+lineage of an RL run."""
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import inspect
 import logging
+import math
+import numbers
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import gin
+import numpy as np
 
 from lifejax import checks, sharding
 from lifejax.data import chat, validation
@@ -32,6 +37,10 @@ for _cls in (ppo_lib.PPOConfig, grpo_lib.GRPOConfig, rlaif_lib.RLAIFConfig,
   gin.external_configurable(_cls, module="lifejax")
 
 REWARDS = ("reward_model", "judge")
+# PPO and GRPO also take a reward function: reward="python", reward_fn=fn.
+PYTHON = "python"
+# fn(prompt record, response text) -> float.
+RewardFn = Callable[[Mapping[str, Any], str], float]
 
 
 @dataclasses.dataclass
@@ -115,28 +124,97 @@ def check_reward(stage: str, reward: str, reward_run: str | None,
                   judge: str | judge_lib.JudgeConfig, *,
                   reward_field: str = "reward",
                   judge_field: str = "reward_judge",
-                  check_run: bool = True) -> None:
+                  check_run: bool = True,
+                  reward_fn: RewardFn | None = None,
+                  fn_field: str | None = None) -> None:
   """Errors naming the stage's reward options, before anything is loaded.
 
   The judge preset (`judge_field`) applies only to the judge reward; a
   non-default one with the reward model is an error. With `check_run`, so is
-  a reward_run that the judge reward leaves unused.
+  a reward_run that the judge reward leaves unused. A stage that names its
+  reward-function option (`fn_field`) also takes `reward="python"`, which
+  needs that function (signature checked here) and nothing else.
   """
-  checks.choice(f"{stage}.{reward_field}", reward, REWARDS)
-  if reward == "reward_model":
+  choices = REWARDS + ((PYTHON,) if fn_field else ())
+  checks.choice(f"{stage}.{reward_field}", reward, choices)
+  if fn_field and reward_fn is not None and reward != PYTHON:
+    raise checks.unused(f"{stage}.{fn_field}",
+                        f"{stage}.{reward_field} is {reward!r}; set it to "
+                        f"{PYTHON!r} to train on the function")
+  if reward in ("reward_model", PYTHON) and not (
+      isinstance(judge, str) and judge == "default"):
+    raise checks.unused(f"{stage}.{judge_field}",
+                        f"{stage}.{reward_field} is {reward!r}; the judge "
+                        'preset applies only to "judge"')
+  if reward == PYTHON:
+    if reward_fn is None:
+      raise ValueError(f'{stage}.{reward_field}="{PYTHON}" needs '
+                       f"{stage}.{fn_field} (fn(record, response) -> float)")
+    check_reward_fn(f"{stage}.{fn_field}", reward_fn)
+  elif reward == "reward_model":
     if not reward_run:
       raise ValueError(f'{stage}.{reward_field}="reward_model" needs '
                        f"{stage}.reward_run")
-    if not (isinstance(judge, str) and judge == "default"):
-      raise checks.unused(f"{stage}.{judge_field}",
-                          f'{stage}.{reward_field} is "reward_model"; the '
-                          'judge preset applies only to "judge"')
     return
-  if isinstance(judge, str):
+  elif isinstance(judge, str):
     checks.choice(f"{stage}.{judge_field}", judge, sorted(rollout_lib.JUDGES))
   if check_run and reward_run:
     raise checks.unused(f"{stage}.reward_run",
-                        f'{stage}.{reward_field} is "judge"')
+                        f"{stage}.{reward_field} is {reward!r}")
+
+
+def function_name(fn: Any) -> str:
+  """`module.qualname` of a function (the repr of any other callable)."""
+  module, qualname = (getattr(fn, "__module__", None),
+                      getattr(fn, "__qualname__", None))
+  return f"{module}.{qualname}" if module and qualname else repr(fn)
+
+
+def check_reward_fn(option: str, fn: Any) -> None:
+  """TypeError naming `option` unless `fn` can be called as fn(record,
+  response). A callable without an inspectable signature passes here and
+  is checked by its first call."""
+  if not callable(fn):
+    raise TypeError(f"{option}={fn!r} is not callable; bind a function, "
+                    f"e.g. {option} = @my_module.my_reward")
+  try:
+    signature = inspect.signature(fn)
+  except (TypeError, ValueError):
+    return
+  try:
+    signature.bind({}, "")
+  except TypeError as e:
+    raise TypeError(f"{option}={function_name(fn)}{signature} cannot be "
+                    "called as fn(record, response) -> float, the reward "
+                    f"function's signature ({e})") from None
+
+
+class FunctionScorer:
+  """A reward function on each decoded response: `fn(record, response)`,
+  record being the prompt record as read from the prompt file (every field,
+  e.g. a reference answer; read-only) and response the sampled text
+  without the stop marker. Each result must be a finite real number."""
+
+  def __init__(self, fn: RewardFn, option: str = "reward_fn"):
+    self.fn, self.option, self.name = fn, option, function_name(fn)
+
+  def __call__(self, rollout: rollout_lib.Rollout) -> np.ndarray:
+    if rollout.texts is None:
+      raise ValueError(f"{self.option}={self.name} needs decoded responses "
+                       "(a Codec with decode)")
+    score_B = np.empty(rollout.batch_size, np.float32)
+    for i, (record, text) in enumerate(zip(rollout.records, rollout.texts)):
+      value = self.fn(record, text)
+      where = (f"{self.option}={self.name} returned {value!r} for prompt "
+               f"{record.get('id', i)!r}")
+      if (not isinstance(value, numbers.Real)
+          or isinstance(value, (bool, np.bool_))):
+        raise TypeError(f"{where}: a reward function returns a float, got "
+                        f"{type(value).__name__}")
+      if not math.isfinite(value):
+        raise ValueError(f"{where}: a reward must be finite")
+      score_B[i] = value
+    return score_B
 
 
 def value_init(value_model: str, value_init: str | None,
@@ -174,11 +252,20 @@ def check_batches(algorithm: Any, rollout: rollout_lib.RolloutConfig,
 
 def scorer(policy: Policy, reward: str, reward_run: str | None,
             reward_judge: str | judge_lib.JudgeConfig,
-            missing_stop_penalty: float, chunk_size: int
+            missing_stop_penalty: float, chunk_size: int,
+            reward_fn: RewardFn | None = None
             ) -> tuple[rollout_lib.Scorer, dict[str, Any]]:
-  if reward not in REWARDS:
-    raise ValueError(f"reward={reward!r}: choose one of {REWARDS}")
-  if reward == "reward_model":
+  """The reward of each sample and its lineage record (`kind`: reward_model,
+  judge or python, the last with the function's `module.qualname`)."""
+  if reward not in REWARDS + (PYTHON,):
+    raise ValueError(f"reward={reward!r}: choose one of "
+                     f"{REWARDS + (PYTHON,)}")
+  if reward == PYTHON:
+    if reward_fn is None:
+      raise ValueError(f'reward="{PYTHON}" needs reward_fn')
+    scorer = FunctionScorer(reward_fn)
+    info = {"kind": PYTHON, "function": scorer.name}
+  elif reward == "reward_model":
     if not reward_run:
       raise ValueError('reward="reward_model" needs reward_run')
     scorer = rollout_lib.load_reward_scorer(reward_run, policy.mesh,
@@ -241,7 +328,8 @@ def start(policy_run: str,
           prompt_files: Sequence[str], rollout: rollout_lib.RolloutConfig,
           reward: str, reward_run: str | None,
           reward_judge: str | judge_lib.JudgeConfig,
-          missing_stop_penalty: float) -> Start:
+          missing_stop_penalty: float,
+          reward_fn: RewardFn | None = None) -> Start:
   """Loads the policy run, keeps the prompts that fit and builds the
   reward."""
   policy = load_policy(policy_run, model, mesh)
@@ -249,5 +337,5 @@ def start(policy_run: str,
   records, counts = prompts(prompt_files, policy.codec, rollout.prompt_len,
                             reward == "judge", log=inputs)
   score, info = scorer(policy, reward, reward_run, reward_judge,
-                       missing_stop_penalty, rollout.chunk_size)
+                       missing_stop_penalty, rollout.chunk_size, reward_fn)
   return Start(policy, records, counts, score, info, inputs)
