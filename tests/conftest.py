@@ -4,7 +4,10 @@ The XLA flag must be set before jax is imported anywhere, so it lives here,
 at the root of the test tree, and nothing else in the tests sets it.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
@@ -18,6 +21,22 @@ import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_default_matmul_precision", "highest")
+
+# One persistent compilation cache for the session, shared with the
+# processes tests launch (they inherit the environment): tests that build
+# the same programs (the tiny lifecycle run again to resume it, an
+# experiment's arms at tiny scale, stages that share a model) compile them
+# once. It lives in a fresh temporary folder, so nothing outlives the
+# session and no stale entry can be read; the key covers the program, the
+# devices and the compile options, and a cached executable is the one XLA
+# compiled, so results are unchanged.
+_CACHE = tempfile.mkdtemp(prefix="lifejax_test_jit_cache_")
+atexit.register(shutil.rmtree, _CACHE, True)
+for _name, _value in (("jax_compilation_cache_dir", _CACHE),
+                      ("jax_persistent_cache_min_compile_time_secs", 0),
+                      ("jax_persistent_cache_min_entry_size_bytes", 0)):
+  os.environ[_name.upper()] = str(_value)
+  jax.config.update(_name, _value)
 
 
 @pytest.fixture(scope="session")

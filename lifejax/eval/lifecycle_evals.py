@@ -64,7 +64,10 @@ class LMEvaluator:
   def __call__(self, run_dir: str, tokenizer_run: str,
                eval_files: Sequence[str], template: chat.ChatTemplate,
                instructions: Sequence[Record], facts: Sequence[Record],
-               spec: instruct.GenerationSpec) -> dict[str, float]:
+               spec: instruct.GenerationSpec,
+               baseline_records: Sequence[Record] = (),
+               baseline: Mapping[str, float] | None = None
+               ) -> dict[str, float]:
     _, params = artifacts.load_params(run_dir, transformer.Transformer,
                                       self.model, self.mesh, self.rules)
     return stage_eval.eval_lm(
@@ -74,7 +77,8 @@ class LMEvaluator:
         batch_shardings=self.plan.batch_shardings,
         heldout_sources=[files.source_from_path(p) for p in eval_files],
         seq_len=self.seq_len, batch_size=self.batch_size, template=template,
-        instruction_records=instructions, fact_questions=facts, spec=spec)
+        instruction_records=instructions, fact_questions=facts, spec=spec,
+        baseline_records=baseline_records, baseline=baseline)
 
 
 class PolicyEval:
@@ -89,7 +93,9 @@ class PolicyEval:
   def __init__(self, model: TransformerConfig, mesh: Any,
                rules: sharding.Rules, sft_run: str,
                records: Sequence[Record], spec: instruct.GenerationSpec,
-               score_rows: ScoreRows | None = None, seq_len: int = 384):
+               score_rows: ScoreRows | None = None, seq_len: int = 384,
+               baseline: Mapping[str, float] | None = None):
+    self.baseline = baseline
     self.model, self.mesh, self.rules = model, mesh, rules
     self.sft_run, self.records, self.spec = sft_run, records, spec
     self.score_rows, self.seq_len = score_rows, seq_len
@@ -107,7 +113,7 @@ class PolicyEval:
           self.score_rows, template, tokenizer, self.records, self.seq_len)
     out = stage_eval.eval_policy(
         graphdef, sharding.fetch(params), sharding.fetch(ref), tokenizer,
-        template, self.records, self.spec, reward_fn)
+        template, self.records, self.spec, reward_fn, baseline=self.baseline)
     out["eval_judge_is_training_reward"] = float(
         trained_on_eval_judge(run_dir))
     return out

@@ -97,7 +97,11 @@ class PolicyEvaluator:
                records: Sequence[Mapping[str, Any]],
                spec: instruct.GenerationSpec,
                judge_config: judge_lib.JudgeConfig = judge_lib.DEFAULT,
-               reward_fn: Callable[[Sequence[str]], np.ndarray] | None = None):
+               reward_fn: Callable[[Sequence[str]], np.ndarray] | None = None,
+               baseline: Mapping[str, float] | None = None):
+    """baseline: the base model's per-task dev judge totals; with it the
+    instruct metrics add the calibrated judge (instruct.calibrate)."""
+    self.baseline = baseline
     self.graphdef, self.ref_params = graphdef, ref_params
     self.tokenizer, self.template = tokenizer, template
     self.records, self.spec = list(records), spec
@@ -150,7 +154,8 @@ class PolicyEvaluator:
                                        for a in answers])),
     }
     out.update({f"instruct/{k}": v for k, v in
-                instruct.judge_responses(self.records, answers).items()})
+                instruct.judge_responses(self.records, answers,
+                                         baseline=self.baseline).items()})
     if self.reward_fn is not None:
       rewards = np.asarray(self.reward_fn(answers))
       out["reward"] = float(np.mean(rewards))

@@ -48,6 +48,10 @@ _LM_INSTRUCT = (
            fmt="pct"),
     Column("acc", family="instruct/accuracy/", fmt="pct"),
     Column("format", ("instruct/format",), fmt="pct"),
+    Column("judge", ("instruct/judge",)),
+    # Rescaled per task so the base model's dev answers score 0 and a
+    # perfect answer 1 (instruct.calibrate).
+    Column("judge calibrated (base 0)", ("instruct/judge_calibrated",)),
     Column("refusal correct", ("instruct/refusal",), fmt="pct"),
     Column("over-refusal", ("instruct/over_refusal",), fmt="pct"),
     # The preference data's flaw kinds in the stage's own answers.
@@ -65,6 +69,8 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
                fmt="int"),
         Column("in-context copy top-1", ("copy/top1",), fmt="pct"),
         Column("instruction acc", ("instruct/accuracy",), fmt="pct"),
+        Column("judge", ("instruct/judge",)),
+        Column("judge calibrated (base 0)", ("instruct/judge_calibrated",)),
     ),
     "cpt": (
         Column("domain ppl", ("domain_perplexity", "perplexity/domain")),
@@ -100,6 +106,7 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
         Column("reward Δ vs SFT", ("reward_gain_vs_ref",)),
         Column("judge Δ vs SFT", ("judge_gain_vs_ref",)),
         Column("judge score", ("judge_score", "true_judge")),
+        Column("judge calibrated (base 0)", ("instruct/judge_calibrated",)),
         Column("instruction acc", ("instruct/accuracy",), fmt="pct"),
         Column("flaw", family="instruct/flaw/", fmt="pct"),
         # 1: trained on the judge that scores it, so its judge numbers are

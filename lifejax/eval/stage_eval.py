@@ -75,9 +75,17 @@ def eval_lm(
     instruction_records: Sequence[Mapping[str, Any]] = (),
     fact_questions: Sequence[Mapping[str, Any]] = (),
     spec: instruct.GenerationSpec = instruct.GenerationSpec(),
+    baseline_records: Sequence[Mapping[str, Any]] = (),
+    baseline: Mapping[str, float] | None = None,
 ) -> dict[str, float]:
   """Perplexity per held-out source, in-context copying (copy_probe), fact
-  probe, instruction accuracy."""
+  probe, instruction accuracy.
+
+  baseline_records: dev prompts whose answers set the judge baseline
+  (`judge_baseline/<task>`: this model's mean judge total per task, the
+  base model's when this is pretraining); the instruction metrics are then
+  also calibrated against it (judge_calibrated). baseline: a baseline
+  measured earlier (a later stage's evaluation uses pretraining's)."""
   out: dict[str, float] = {}
   per = perplexity.perplexity_by_source(
       eval_step, params, heldout_sources, tokenizer, seq_len=seq_len,
@@ -93,14 +101,22 @@ def eval_lm(
         tokenizer, [tokenizer.eos_id], 12))
     out["fact_probe_accuracy"] = fact_probe(gen, tokenizer, fact_questions,
                                             spec)
-  if instruction_records:
+  if instruction_records or baseline_records:
     gen = generation.make_generate(graphdef, host, generation.chat_config(
         template, tokenizer, spec.max_new_tokens))
+  if baseline_records:
+    dev_answers = generation.generate_responses(gen, tokenizer, template,
+                                                baseline_records, spec)
+    per_task = instruct.judge_responses(baseline_records, dev_answers)
+    baseline = {k[len("judge/"):]: v for k, v in per_task.items()
+                if k.startswith("judge/")}
+    out.update({instruct.BASELINE_PREFIX + t: v for t, v in baseline.items()})
+  if instruction_records:
     answers = generation.generate_responses(gen, tokenizer, template,
                                             instruction_records, spec)
     out.update({f"instruct/{k}": v for k, v in
-                instruct.judge_responses(instruction_records,
-                                         answers).items()})
+                instruct.judge_responses(instruction_records, answers,
+                                         baseline=baseline).items()})
     out["instruct/pii_leaks"] = float(sum(
         judge_lib.score(r, a).components["safety"] == 0.0
         for r, a in zip(instruction_records, answers)))
@@ -111,12 +127,15 @@ def eval_policy(graphdef: Any, params: Any, ref_params: Any, tokenizer: Any,
                 template: chat.ChatTemplate,
                 records: Sequence[Mapping[str, Any]],
                 spec: instruct.GenerationSpec,
-                reward_fn=None) -> dict[str, float]:
+                reward_fn=None,
+                baseline: Mapping[str, float] | None = None
+                ) -> dict[str, float]:
   """Win rate vs the reference (SFT), KL, verbosity, refusals; with a
   `reward_fn` (policy_eval.response_reward_fn) also the reward and the
   reward-vs-judge hacking detector."""
   ev = policy_eval.PolicyEvaluator(graphdef, ref_params, tokenizer, template,
-                                   records, spec, reward_fn=reward_fn)
+                                   records, spec, reward_fn=reward_fn,
+                                   baseline=baseline)
   return ev(sharding.fetch(params))
 
 

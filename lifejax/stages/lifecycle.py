@@ -211,10 +211,13 @@ def lifecycle(
         lambda: {**lm_eval(pretrain_run, pretrain_run,
                            lr.stage("pretrain").heldout_files() + [general],
                            chat.get_template("lifejax"), tests, facts,
-                           generation),
+                           generation, baseline_records=dev),
                  "contamination_docs_removed": float(_contamination(curation))})
   if stopped_after("pretrain"):
     return results
+  # The judge's zero point: the base model's mean total per task on the dev
+  # prompts (pretraining's eval); later stages report judge_calibrated.
+  baseline = instruct.baseline_of(results["pretrain"]) or None
   stage("sft", "sft",
         lambda: sft(run_dir=sft_run, model=model, mesh=mesh,
                     init_from=pretrain_run,
@@ -224,7 +227,7 @@ def lifecycle(
                     general_eval_files=[general]),
         lambda: {**lm_eval(sft_run, pretrain_run, [general],
                            artifacts.load_template(sft_run),
-                           tests, (), generation),
+                           tests, (), generation, baseline=baseline),
                  **_pool_flaws(lr)})
   if stopped_after("sft"):
     return results
@@ -249,7 +252,7 @@ def lifecycle(
 
   policy_eval = lifecycle_evals.PolicyEval(
       model, jax_mesh, mesh.rules, sft_run, tests, generation, score_rows,
-      eval_seq_len)
+      eval_seq_len, baseline=baseline)
   if run_dpo:
     stage("dpo", "dpo",
           lambda: dpo(run_dir=run_dir("dpo"), model=model, mesh=mesh,

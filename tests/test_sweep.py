@@ -1,0 +1,66 @@
+"""lifejax.sweep: grids, resumable cells, statistics against scipy/numpy."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from lifejax import sweep
+
+
+def test_grid_is_the_cartesian_product_with_gin_bindings():
+  arms = sweep.grid("lr", {"a/OptimizerConfig.learning_rate": [1e-3, 3e-3],
+                           "a/OptimizerConfig.warmup_steps": [0, 10],
+                           "m.kind": ["x"]})
+  assert [a.name for a in arms] == [
+      "lr_learning_rate0.001_warmup_steps0_kindx",
+      "lr_learning_rate0.001_warmup_steps10_kindx",
+      "lr_learning_rate0.003_warmup_steps0_kindx",
+      "lr_learning_rate0.003_warmup_steps10_kindx"]
+  assert arms[1].gin_params == ("a/OptimizerConfig.learning_rate=0.001",
+                                "a/OptimizerConfig.warmup_steps=10",
+                                "m.kind='x'")
+  assert arms[3].labels == {"learning_rate": 0.003, "warmup_steps": 10,
+                            "kind": "x"}
+
+
+def test_duplicate_arm_names_are_refused():
+  with pytest.raises(ValueError, match="duplicates"):
+    sweep.Sweep(arms=[sweep.Arm("a"), sweep.Arm("a")])
+  with pytest.raises(ValueError, match="directory name"):
+    sweep.Arm("a/b")
+
+
+def test_paired_t_equals_scipy():
+  rng = np.random.default_rng(0)
+  a, b = rng.normal(1, 1, 5), rng.normal(0, 1, 5)
+  got = sweep.paired_t(a, b)
+  ref = stats.ttest_rel(a, b)
+  assert math.isclose(got["p"], ref.pvalue, rel_tol=1e-9)
+  ci = ref.confidence_interval()
+  assert math.isclose(got["ci_lo"], ci.low, rel_tol=1e-9)
+  assert math.isclose(got["ci_hi"], ci.high, rel_tol=1e-9)
+  assert math.isnan(sweep.paired_t([1.0], [0.0])["p"])
+  assert sweep.mean_sd([1.0, 2.0, 3.0]) == (2.0, 1.0)
+
+
+def test_cells_run_once_and_resume(tmp_path, monkeypatch):
+  calls = []
+  monkeypatch.setattr(sweep, "_run_in_process",
+                      lambda files, params: calls.append(params))
+  sw = sweep.Sweep(arms=sweep.grid("", {"x.y": [1, 2]}), seeds=(0, 1),
+                   root_param="r.root", seed_params=("r.seed",))
+  cells = sweep.run(sw, str(tmp_path), in_process=True, log=lambda s: None)
+  assert len(cells) == len(calls) == 4
+  assert calls[0] == ["x.y=1", "r.seed=0",
+                      f"r.root={str(tmp_path / 'y1' / 'seed0')!r}"]
+  rec = json.loads((tmp_path / "y2" / "seed1" / sweep.CELL_RECORD)
+                   .read_text())
+  assert rec["arm"] == "y2" and rec["seed"] == 1 and rec["labels"] == {"y": 2}
+  again = sweep.run(sw, str(tmp_path), in_process=True, log=lambda s: None)
+  assert len(calls) == 4, "finished cells must not run again"
+  assert [c.run_dir for c in again] == [c.run_dir for c in cells]
+  with pytest.raises(ValueError, match="no arm named"):
+    sweep.run(sw, str(tmp_path), in_process=True, only=["nope"])
