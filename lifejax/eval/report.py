@@ -38,6 +38,7 @@ class Column:
   keys: tuple[str, ...] = ()
   family: str = ""
   fmt: str = "num"  # "pct" | "num" | "int" | "bytes"
+  nested: bool = False  # a family's names may hold "/" (task/metric)
 
 
 _LM_INSTRUCT = (
@@ -117,6 +118,9 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
     "release": (
         Column("dev judge (selection)", family="dev_judge/"),
         Column("golden pass", ("golden_pass_rate",), fmt="pct"),
+        # local lm-eval-harness tasks run on the candidate (lifecycle.
+        # lm_eval_tasks), one column per task metric
+        Column("lm-eval", family="lm_eval/", nested=True),
         Column("tokens/s", ("generation_tokens_per_sec", "tokens_per_sec")),
         Column("latency s/batch", ("generation_latency_sec_per_batch",
                                    "latency_sec")),
@@ -164,7 +168,7 @@ def metric_cells(kind: str, metrics: Mapping[str, float]) -> list[str]:
     if col.family:
       names = sorted(k[len(col.family):] for k in metrics
                      if k.startswith(col.family)
-                     and "/" not in k[len(col.family):])
+                     and (col.nested or "/" not in k[len(col.family):]))
       cells += [f"{col.label} {n} {fmt(metrics[col.family + n], col.fmt)}"
                 for n in names]
       continue

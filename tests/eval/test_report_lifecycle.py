@@ -257,3 +257,15 @@ def test_flaw_rates_and_circular_judges_are_told(lifecycle_copy):
   tuned = next(ln for ln in md.splitlines() if "flaw rates SFT → dpo" in ln)
   assert "rude 5.0% → 0.0%" in tuned and "verbose 4.0% → 1.0%" in tuned
   assert "dpo was rewarded by the judge that scores it" in md
+
+
+def test_calibrated_judge_and_lm_eval_metrics_reach_the_tables(
+    lifecycle_copy):
+  root = lifecycle_copy(heavy=False)
+  dirs = {s["name"]: s["run_dir"] for s in _ledger(root)["stages"]}
+  _write_eval(dirs["sft"], **{"instruct/judge_calibrated": 0.4321})
+  _write_eval(dirs["release"], **{"lm_eval/my_task/acc": 0.8765})
+  with open(report.write_report(root), encoding="utf-8") as f:
+    md = f.read()
+  assert "judge calibrated (base 0) 0.432" in md
+  assert "lm-eval my_task/acc 0.876" in md
