@@ -109,6 +109,9 @@ class Sweep:
   # (<root>/.jit_cache): seeds and arms that build the same program compile
   # it once. Turn off where compile time is part of what is measured.
   compile_cache: bool = True
+  # Arms --tiny runs (None: all): where a sweep's point is its many cells
+  # (a scaling-law grid), a few of them exercise every code path.
+  tiny_arms: Sequence[str] | None = None
 
   def __post_init__(self):
     names = [a.name for a in self.arms]
@@ -116,6 +119,10 @@ class Sweep:
     if dup or not names:
       raise ValueError(f"Sweep arms: need unique names, got duplicates {dup}"
                        if dup else "Sweep: no arms")
+    unknown = sorted(set(self.tiny_arms or ()) - set(names))
+    if unknown or self.tiny_arms is not None and not self.tiny_arms:
+      raise ValueError(f"Sweep.tiny_arms: {unknown or 'empty'} (arms: "
+                       f"{names})")
 
 
 @dataclasses.dataclass
@@ -148,9 +155,11 @@ def cell_dir(root: str, arm: Arm, seed: int) -> str:
 
 def run(sweep: Sweep, root: str, *, spec_dir: str = "", tiny: bool = False,
         seeds: Sequence[int] | None = None, in_process: bool = False,
-        only: Sequence[str] = (), log: Callable[[str], None] = print
-        ) -> list[Cell]:
-  """Runs (or finds finished) every arm x seed cell; returns them in order."""
+        only: Sequence[str] = (), extra_params: Sequence[str] = (),
+        log: Callable[[str], None] = print) -> list[Cell]:
+  """Runs (or finds finished) every arm x seed cell; returns them in order.
+
+  extra_params: gin bindings added to every cell (after the arm's)."""
   seeds = list(seeds if seeds is not None else sweep.seeds)
   if tiny:
     seeds = seeds[:1]
@@ -164,7 +173,8 @@ def run(sweep: Sweep, root: str, *, spec_dir: str = "", tiny: bool = False,
   if unknown:
     raise ValueError(f"--only: no arm named {unknown} (arms: "
                      f"{[a.name for a in sweep.arms]})")
-  arms = [a for a in sweep.arms if not only or a.name in only]
+  arms = [a for a in sweep.arms if (not only or a.name in only) and not (
+      tiny and sweep.tiny_arms is not None and a.name not in sweep.tiny_arms)]
   cells = []
   for seed, arm in itertools.product(seeds, arms):
     d = cell_dir(root, arm, seed)
@@ -177,7 +187,7 @@ def run(sweep: Sweep, root: str, *, spec_dir: str = "", tiny: bool = False,
       continue
     files = [_resolve(f, spec_dir) for f in
              list(sweep.base_gin) + list(arm.gin_files)] + tiny_files
-    params = (list(arm.gin_params)
+    params = (list(arm.gin_params) + list(extra_params)
               + [f"{p}={seed}" for p in sweep.seed_params]
               + [f"{sweep.root_param}={d!r}"])
     os.makedirs(d, exist_ok=True)
@@ -326,6 +336,8 @@ def main(argv: Sequence[str] | None = None) -> str:
                   help="where results.md and plots go (default: the "
                        "experiment folder; --tiny: the run root)")
   ap.add_argument("--only", default="", help="comma-separated arm names")
+  ap.add_argument("--gin_param", action="append", default=[],
+                  help="a gin binding for every cell (repeatable)")
   ap.add_argument("--in_process", action="store_true",
                   help="run cells in this process (no peak-memory figure)")
   args = ap.parse_args(argv)
@@ -337,7 +349,8 @@ def main(argv: Sequence[str] | None = None) -> str:
   seeds = ([int(s) for s in args.seeds.split(",")] if args.seeds else None)
   cells = run(mod.SWEEP, root, spec_dir=exp_dir, tiny=args.tiny, seeds=seeds,
               in_process=args.in_process,
-              only=[s for s in args.only.split(",") if s])
+              only=[s for s in args.only.split(",") if s],
+              extra_params=args.gin_param)
   os.makedirs(out, exist_ok=True)
   md = mod.summarize(cells, out, args.tiny)
   command = "python -m lifejax.sweep " + shlex.join(

@@ -64,3 +64,23 @@ def test_cells_run_once_and_resume(tmp_path, monkeypatch):
   assert [c.run_dir for c in again] == [c.run_dir for c in cells]
   with pytest.raises(ValueError, match="no arm named"):
     sweep.run(sw, str(tmp_path), in_process=True, only=["nope"])
+
+
+def test_tiny_runs_the_tiny_arms_with_the_tiny_gin_and_one_seed(
+    tmp_path, monkeypatch):
+  calls = []
+  monkeypatch.setattr(sweep, "_run_in_process",
+                      lambda files, params: calls.append((files, params)))
+  (tmp_path / "spec").mkdir()
+  (tmp_path / "spec" / "tiny.gin").write_text("")
+  sw = sweep.Sweep(arms=sweep.grid("", {"x.y": [1, 2, 3]}), seeds=(4, 5),
+                   tiny_arms=("y1", "y3"))
+  cells = sweep.run(sw, str(tmp_path / "r"), spec_dir=str(tmp_path / "spec"),
+                    tiny=True, in_process=True, extra_params=("a.b=1",),
+                    log=lambda s: None)
+  assert [(c.arm.name, c.seed) for c in cells] == [("y1", 4), ("y3", 4)]
+  files, params = calls[0]
+  assert files[-1] == str(tmp_path / "spec" / "tiny.gin")
+  assert params[:2] == ["x.y=1", "a.b=1"]
+  with pytest.raises(ValueError, match="tiny_arms"):
+    sweep.Sweep(arms=[sweep.Arm("a")], tiny_arms=("b",))

@@ -22,7 +22,7 @@ SHAPE_FIELDS = ("vocab_size", "d_model", "num_layers", "num_heads",
 # The stage entry point (and gin file under gin_configs/stages/) of a kind.
 STAGE_FN = {"pretrain": "pretrain", "cpt": "pretrain", "sft": "sft",
             "reward": "reward", "ppo": "ppo", "grpo": "grpo", "kto": "kto",
-            "online_dpo": "online_dpo"}
+            "online_dpo": "online_dpo", "distill": "distill"}
 STAGE_FN.update({k: "dpo" for k in ("dpo", "cdpo", "ipo", "simpo", "orpo")})
 # The argument naming the run a stage starts from.
 INIT_ARG = {"ppo": "sft_run", "grpo": "sft_run"}
@@ -68,8 +68,15 @@ def restore_commands(run_dir: str, step: int | None,
       hparams = details.get("loss_hparams", {})
       params += [f"dpo.loss={details['loss']!r}",
                  f"dpo.loss_hparams={hparams!r}"]
-    params += [f"TransformerConfig.{k}={model[k]!r}" for k in SHAPE_FIELDS
-               if k in model]
+    if fn == "distill":  # the teacher and loss; the shape is the student's
+      hparams = details.get("loss_hparams", {})
+      params += [f"distill.teacher={details.get('teacher')!r}"] + [
+          f"distill.{k}={hparams[k]!r}" for k in ("divergence", "temperature",
+                                                  "alpha") if k in hparams]
+      params += ["distill.on_policy=True"] * bool(details.get("on_policy"))
+    scope = "student/" if fn == "distill" else ""
+    params += [f"{scope}TransformerConfig.{k}={model[k]!r}"
+               for k in SHAPE_FIELDS if k in model]
     out["rerun_" + child["name"]] = (
         f"python -m lifejax.main --gin_file=stages/{fn}.gin " + " ".join(
             f"--gin_param={_quote(p)}" for p in params))

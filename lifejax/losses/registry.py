@@ -32,7 +32,7 @@ LossFactory = Callable[..., LossFn]
 # Modules whose import registers the built-in losses.
 _BUILTIN_MODULES = ("lifejax.losses.reward", "lifejax.losses.dpo",
                     "lifejax.losses.kto", "lifejax.losses.ppo",
-                    "lifejax.losses.grpo")
+                    "lifejax.losses.grpo", "lifejax.losses.distill")
 
 _REGISTRY: dict[str, LossFactory] = {}
 _KINDS: dict[str, str] = {}  # name -> kind, for factories registered with one

@@ -27,6 +27,7 @@ from lifejax.stages.pretrain import pretrain, world_corpus_files  # noqa: E402
 from lifejax.stages.reward import reward  # noqa: E402
 from lifejax.stages.dpo import dpo  # noqa: E402
 from lifejax.stages.kto import kto  # noqa: E402
+from lifejax.stages.distill import distill  # noqa: E402
 from lifejax.stages.online_dpo import online_dpo  # noqa: E402
 from lifejax.stages.sft import sft  # noqa: E402
 from lifejax.stages.rl import grpo, ppo  # noqa: E402
@@ -34,4 +35,4 @@ from lifejax.stages.rlaif import rlaif  # noqa: E402
 from lifejax.stages.lifecycle import lifecycle  # noqa: E402
 
 __all__ = ["pretrain", "sft", "reward", "dpo", "kto", "online_dpo", "ppo",
-           "grpo", "rlaif", "lifecycle", "world_corpus_files"]
+           "grpo", "rlaif", "lifecycle", "world_corpus_files", "distill"]
