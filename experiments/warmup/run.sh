@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Warmup x peak learning rate, 3 seeds (experiment.py; README.md).
-# Full run: experiments/warmup/run.sh  (~25 min on 2 shared CPU cores)
+# Full run: experiments/warmup/run.sh  (31.5 min measured on 2 shared CPU cores
+# at load average 10-15; README.md)
 # Tiny run: experiments/warmup/run.sh --tiny
 set -euo pipefail
 cd "$(dirname "$0")/../.."
