@@ -48,6 +48,9 @@ SWEEP = sweep.Sweep(
     seeds=(0, 1, 2),
     root_param="RUN_DIR",
     seed_params=("world_corpus_files.seed", "pretrain.seed"),
+    # --tiny: the demo's learning rate with and without warmup (every code
+    # path of the summary, the paired table included); one compile per arm.
+    tiny_arms=("lr0.003_warmup0", "lr0.003_warmup20"),
 )
 
 
