@@ -12,7 +12,8 @@ Layers, bottom to top (a module may import its own layer or lower ones):
   5  eval
   6  rl
   7  stages
-  8  main, launch                 entry points (launch starts N mains)
+  8  main, launch, sweep          entry points (launch starts N mains;
+                                 sweep runs an experiment's mains)
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ LAYERS = {
     "eval": 5,
     "rl": 6,
     "stages": 7,
-    "main": 8, "launch": 8,
+    "main": 8, "launch": 8, "sweep": 8,
 }
 
 # (importing module, imported module) pairs that break the layering, each

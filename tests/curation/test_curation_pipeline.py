@@ -321,17 +321,28 @@ def test_curation_killed_at_random_points_resumes_byte_identical(
   assert proc.wait(timeout=300) == 0, proc.stderr.read()[-3000:]
   t_work = time.monotonic() - t_work  # from the first file to the end
   rng = np.random.default_rng(0)
-  out, kills = tmp_path / "killed", 0
-  for _ in range(4):
-    since = time.time()
+  outs, kills, launches = [tmp_path / "killed0"], 0, 0
+  # 4 launches, and on until 2 kills have landed (a busy machine can make a
+  # launch finish before its kill): a launch that finishes must equal the
+  # reference, and the next one starts a fresh output.
+  while launches < 4 or kills < 2:
+    assert launches < 12, (launches, kills)
+    out, since = outs[-1], time.time()
     proc = _launch(corpus, out)
+    launches += 1
     if _wait_for_work(proc, out, since):
       time.sleep(float(rng.uniform(0.0, 0.8 * t_work)))
       proc.send_signal(signal.SIGKILL)
     rc = proc.wait(timeout=300)
-    kills += rc == -signal.SIGKILL
-  print(f"\ncuration: {kills} kills, work takes {t_work:.2f} s")
-  assert kills >= 2, kills
+    if rc == -signal.SIGKILL:
+      kills += 1
+      continue
+    assert rc == 0, proc.stderr.read()[-3000:]
+    assert _outputs(out) == _outputs(ref)
+    outs.append(tmp_path / f"killed{len(outs)}")
+  print(f"\ncuration: {kills} kills in {launches} launches, work takes "
+        f"{t_work:.2f} s")
+  out = outs[-1]
   proc = _launch(corpus, out)
   assert proc.wait(timeout=300) == 0, proc.stderr.read()[-3000:]
   assert _outputs(out) == _outputs(ref)
