@@ -253,6 +253,37 @@ def _run_subprocess(files: Sequence[str], params: Sequence[str],
   return usage.ru_maxrss / 1024  # KiB on Linux
 
 
+# -- a base shared by cells -------------------------------------------------
+
+
+def default_base_root(cell_root: str) -> str:
+  """<sweep root>/base for a cell at <sweep root>/<arm>/seed<k>."""
+  return os.path.join(os.path.dirname(os.path.dirname(
+      os.path.abspath(cell_root))), "base")
+
+
+def ensure_lifecycle(base_root: str, until: str) -> Any:
+  """The lifecycle root `base_root` (a LifecycleRoot), run with the gin
+  config in force through stage `until` unless that stage finished
+  already: the pretrained (or tuned) base every cell of an experiment
+  starts from. A file lock keeps two cells from building it at once; a
+  later `until` resumes a root an earlier one left (finished stages are
+  skipped)."""
+  import fcntl  # pylint: disable=g-import-not-at-top
+  from lifejax.run.layout import LifecycleRoot  # pylint: disable=g-import-not-at-top
+  from lifejax.stages.lifecycle import lifecycle  # pylint: disable=g-import-not-at-top
+  lr = LifecycleRoot(base_root)
+  if os.path.exists(lr.stage(until).eval):
+    return lr
+  os.makedirs(lr.root, exist_ok=True)
+  with open(os.path.join(lr.root, ".build.lock"), "w",
+            encoding="utf-8") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not os.path.exists(lr.stage(until).eval):
+      lifecycle(root=lr.root, until=until)
+  return lr
+
+
 # -- statistics for summaries ------------------------------------------------
 
 

@@ -15,38 +15,25 @@ and differ only in the loss.
 
 from __future__ import annotations
 
-import fcntl
 import os
 from typing import Any
 
 import gin
 
+from lifejax import sweep
 from lifejax.model.config import TransformerConfig
-from lifejax.run.layout import LifecycleRoot
-from lifejax.stages import distill, lifecycle
+from lifejax.stages import distill
 
 STUDENT_DIR = "student"
-LOCK = ".build.lock"
 
 
-def default_base_root(root: str) -> str:
-  """<sweep root>/base for a cell at <sweep root>/<arm>/seed<k>."""
-  return os.path.join(os.path.dirname(os.path.dirname(
-      os.path.abspath(root))), "base")
+default_base_root = sweep.default_base_root
 
 
 def ensure_teacher(base_root: str) -> str:
   """The pretrain run of the lifecycle root `base_root`, built (through
-  `until='pretrain'`, under a file lock) unless it finished already."""
-  lr = LifecycleRoot(base_root)
-  run = lr.stage("pretrain")
-  if not os.path.exists(run.eval):
-    os.makedirs(lr.root, exist_ok=True)
-    with open(os.path.join(lr.root, LOCK), "w", encoding="utf-8") as lock:
-      fcntl.flock(lock, fcntl.LOCK_EX)
-      if not os.path.exists(run.eval):
-        lifecycle(root=lr.root, until="pretrain")
-  return run.root
+  `until='pretrain'`) unless it finished already."""
+  return sweep.ensure_lifecycle(base_root, "pretrain").stage("pretrain").root
 
 
 @gin.configurable

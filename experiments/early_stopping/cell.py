@@ -25,7 +25,6 @@ checkpoints the run chose. Everything lands in `<root>/test_eval.json`
 from __future__ import annotations
 
 import collections
-import fcntl
 import hashlib
 import json
 import os
@@ -35,7 +34,7 @@ from typing import Any
 import gin
 import numpy as np
 
-from lifejax import checks, sharding
+from lifejax import checks, sharding, sweep
 from lifejax.data import chat, chat_render, sft as sft_data
 from lifejax.data import sources as sources_lib
 from lifejax.data.batching import example_lm_batch
@@ -45,8 +44,7 @@ from lifejax.losses.registry import get_loss
 from lifejax.model import transformer
 from lifejax.model.config import TransformerConfig
 from lifejax.run import artifacts
-from lifejax.run.layout import LifecycleRoot, RunDir
-from lifejax.stages.lifecycle import lifecycle
+from lifejax.run.layout import RunDir
 from lifejax.stages.sft import sft
 from lifejax.train.evaluate import evaluate as evaluate_loss
 from lifejax.train.optim import OptimizerConfig
@@ -59,26 +57,9 @@ TRAIN_SUBSET = "train_subset.jsonl"
 CHECKPOINTS = ("last", "best")
 
 
-def default_base_root(root: str) -> str:
-  """<sweep root>/base for a cell at <sweep root>/<arm>/seed<k>."""
-  return os.path.join(os.path.dirname(os.path.dirname(
-      os.path.abspath(root))), "base")
-
-
-def ensure_base(base_root: str, until: str) -> LifecycleRoot:
-  """The lifecycle root `base_root`, run (with the gin config in force)
-  through stage `until` unless that stage finished already. A file lock
-  keeps two cells from building the same base at once."""
-  lr = LifecycleRoot(base_root)
-  if os.path.exists(lr.stage(until).eval):
-    return lr
-  os.makedirs(lr.root, exist_ok=True)
-  with open(os.path.join(lr.root, ".build.lock"), "w",
-            encoding="utf-8") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    if not os.path.exists(lr.stage(until).eval):
-      lifecycle(root=lr.root, until=until)
-  return lr
+# The shared base (lifejax.sweep): <sweep root>/base unless bound.
+default_base_root = sweep.default_base_root
+ensure_base = sweep.ensure_lifecycle
 
 
 def draw_subset(records: Sequence[Mapping[str, Any]], n: int, seed: int

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import fcntl
 import importlib.util
 import io
 import json
@@ -39,15 +38,13 @@ import gin
 import jax
 import numpy as np
 
-from lifejax import checks, sharding
+from lifejax import checks, sharding, sweep
 from lifejax.data import chat, chat_parity, chat_render, prompts
 from lifejax.data.jsonl import read_jsonl, write_jsonl
 from lifejax.eval import generation, instruct
 from lifejax.model import sampling, transformer
 from lifejax.model.config import TransformerConfig
 from lifejax.run import artifacts
-from lifejax.run.layout import LifecycleRoot
-from lifejax.stages.lifecycle import lifecycle
 from lifejax.world import judge as judge_lib
 
 RESULT = "template_eval.json"
@@ -70,26 +67,9 @@ _CLI = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), "tools", "check_template.py")
 
 
-def default_base_root(root: str) -> str:
-  """<sweep root>/base for a cell at <sweep root>/<arm>/seed<k>."""
-  return os.path.join(os.path.dirname(os.path.dirname(
-      os.path.abspath(root))), "base")
-
-
-def ensure_base(base_root: str, until: str) -> LifecycleRoot:
-  """The lifecycle root `base_root`, run (with the gin config in force)
-  through stage `until` unless that stage finished already. A file lock
-  keeps two cells from building the same base at once."""
-  lr = LifecycleRoot(base_root)
-  if os.path.exists(lr.stage(until).eval):
-    return lr
-  os.makedirs(lr.root, exist_ok=True)
-  with open(os.path.join(lr.root, ".build.lock"), "w",
-            encoding="utf-8") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    if not os.path.exists(lr.stage(until).eval):
-      lifecycle(root=lr.root, until=until)
-  return lr
+# The shared base (lifejax.sweep): <sweep root>/base unless bound.
+default_base_root = sweep.default_base_root
+ensure_base = sweep.ensure_lifecycle
 
 
 def _marker_ids(tokenizer: Any, text: str) -> list[int]:
