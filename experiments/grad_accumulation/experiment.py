@@ -73,6 +73,10 @@ SWEEP = sweep.Sweep(
     seeds=(0, 1, 2),
     root_param="RUN_DIR",
     seed_params=("world_corpus_files.seed", "pretrain.seed"),
+    # the test suite's tiny run: the small-batch reference and the big batch
+    # accumulated from 4 microbatches (the other arms change only the
+    # learning rate, the compute dtype or drop the accumulation)
+    tiny_arms=(REFERENCE, "b32_accum4_lr0.003"),
 )
 
 

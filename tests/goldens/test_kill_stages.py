@@ -12,7 +12,7 @@ of new train rows: the kill lands in a step, an eval, a rollout, a
 checkpoint save or the final export, on a fast machine as on a slow one.
 The next launch resumes from the newest sealed checkpoint; saves are
 asynchronous, so a kill can land while one is in flight. When a run
-finishes before its kill, the test goes on killing a fresh run, until 5
+finishes before its kill, the test goes on killing a fresh run, until 3
 kills have landed; then, until a kill has landed in a launch that had
 resumed, it kills launches as soon as they seal a checkpoint. Every loss
 any launch logged, and the whole completed last run, equal the
@@ -37,7 +37,7 @@ from lifejax.train import integrity
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
-KILLS = 5
+KILLS = 3
 # stage: (seed, RL iterations)
 SETUP = {"pretrain": (0, None), "sft": (1, None), "ppo": (2, 4)}
 
@@ -126,7 +126,7 @@ def test_stage_killed_at_random_points_resumes_bitwise(
   n = max(want)
   rng = np.random.default_rng(seed)
   kills, run_dirs = [], [str(tmp_path / "run0")]
-  # 5 kills at random points, and on until one lands in a launch that had
+  # 3 kills at random points, and on until one lands in a launch that had
   # resumed from a checkpoint: where steps are fast next to saving and the
   # final export, random kills mostly land after the last checkpoint, so
   # those later kills come as soon as a launch has sealed a checkpoint.
