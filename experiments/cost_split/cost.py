@@ -44,6 +44,8 @@ from lifejax.model.config import TransformerConfig
 from lifejax.run.layout import LifecycleRoot, RunDir
 
 LM_KINDS = ("pretrain", "sft")
+# Chinchilla's compute-optimal rule of thumb (Hoffmann et al. 2022).
+TOKENS_PER_PARAM = 20.0
 RL_KINDS = ("ppo", "grpo")
 NO_TRAINING = ("release",)
 
@@ -357,14 +359,32 @@ def demo_explained(costs: Sequence[StageCost]) -> dict[str, float]:
   if pre is not None and post:
     out["post_over_pretrain_tokens"] = sum(c.tokens for c in post) / \
         pre.tokens
+  if pre is not None and pre.params and pre.tokens:
+    # The same lifecycle with pretraining at Chinchilla's ~20 tokens per
+    # parameter (FLOPs scale with tokens at a fixed model and length).
+    scale = TOKENS_PER_PARAM * pre.params / pre.tokens
+    others = sum(c.total for c in costs if c is not pre)
+    out["pretrain_scale_to_20_tokens_per_param"] = scale
+    out["pretrain_share_at_20_tokens_per_param"] = (
+        pre.total * scale / (pre.total * scale + others))
   return out
+
+
+def wall_known(costs: Sequence[StageCost]) -> bool:
+  """False when a stage was skipped on a rerun: the ledger then holds 0 s
+  for it (its time was spent by an earlier run), so no wall split."""
+  return not any(c.status == "skipped" for c in costs)
 
 
 def as_table(costs: Sequence[StageCost]) -> list[Mapping[str, Any]]:
   tot = shares([c.total for c in costs])
-  sec = shares([c.seconds for c in costs])
-  return [{"stage": c.name, "kind": c.kind, "wall s": round(c.seconds, 1),
-           "wall share": f"{100 * s:.1f}%",
+  known = wall_known(costs)
+  sec = shares([c.seconds for c in costs]) if known else [math.nan] * len(
+      costs)
+  return [{"stage": c.name, "kind": c.kind,
+           "wall s": round(c.seconds, 1) if c.status != "skipped" else
+           "— (skipped: an earlier run's)",
+           "wall share": f"{100 * s:.1f}%" if known else "—",
            "train tokens": f"{c.tokens:,.0f}",
            "FLOPs": f"{c.total:.3g}", "FLOPs share": f"{100 * t:.1f}%",
            "of which train / frozen / sample":

@@ -41,19 +41,27 @@ def _pct(x: float) -> str:
   return f"{100 * x:.1f}%" if x >= 0.001 else f"{100 * x:.2g}%"
 
 
-def _plot(stages: Sequence[dict], real: Sequence[dict], path: str) -> None:
+def _plot(stages: Sequence[dict], real: Sequence[dict], explained: dict,
+          path: str) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   wall = sum(s["seconds"] for s in stages) or 1.0
   fl = sum(s["total"] for s in stages) or 1.0
-  bars = [("demo: wall seconds", {s["name"]: s["seconds"] / wall
-                                  for s in stages}),
-          ("demo: training FLOPs", {s["name"]: s["total"] / fl
+  bars = [("demo: training FLOPs", {s["name"]: s["total"] / fl
                                     for s in stages})]
+  if not any(s["status"] == "skipped" for s in stages):
+    bars.insert(0, ("demo: wall seconds", {s["name"]: s["seconds"] / wall
+                                           for s in stages}))
+  share = explained.get("pretrain_share_at_20_tokens_per_param")
+  if share is not None:
+    rest = sum(s["total"] for s in stages if s["name"] != "pretrain") or 1.0
+    bars.append(("demo, pretraining at 20 tokens/param: FLOPs", {
+        s["name"]: share if s["name"] == "pretrain" else
+        (1 - share) * s["total"] / rest for s in stages}))
   for r in real:
-    bars.append((f"{r['recipe'][:34]}: FLOPs", r["shares"]))
-  fig, ax = plt.subplots(figsize=(9, 1.0 + 0.7 * len(bars)))
+    bars.append((f"{r['recipe']}: FLOPs", r["shares"]))
+  fig, ax = plt.subplots(figsize=(10, 1.2 + 0.7 * len(bars)))
   colors = dict(zip(GROUPS, ("#4c72b0", "#dd8452", "#55a868", "#c44e52",
                              "#8172b3", "#937860")))
   for i, (label, sh) in enumerate(bars[::-1]):
@@ -65,7 +73,8 @@ def _plot(stages: Sequence[dict], real: Sequence[dict], path: str) -> None:
       ax.barh(i, v, left=left, color=colors[name],
               label=name if i == len(bars) - 1 else None)
       if v > 0.06:
-        ax.text(left + v / 2, i, f"{100 * v:.0f}%", ha="center",
+        ax.text(left + v / 2, i, f"{100 * v:.0f}%" if v < 0.99 else
+                f"{100 * v:.1f}%", ha="center",
                 va="center", color="white", fontsize=8)
       left += v
   ax.set_yticks(range(len(bars)), [b[0] for b in bars[::-1]], fontsize=8)
@@ -95,6 +104,11 @@ def summarize(cells: Sequence[sweep.Cell], out_dir: str, tiny: bool) -> str:
             "include each stage's evaluation.")
   md.append("")
   md.append(sweep.write_table(rows, list(rows[0])))
+  if not cost.wall_known([cost.StageCost(**{
+      k: v for k, v in s.items() if k != "total"}) for s in stages]):
+    md.append("A stage was skipped on a rerun of this root (its time was "
+              "spent by an earlier run the ledger no longer holds), so "
+              "there is no wall-time split here.\n")
   ex = data["explained"]
   if ex:
     md.append(
@@ -102,7 +116,12 @@ def summarize(cells: Sequence[sweep.Cell], out_dir: str, tiny: bool) -> str:
         f"{ex.get('pretrain_tokens_per_param', 0):.3f} per matmul "
         "parameter (Chinchilla's compute-optimal ~20). The stages after it "
         f"trained on {ex.get('post_over_pretrain_tokens', 0):.2f}x "
-        "pretraining's tokens.")
+        "pretraining's tokens. Pretraining the same model at 20 tokens per "
+        "matmul parameter "
+        f"({ex.get('pretrain_scale_to_20_tokens_per_param', 0):.0f}x the "
+        "tokens) would make it "
+        f"{_pct(ex.get('pretrain_share_at_20_tokens_per_param', 0))} of "
+        "the lifecycle's training FLOPs.")
     md.append("")
   md.append("The same counting on real recipes (README.md states the "
             "sources and assumptions):\n")
@@ -115,6 +134,6 @@ def summarize(cells: Sequence[sweep.Cell], out_dir: str, tiny: bool) -> str:
       row[k] = f"{v:.2e} ({_pct(r['shares'][k])})"
     table.append(row)
   md.append(sweep.write_table(table, list(table[0])))
-  _plot(stages, real, os.path.join(out_dir, PLOT))
+  _plot(stages, real, ex, os.path.join(out_dir, PLOT))
   md.append(f"![cost split]({PLOT})")
   return "\n".join(md) + "\n"

@@ -152,3 +152,22 @@ def test_real_scale_split():
   # compute-optimal N, D spend the whole budget: 6 N D = C
   assert 6 * chin["params"] * chin["pretrain_tokens"] == pytest.approx(
       3.14e23, rel=1e-6)
+
+
+def test_a_skipped_stage_leaves_no_wall_split(root):
+  costs = cost.stage_costs(root)
+  assert cost.wall_known(costs)
+  costs[0].status = "skipped"
+  assert not cost.wall_known(costs)
+  assert {r["wall share"] for r in cost.as_table(costs)} == {"—"}
+
+
+def test_pretraining_at_20_tokens_per_param(root):
+  costs = cost.stage_costs(root)
+  ex = cost.demo_explained(costs)
+  pre = costs[0]
+  scale = 20 * N_MM / 640
+  assert ex["pretrain_scale_to_20_tokens_per_param"] == pytest.approx(scale)
+  others = sum(c.total for c in costs[1:])
+  assert ex["pretrain_share_at_20_tokens_per_param"] == pytest.approx(
+      pre.total * scale / (pre.total * scale + others))
