@@ -259,6 +259,31 @@ def render_response(template: ChatTemplate, tokenizer: Tokenizer,
           + list(bound.formats["assistant"][1]))
 
 
+def render_continuation(template: ChatTemplate, tokenizer: Tokenizer,
+                        role: str, content: str) -> list[int]:
+  """Ids that follow a generated assistant turn (its content and
+  end-of-turn marker) to add one `role` turn and ask for the next assistant
+  turn: the assistant separator, the turn, the assistant prefix.
+
+  A multi-turn rollout appends these to the ids it already holds (token-in,
+  token-out: earlier turns are never re-tokenized), and
+  render_prompt(m + [assistant a, role c]) == render_prompt(m) +
+  render_response(a) + render_continuation(role, c) whenever the sampled
+  ids of the reply are render_response(a)'s.
+  """
+  bound = _bind(template, tokenizer)
+  if role not in bound.formats:
+    raise ConversationError("unknown_role", f"template {template.name!r} "
+                            f"has no {role!r} turns")
+  if not isinstance(content, str) or not content.strip():
+    raise ConversationError("empty_turn", f"the {role} turn is empty")
+  prefix, suffix, separator = bound.formats[role]
+  return (list(bound.formats["assistant"][2]) + list(prefix)
+          + _encode_content(tokenizer, bound, content, f"the {role} turn")
+          + list(suffix) + list(separator)
+          + list(bound.formats["assistant"][0]))
+
+
 def render_text(template: ChatTemplate, messages: Any, *,
                 add_generation_prompt: bool = False) -> str:
   """The rendering as text, markers written out (as HF `apply_chat_template`

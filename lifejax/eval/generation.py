@@ -33,10 +33,11 @@ Sample = Callable[[np.ndarray, np.ndarray, jax.Array],
                   tuple[np.ndarray, np.ndarray]]
 
 
-def default_sample_fn() -> SampleFn:
-  """The KV-cache sampler when the model package has it, else the reference
-  sampler (same signature and outputs)."""
-  return getattr(sampling, "generate", sampling.generate_no_cache)
+def default_sample_fn(with_logprobs: bool = False) -> SampleFn:
+  """The KV-cache sampler (with_logprobs: also each drawn token's log-prob,
+  see `sampling.generate_with_logprobs`)."""
+  return (sampling.generate_with_logprobs if with_logprobs
+          else sampling.generate)
 
 
 def greedy_config(tokenizer: chat_render.Tokenizer, stop_ids: Sequence[int],

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lifejax.losses.lm import token_cross_entropy
+from lifejax.model import sampling
 
 F32 = jnp.float32
 
@@ -27,6 +28,19 @@ def token_logprobs(logits_BxTxV: jax.Array, targets_BxT: jax.Array
   """log p(target_t) per token, (B, T) f32, via a stable logsumexp."""
   nll_BxT, _ = token_cross_entropy(logits_BxTxV, targets_BxT)
   return -nll_BxT
+
+
+def target_logprobs(logits_BxTxV: jax.Array, targets_BxT: jax.Array,
+                    dist: sampling.Distribution | None = None
+                    ) -> jax.Array:
+  """Log-probs of the targets (B, T) f32: under the model's own softmax
+  (dist None: what every loss uses by default), or under the sampled
+  distribution `dist` (temperature, top-k, top-p, vocab limit), the
+  policy an RL run actually samples from."""
+  if dist is None or dist.is_softmax(logits_BxTxV.shape[-1]):
+    # One formula for the plain softmax, whoever asks (bitwise the same).
+    return token_logprobs(logits_BxTxV, targets_BxT)
+  return sampling.sampled_logprobs(logits_BxTxV, targets_BxT, dist)
 
 
 def token_entropy(logits_BxTxV: jax.Array) -> jax.Array:

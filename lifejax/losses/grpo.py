@@ -74,6 +74,7 @@ from lifejax.losses import common
 from lifejax.losses.lm import LossFn
 from lifejax.losses.ppo import kl_k3
 from lifejax.losses.registry import register_loss
+from lifejax.model import sampling
 
 F32 = jnp.float32
 
@@ -154,13 +155,17 @@ def grpo_token_loss(logp_BxT: jax.Array, old_logp_BxT: jax.Array,
                     *, clip_eps: float, kl_coef: float,
                     clip_eps_high: float | None = None,
                     importance_sampling_level: str = "token",
-                    mask_BxT: jax.Array | None = None
+                    mask_BxT: jax.Array | None = None,
+                    is_weight_BxT: jax.Array | None = None
                     ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Per-token GRPO loss, k3 KL and clipped indicator, each (B, T) f32.
 
   The ratio is clipped to [1 - clip_eps, 1 + clip_eps_high] (clip_eps_high
   None: clip_eps). A sequence-level ratio needs `mask_BxT`, the response
-  tokens it averages over.
+  tokens it averages over. is_weight_BxT: an off-policy rollout's
+  truncated importance weight pi_prox / mu (no gradient), multiplying the
+  surrogate (decoupled PPO: the ratio is to the proximal policy, the
+  weight corrects for the stale sampler); None: 1.
   """
   if importance_sampling_level not in RATIO_LEVELS:
     raise KeyError(f"unknown importance_sampling_level "
@@ -180,6 +185,9 @@ def grpo_token_loss(logp_BxT: jax.Array, old_logp_BxT: jax.Array,
       ratio_BxT * adv_Bx1,
       jnp.clip(ratio_BxT, 1.0 - clip_eps, 1.0 + high) * adv_Bx1)
   clipped_BxT = (surrogate_BxT < ratio_BxT * adv_Bx1).astype(F32)
+  if is_weight_BxT is not None:
+    surrogate_BxT = surrogate_BxT * jax.lax.stop_gradient(
+        is_weight_BxT.astype(F32))
   if ref_logp_BxT is None:
     kl_BxT = jnp.zeros_like(ratio_BxT)
   else:
@@ -310,7 +318,8 @@ def make_grpo_objective(*, clip_eps: float = 0.2, kl_coef: float = 0.04,
     per_token_BxT, kl_BxT, clipped_BxT = grpo_token_loss(
         logp_BxT, old_logp_BxT, ref_logp_BxT, batch["advantages"],
         clip_eps=low, kl_coef=kl_coef, clip_eps_high=high,
-        importance_sampling_level=importance_sampling_level, mask_BxT=mask)
+        importance_sampling_level=importance_sampling_level, mask_BxT=mask,
+        is_weight_BxT=batch.get("is_weight"))
     loss, weight = aggregate(per_token_BxT, mask)
     kl, _ = aggregate(kl_BxT, mask)
     kl_mean = (kl if aggregate_metric is aggregate
@@ -333,9 +342,15 @@ def make_grpo_loss_fn(graphdef: nnx.GraphDef, *, clip_eps: float = 0.2,
                       clip_eps_low: float | None = None,
                       clip_eps_high: float | None = None,
                       importance_sampling_level: str = "token",
-                      norm_length: int = 0) -> LossFn:
+                      norm_length: int = 0,
+                      logprob_dist: sampling.Distribution | None = None
+                      ) -> LossFn:
   """GRPO `loss_fn(params, rollout_batch, rng)`; keys and options in the
   module docstring.
+
+  logprob_dist: the distribution the policy's log-probs are taken under
+  (None: the full softmax; RolloutConfig.ratio_distribution="sampled" sets
+  the sampler's, so old_logp / ref_logp must be taken under it too).
 
   aggregation: a name in AGGREGATIONS (norm_length: Dr. GRPO's constant L,
   required by "seq-mean-token-sum-norm" and only by it). clip_eps_low /
@@ -354,7 +369,8 @@ def make_grpo_loss_fn(graphdef: nnx.GraphDef, *, clip_eps: float = 0.2,
   def loss_fn(params, batch, rng):
     del rng  # no dropout
     logits_BxTxV = common.model_forward(graphdef, params, batch)
-    logp_BxT = common.token_logprobs(logits_BxTxV, batch["targets"])
+    logp_BxT = common.target_logprobs(logits_BxTxV, batch["targets"],
+                                        logprob_dist)
     return objective(logp_BxT, batch)
 
   return loss_fn

@@ -34,6 +34,7 @@ from lifejax.losses import common
 from lifejax.losses.lm import LossFn
 from lifejax.losses.registry import register_loss
 from lifejax.model.heads import last_token_index
+from lifejax.model import sampling
 
 F32 = jnp.float32
 
@@ -154,9 +155,12 @@ def ppo_advantages(
 
 def clipped_policy_loss(logp_BxT: jax.Array, old_logp_BxT: jax.Array,
                         advantages_BxT: jax.Array, mask_BxT: jax.Array,
-                        clip_eps: float
+                        clip_eps: float,
+                        is_weight_BxT: jax.Array | None = None
                         ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """PPO-clip surrogate, token mean of max(-A rho, -A clip(rho, 1 -+ eps)).
+  """PPO-clip surrogate, token mean of max(-A rho, -A clip(rho, 1 -+ eps)),
+  each token's term times is_weight_BxT (an off-policy rollout's truncated
+  importance weight, no gradient; None: 1).
 
   Metrics: clip_fraction (tokens where the clipped term is active),
   approx_kl (k3 estimate of KL(old || new) on the sampled tokens), ratio.
@@ -174,8 +178,11 @@ def clipped_policy_loss(logp_BxT: jax.Array, old_logp_BxT: jax.Array,
           mask_BxT),
       "ratio": common.masked_mean(jax.lax.stop_gradient(ratio_BxT), mask_BxT),
   }
-  return (common.masked_mean(jnp.maximum(unclipped_BxT, clipped_BxT),
-                             mask_BxT), metrics)
+  per_token_BxT = jnp.maximum(unclipped_BxT, clipped_BxT)
+  if is_weight_BxT is not None:
+    per_token_BxT = per_token_BxT * jax.lax.stop_gradient(
+        is_weight_BxT.astype(F32))
+  return common.masked_mean(per_token_BxT, mask_BxT), metrics
 
 
 def clipped_value_loss(values_BxT: jax.Array, old_values_BxT: jax.Array,
@@ -232,8 +239,14 @@ def make_ppo_loss_fn(policy_graphdef: nnx.GraphDef,
                      clip_eps: float = 0.2,
                      value_clip_eps: float | None = 0.2,
                      vf_coef: float = 0.1,
-                     ent_coef: float = 0.0) -> LossFn:
+                     ent_coef: float = 0.0,
+                     logprob_dist: sampling.Distribution | None = None
+                     ) -> LossFn:
   """PPO `loss_fn(params, rollout_batch, rng)`; keys in the module docstring.
+
+  logprob_dist: the distribution the policy's log-probs (the ratio) are
+  taken under (None: the full softmax; see GRPO's). The entropy bonus and
+  metric stay those of the full softmax.
 
   With a `value_graphdef`, params are {"policy": LM params, "value":
   ValueModel params}; without, the policy is a shared-trunk model whose call
@@ -251,9 +264,11 @@ def make_ppo_loss_fn(policy_graphdef: nnx.GraphDef,
     del rng  # no dropout
     mask = batch["loss_mask"].astype(F32)
     logits_BxTxV, values_BxT = forward(params, batch)
-    logp_BxT = common.token_logprobs(logits_BxTxV, batch["targets"])
+    logp_BxT = common.target_logprobs(logits_BxTxV, batch["targets"],
+                                        logprob_dist)
     pg_loss, pg_metrics = clipped_policy_loss(
-        logp_BxT, batch["old_logp"], batch["advantages"], mask, clip_eps)
+        logp_BxT, batch["old_logp"], batch["advantages"], mask, clip_eps,
+        batch.get("is_weight"))
     vf_loss, vf_metrics = clipped_value_loss(
         values_BxT, batch["old_values"], batch["returns"], mask,
         value_clip_eps)

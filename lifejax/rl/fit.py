@@ -25,7 +25,8 @@ from lifejax import checks, sharding
 from lifejax.eval import generation
 from lifejax.model import lora as lora_lib
 from lifejax.model.config import TransformerConfig
-from lifejax.rl import layout as layout_lib, rollout as rollout_lib
+from lifejax.rl import iteration as iteration_lib, layout as layout_lib
+from lifejax.rl import rollout as rollout_lib
 from lifejax.rl.iteration import (
     Algorithm, PromptBatches, RLLoopConfig, RolloutSource)
 from lifejax.rl.layout import Layout, PolicyForwards
@@ -36,6 +37,7 @@ from lifejax.train import trainer as trainer_lib
 from lifejax.train.checkpoint import CheckpointConfig
 from lifejax.train.metrics import plot_curves
 from lifejax.train.state import LossScaleConfig, base_params_key
+from lifejax.world import tools as tools_lib
 
 
 @dataclasses.dataclass
@@ -94,14 +96,30 @@ class RLJob:
   generate: generation.SampleFn | None = None
   lora_cfg: lora_lib.LoraConfig | None = None
   eval_records: Sequence[rollout_lib.Record] = ()
+  tool: tools_lib.Tool | None = None
   source: RolloutSource | None = None
 
   @classmethod
   def create(cls, *, layout_kind: str, policy_cfg: TransformerConfig,
              value_cfg: TransformerConfig | None = None, **kwargs: Any
              ) -> RLJob:
+    rollout_cfg, algorithm = kwargs["rollout_cfg"], kwargs["algorithm"]
+    dist = rollout_cfg.learner_distribution(kwargs["codec"].vocab_limit)
+    # The loss, the rollout's log-probs and the reference's all take the
+    # same distribution (RolloutConfig.ratio_distribution).
+    algorithm.logprob_dist = dist
+    if rollout_cfg.max_turns > 1 and kwargs["loop_cfg"].rollout_lag:
+      raise ValueError("RLLoopConfig.rollout_lag > 0 with multi-turn "
+                       "rollouts (RolloutConfig.max_turns > 1) is not "
+                       "supported: a pending multi-turn rollout is not "
+                       "saved with the checkpoint")
+    iteration_lib.collect_fn(rollout_cfg, kwargs.get("tool"))  # checks
+    if rollout_cfg.sampler == "exact" and jax.process_count() > 1:
+      raise ValueError("RolloutConfig.sampler='exact' runs in one process "
+                       "(it steps the sampler from the host)")
     layout, abstract, specs = layout_lib.make_layout(
-        layout_kind, policy_cfg, kwargs["mesh"], kwargs["rules"], value_cfg)
+        layout_kind, policy_cfg, kwargs["mesh"], kwargs["rules"], value_cfg,
+        dist)
     job = cls(layout=layout, params_tree=(abstract, specs), **kwargs)
     if not job.eval_records and (job.loop_cfg.eval_every
                                  or job.loop_cfg.early_stop_patience):
@@ -111,8 +129,11 @@ class RLJob:
 
   @property
   def example_batch(self) -> dict[str, np.ndarray]:
-    return self.algorithm.example_minibatch(self.loop_cfg.minibatch_size,
-                                            self.rollout_cfg.seq_len)
+    batch = self.algorithm.example_minibatch(self.loop_cfg.minibatch_size,
+                                             self.rollout_cfg.seq_len)
+    if self.loop_cfg.rollout_lag:  # the off-policy importance weights
+      batch["is_weight"] = np.zeros_like(batch["loss_mask"])
+    return batch
 
   @property
   def tokens_per_step(self) -> int:
@@ -153,11 +174,12 @@ class RLJob:
       trained = lambda s: merged(s["frozen"], s["params"])  # noqa: E731
     self.source = RolloutSource(
         forwards=PolicyForwards(self.layout, self.mesh, self.rules, ref,
-                                self.rollout_cfg.chunk_size, self.generate),
+                                self.rollout_cfg.chunk_size, self.generate,
+                                self.rollout_cfg.sampler),
         algorithm=self.algorithm, prompts=self.prompts, codec=self.codec,
         scorer=self.scorer, rollout_cfg=self.rollout_cfg,
         loop_cfg=self.loop_cfg, seed=self.seed, samples_dir=self.samples_dir,
-        trained_params=trained)
+        trained_params=trained, tool=self.tool)
     return self.source
 
   def make_evals(self, _: trainer_lib.Trainer) -> engine.Evals:
@@ -170,7 +192,7 @@ class RLJob:
 
     def dev_reward(state: Any, step: int) -> dict[str, float]:
       del step
-      ro = rollout_lib.collect(
+      ro = iteration_lib.collect_fn(self.rollout_cfg, self.tool)(
           self.eval_records, codec=codec, cfg=self.rollout_cfg,
           sample=source.forwards.sampler(source.trained_params(state),
                                          greedy),

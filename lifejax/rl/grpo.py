@@ -41,6 +41,7 @@ from lifejax.data import batching
 from lifejax.losses import grpo as grpo_loss
 from lifejax.losses.lm import LossFn
 from lifejax.losses.registry import get_loss
+from lifejax.model import sampling
 from lifejax.rl import rollout as rollout_lib
 from lifejax.rl.layout import Layout
 
@@ -140,6 +141,13 @@ class GRPO:
     # dropped groups (0: no dynamic sampling).
     self.dynamic_sampling_rounds = cfg.dynamic_sampling_rounds
     self.make_loss_fn = get_loss(loss, kind="grpo", option="grpo.loss")
+    # RolloutConfig.ratio_distribution="sampled": set by the RL job.
+    self.logprob_dist: sampling.Distribution | None = None
+
+  @property
+  def _dist_kwargs(self) -> dict[str, Any]:
+    return ({} if self.logprob_dist is None
+            else {"logprob_dist": self.logprob_dist})
 
   def loss_graphdefs(self, layout: Layout) -> tuple[Any, ...]:
     if layout.kind != "policy":
@@ -153,7 +161,7 @@ class GRPO:
                 aggregation=c.aggregation, clip_eps_low=c.clip_eps_low,
                 clip_eps_high=c.clip_eps_high,
                 importance_sampling_level=c.importance_sampling_level,
-                norm_length=c.norm_length)
+                norm_length=c.norm_length, **self._dist_kwargs)
 
   def make_loss(self, layout: Layout) -> LossFn:
     return self.make_loss_fn(*self.loss_graphdefs(layout), **self.loss_kwargs)

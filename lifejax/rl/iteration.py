@@ -23,6 +23,7 @@ or the KL to the reference exceeds a bound.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -33,11 +34,12 @@ import numpy as np
 from lifejax import checks
 from lifejax.data.jsonl import write_jsonl
 from lifejax.losses.lm import LossFn
-from lifejax.rl import rollout as rollout_lib
+from lifejax.rl import multiturn, rollout as rollout_lib
 from lifejax.rl.dynamic_sampling import refill_groups
 from lifejax.rl.layout import Layout, PolicyForwards
 from lifejax.rl.monitors import Monitors, policy_entropy
 from lifejax.run.layout import iteration_sample_name
+from lifejax.world import tools as tools_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +60,20 @@ class RLLoopConfig:
   summed over a response, mean over samples) exceeds it. An alert is a
   logged warning plus metrics alert/<name> (1 in that iteration) and
   alert/<name>_count (alerts so far in the run, resumed with it).
+
+  Off-policy: rollout_lag L > 0 trains iteration k on a rollout sampled
+  with the params of iteration k - L (as an asynchronous pipeline whose
+  sampler runs L iterations ahead of the learner; the first L iterations
+  use rollouts sampled with the initial params, staleness 0 .. L - 1). At
+  consumption the current params recompute the rollout's log-probs and
+  values (the proximal policy: PPO's ratio and clipping are taken against
+  it), and each response token's surrogate is weighted by the truncated
+  importance weight min(pi_prox / mu, is_weight_cap), mu the sampling
+  params' log-probs (is_weight_cap 0: no correction, weight 1). Logged:
+  staleness (iterations), is_weight_mean, is_weight_capped (share of
+  tokens at the cap) and offpolicy_kl (k1 estimate of KL(mu || pi_prox)
+  per sample). Pending rollouts are saved with each checkpoint, so a
+  restarted run continues exactly.
   """
 
   num_iterations: int = 100
@@ -76,6 +92,8 @@ class RLLoopConfig:
   log_entropy: bool = False
   entropy_floor: float = 0.0
   kl_ceiling: float = 0.0
+  rollout_lag: int = 0
+  is_weight_cap: float = 2.0
 
   def __post_init__(self):
     checks.at_least("RLLoopConfig.num_iterations", self.num_iterations, 0)
@@ -90,6 +108,12 @@ class RLLoopConfig:
     checks.in_range("RLLoopConfig.entropy_floor", self.entropy_floor, 0.0,
                     1.0)
     checks.at_least("RLLoopConfig.kl_ceiling", self.kl_ceiling, 0.0)
+    checks.at_least("RLLoopConfig.rollout_lag", self.rollout_lag, 0)
+    checks.at_least("RLLoopConfig.is_weight_cap", self.is_weight_cap, 0.0)
+    if 0 < self.is_weight_cap < 1:
+      raise ValueError(f"RLLoopConfig.is_weight_cap={self.is_weight_cap}: "
+                       "a cap below 1 shrinks on-policy tokens too; use "
+                       ">= 1 (or 0 for no correction)")
     if self.minibatch_size % self.num_microbatches:
       raise ValueError(f"RLLoopConfig.minibatch_size={self.minibatch_size} "
                        "is not divisible by RLLoopConfig.num_microbatches="
@@ -175,6 +199,18 @@ class PromptBatches:
     self.cursor = int(state["cursor"])
 
 
+def collect_fn(cfg: rollout_lib.RolloutConfig,
+               tool: tools_lib.Tool | None) -> Callable[..., Any]:
+  """`rollout.collect` (one turn), or `multiturn.collect` with `tool` bound
+  when cfg.max_turns > 1; both take the same keyword arguments."""
+  if cfg.max_turns == 1:
+    if tool is not None:
+      raise checks.unused("the RL stage's tool", "RolloutConfig.max_turns "
+                          "is 1, so no turn follows a tool call")
+    return rollout_lib.collect
+  return functools.partial(multiturn.collect, tool=tool)
+
+
 class RolloutSource:
   """An RL stage's minibatches for the engine (see the module docstring).
 
@@ -193,11 +229,13 @@ class RolloutSource:
                rollout_cfg: rollout_lib.RolloutConfig, loop_cfg: RLLoopConfig,
                seed: int = 0, samples_dir: str | None = None,
                trained_params: Callable[[Any], Any] = lambda s: s["params"],
-               shard: tuple[int, int] = (0, 1)):
+               shard: tuple[int, int] = (0, 1),
+               tool: tools_lib.Tool | None = None):
     self.forwards, self.algorithm, self.prompts = forwards, algorithm, prompts
     self.codec, self.scorer, self.seed = codec, scorer, seed
     self.rollout_cfg, self.loop_cfg = rollout_cfg, loop_cfg
     self.samples_dir, self.trained_params = samples_dir, trained_params
+    self.tool = tool
     index, count = shard
     if loop_cfg.minibatch_size % count:
       raise ValueError(f"RLLoopConfig.minibatch_size={loop_cfg.minibatch_size}"
@@ -212,6 +250,10 @@ class RolloutSource:
     self.monitors = Monitors(loop_cfg.entropy_floor, loop_cfg.kl_ceiling)
     self._queue: list[dict[str, np.ndarray]] = []
     self._metrics: dict[str, float] = {}
+    # rollout_lag > 0: rollouts sampled ahead, oldest first, with the
+    # iteration they were sampled at and their sampling metrics.
+    self._pending: list[tuple[int, rollout_lib.Rollout,
+                              dict[str, float]]] = []
 
   def next_batch(self, state: Any) -> dict[str, np.ndarray]:
     if not self._queue:
@@ -226,7 +268,7 @@ class RolloutSource:
     key = jax.random.fold_in(jax.random.PRNGKey(self.seed), it)
 
     def one(rng: jax.Array) -> rollout_lib.Rollout:
-      return rollout_lib.collect(
+      return collect_fn(self.rollout_cfg, self.tool)(
           next(self.prompts), codec=self.codec, cfg=self.rollout_cfg,
           sample=sample, rng=rng, group_size=self.algorithm.group_size,
           stats=lambda rows: self.forwards.stats(params, rows),
@@ -246,10 +288,49 @@ class RolloutSource:
         f.layout.lm_graphdef, f.layout.lm_params(params), rows, f.mesh,
         f.rules, f.chunk_size)
 
+  def _lagged(self, params: Any, it: int
+              ) -> tuple[rollout_lib.Rollout, dict[str, float],
+                         np.ndarray]:
+    """rollout_lag > 0: this iteration's rollout (sampled `staleness`
+    iterations ago), re-scored by the current params, its sampling metrics
+    and the truncated importance weights (B, T); samples the rollouts up
+    to iteration it + lag with the current params."""
+    lag = self.loop_cfg.rollout_lag
+    while len(self._pending) <= lag:
+      nxt = it + len(self._pending)
+      self._pending.append((it, *self._collect(params, nxt)))
+    sampled_at, rollout, sampled = self._pending.pop(0)
+    mask = rollout.rows["loss_mask"]
+    forward_rows = {k: rollout.rows[k] for k in rollout_lib.FORWARD_KEYS}
+    if rollout.ref_logp is None:  # restored from a checkpoint
+      rollout.ref_logp = self.forwards.ref_logp(forward_rows)
+    behaviour = rollout.old_logp
+    rollout.old_logp, rollout.values = self.forwards.stats(params,
+                                                           forward_rows)
+    log_w = (np.asarray(rollout.old_logp, np.float64)
+             - np.asarray(behaviour, np.float64))
+    on = mask > 0
+    cap = self.loop_cfg.is_weight_cap
+    raw = np.exp(np.minimum(log_w, 50.0))
+    weight = (np.minimum(raw, cap) if cap else np.ones_like(raw)) * on
+    n = max(int(on.sum()), 1)
+    sampled = {**sampled, "staleness": float(it - sampled_at),
+               "is_weight_mean": float(weight.sum() / n),
+               "is_weight_capped": float(((raw >= cap) & on).sum() / n)
+               if cap else 0.0,
+               "offpolicy_kl": float(np.mean(np.sum(
+                   np.where(on, -log_w, 0.0), axis=1)))}
+    return rollout, sampled, weight.astype(np.float32)
+
   def _start_iteration(self, params: Any) -> None:
     it = self.iteration
-    rollout, sampled = self._collect(params, it)
+    if self.loop_cfg.rollout_lag:
+      rollout, sampled, is_weight = self._lagged(params, it)
+    else:
+      rollout, sampled = self._collect(params, it)
     batch, prepared = self.algorithm.prepare(rollout)
+    if self.loop_cfg.rollout_lag:
+      batch["is_weight"] = is_weight
     # The controller's update uses only this rollout's statistics, and the
     # loss never reads it, so observing now (not after the updates) changes
     # nothing but lets the checkpoint after this iteration hold it.
@@ -288,6 +369,10 @@ class RolloutSource:
              "algorithm": self.algorithm.get_state()}
     if self.monitors.active:
       state["monitors"] = self.monitors.get_state()
+    if self._pending:
+      state["pending"] = [rollout_lib.rollout_state(r, sampled_at=at,
+                                                    metrics=m)
+                          for at, r, m in self._pending]
     return state
 
   def set_state(self, state: dict) -> None:
@@ -297,6 +382,12 @@ class RolloutSource:
     if self.monitors.active and "monitors" in state:
       self.monitors.set_state(state["monitors"])
     self._queue = []
+    self._pending = []
+    for saved in state.get("pending", []):
+      rollout = rollout_lib.rollout_from_state(saved, self.codec,
+                                               self.rollout_cfg)
+      self._pending.append((int(saved["sampled_at"]), rollout,
+                            dict(saved.get("metrics", {}))))
 
 
 def write_samples(samples_dir: str, iteration: int,

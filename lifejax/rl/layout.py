@@ -47,6 +47,9 @@ class Layout:
   kind: str
   lm_graphdef: nnx.GraphDef
   value_graphdef: nnx.GraphDef | None = None
+  # The distribution the policy's log-probs are taken under (None: the
+  # full softmax; RolloutConfig.ratio_distribution).
+  dist: sampling.Distribution | None = None
 
   def __post_init__(self):
     if self.kind not in KINDS:
@@ -73,33 +76,46 @@ class Layout:
       values = (common.model_forward(self.value_graphdef, params["value"],
                                      rows)
                 if self.kind == "separate" else None)
-    return common.token_logprobs(logits, rows["targets"]), values
+    return (common.target_logprobs(logits, rows["targets"], self.dist),
+            values)
+
+  def lm_logits(self, params: Any, rows: dict[str, jax.Array]) -> jax.Array:
+    """The policy LM's logits (B, T, V) f32: the forward `stats` runs."""
+    if self.kind == "shared":
+      logits, _ = common.model_forward(self.value_graphdef, params, rows)
+    else:
+      logits = common.model_forward(self.lm_graphdef, self.lm_params(params),
+                                    rows)
+    return logits.astype(jnp.float32)
 
 
 def make_layout(kind: str, policy_cfg: TransformerConfig, mesh: Any,
                 rules: sharding.Rules,
-                value_cfg: TransformerConfig | None = None
+                value_cfg: TransformerConfig | None = None,
+                dist: sampling.Distribution | None = None
                 ) -> tuple[Layout, Any, Any]:
   """(layout, abstract params, PartitionSpecs) of the trained params tree.
 
   value_cfg: the separate critic's config (default: the policy's; a critic
-  started from a reward model takes the reward model's).
+  started from a reward model takes the reward model's). dist: the
+  distribution the policy's log-probs are taken under (None: full softmax).
   """
   lm_gd, lm_abs, lm_specs = rollout_lib.abstract_params(
       transformer.Transformer, policy_cfg, mesh, rules)
   if kind == "policy":
-    return Layout(kind, lm_gd), lm_abs, lm_specs
+    return Layout(kind, lm_gd, dist=dist), lm_abs, lm_specs
   if kind == "separate":
     v_gd, v_abs, v_specs = rollout_lib.abstract_params(
         heads.ValueModel, value_cfg or policy_cfg, mesh, rules)
-    return (Layout(kind, lm_gd, v_gd), {"policy": lm_abs, "value": v_abs},
+    return (Layout(kind, lm_gd, v_gd, dist),
+            {"policy": lm_abs, "value": v_abs},
             {"policy": lm_specs, "value": v_specs})
   if kind == "shared":
     if value_cfg is not None and value_cfg != policy_cfg:
       raise ValueError("a shared-trunk critic has the policy's config")
     pv_gd, pv_abs, pv_specs = rollout_lib.abstract_params(
         heads.PolicyValueModel, policy_cfg, mesh, rules)
-    return Layout(kind, lm_gd, pv_gd), pv_abs, pv_specs
+    return Layout(kind, lm_gd, pv_gd, dist), pv_abs, pv_specs
   raise ValueError(f"unknown layout {kind!r}; choose one of {KINDS}")
 
 
@@ -141,19 +157,47 @@ def _stats(layout: Layout, mesh: Any, rules: sharding.Rules, params: Any,
     return layout.stats(params, rows)
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _target_logprobs(dist: sampling.Distribution, mesh: Any,
+                     rules: sharding.Rules, logits: jax.Array,
+                     targets: jax.Array) -> jax.Array:
+  with sharding.activation_sharding(mesh, rules):
+    return common.target_logprobs(logits, targets, dist)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _lm_logits(layout: Layout, mesh: Any, rules: sharding.Rules,
+               params: Any, rows: dict[str, jax.Array]) -> jax.Array:
+  with sharding.activation_sharding(mesh, rules):
+    return layout.lm_logits(params, rows)
+
+
 class PolicyForwards:
   """The forwards a rollout needs, in chunks of `chunk_size` rows (0: all):
   samples from the policy, the current params' log-probs and values, and
-  the frozen reference's log-probs."""
+  the frozen reference's log-probs.
+
+  sampler "kv_cache": `generate` (default: the KV-cache sampler with its
+  log-probs); "exact": `sampling.generate_exact` on this layout's own
+  forward (`lm_logits`, the forward `stats` runs, same mesh and row
+  shardings), so the sampler's log-probs are the learner's bit for bit.
+  """
 
   def __init__(self, layout: Layout, mesh: Any, rules: sharding.Rules,
                ref_params: Any, chunk_size: int = 0,
-               generate: generation.SampleFn | None = None):
+               generate: generation.SampleFn | None = None,
+               sampler: str = "kv_cache"):
     self.layout, self.mesh, self.rules = layout, mesh, rules
     self.ref_params, self.chunk_size = ref_params, chunk_size
+    self.sampler_kind = sampler
+    if sampler == "exact" and generate is not None:
+      raise ValueError("RolloutConfig.sampler='exact' samples with the "
+                       "learner's forward; a custom generate function "
+                       "cannot be used with it")
     self.generate = sharding.compiled_together(
-        generate or generation.default_sample_fn())
+        generate or generation.default_sample_fn(with_logprobs=True))
     self._stats = sharding.compiled_together(_stats)
+    self._lm_logits = sharding.compiled_together(_lm_logits)
 
   def _chunked(self, layout: Layout, params: Any, rows: rollout_lib.Rows):
     def one(chunk, _):
@@ -169,13 +213,66 @@ class PolicyForwards:
     return self._chunked(self.layout, params, rows)
 
   def ref_logp(self, rows: rollout_lib.Rows) -> np.ndarray:
-    """The frozen reference's log-probs of LM rows, (B, T) f32."""
-    return self._chunked(Layout("policy", self.layout.lm_graphdef),
+    """The frozen reference's log-probs of LM rows, (B, T) f32: under the
+    policy's distribution without top-k / top-p (`sampling.untruncated`)."""
+    return self._chunked(Layout("policy", self.layout.lm_graphdef,
+                                dist=sampling.untruncated(self.layout.dist)),
                          self.ref_params, rows)[0]
+
+  def _exact_sample(self, layout: Layout, params: Any, prompt_BxP: Any,
+                    mask_BxP: Any, cfg: sampling.SamplingConfig,
+                    rng: jax.Array, prefix: Any = None,
+                    width: int | None = None):
+    def put(rows):
+      return sharding.put(rows, sharding.batch_shardings(
+          rows, self.mesh, self.rules))
+
+    def logits_fn(rows):
+      with jax.set_mesh(self.mesh):
+        return self._lm_logits(layout, self.mesh, self.rules, params,
+                               put(rows))
+
+    def logprob_fn(logits, targets):
+      # The behaviour policy: the distribution the tokens were drawn from.
+      with jax.set_mesh(self.mesh):
+        return _target_logprobs(sampling.distribution(cfg), self.mesh,
+                                self.rules, logits,
+                                put({"t": targets})["t"])
+
+    return sampling.generate_exact(logits_fn, logprob_fn, prompt_BxP,
+                                   mask_BxP, cfg, rng, prefix=prefix,
+                                   width=width)
+
+  def _exact_sampler(self, params: Any, cfg: sampling.SamplingConfig
+                     ) -> Callable[..., Any]:
+    """sample(prompt_BxP, mask_BxP, rng, prefix=None, width=None) in
+    chunks of chunk_size rows (chunk i uses fold_in(rng, i)); `prefix`
+    ((B, L) ids, (B,) lengths) and `width` lay rows out as the learner's
+    (multi-turn rollouts, `sampling.generate_exact`)."""
+
+    def sample(prompt_BxP, mask_BxP, rng, prefix=None, width=None):
+      data = {"prompt": prompt_BxP, "mask": mask_BxP}
+      if prefix is not None:
+        data["prefix_ids"], data["prefix_len"] = prefix
+
+      def one(chunk, i):
+        pre = (None if prefix is None
+               else (chunk["prefix_ids"], chunk["prefix_len"]))
+        return self._exact_sample(self.layout, params, chunk["prompt"],
+                                  chunk["mask"], cfg,
+                                  jax.random.fold_in(rng, i), pre, width)
+      return batching.map_padded(one, data, self.chunk_size)
+
+    sample.takes_prefix = True  # type: ignore[attr-defined]
+    return sample
 
   def sampler(self, params: Any, cfg: sampling.SamplingConfig
               ) -> Callable[..., Any]:
-    """A sampler from the policy inside the trained params `params`."""
+    """A sampler from the policy inside the trained params `params`:
+    sample(prompt_BxP, mask_BxP, rng) -> (tokens, lengths, log-probs)."""
+    if self.sampler_kind == "exact" and cfg.temperature > 0:
+      # The trained tree as is: `lm_logits` runs the forward `stats` runs.
+      return self._exact_sampler(params, cfg)
     return generation.make_sampler(self.generate, self.layout.lm_graphdef,
                                    self.layout.lm_params(params), cfg,
                                    self.chunk_size)

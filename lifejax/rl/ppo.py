@@ -28,6 +28,7 @@ from lifejax.data import batching
 from lifejax.losses import ppo as ppo_loss
 from lifejax.losses.lm import LossFn
 from lifejax.losses.registry import get_loss
+from lifejax.model import sampling
 from lifejax.rl import rollout as rollout_lib
 from lifejax.rl.layout import Layout
 
@@ -108,6 +109,8 @@ class PPO:
     name fails before any rollout)."""
     self.cfg, self.loss = cfg, loss
     self.make_loss_fn = get_loss(loss, kind="ppo", option="ppo.loss")
+    # RolloutConfig.ratio_distribution="sampled": set by the RL job.
+    self.logprob_dist: sampling.Distribution | None = None
     if cfg.adaptive_kl:
       self.kl_ctl = ppo_loss.AdaptiveKLController.create(
           cfg.kl_coef, cfg.target_kl, cfg.kl_horizon)
@@ -123,10 +126,12 @@ class PPO:
             else (layout.lm_graphdef, layout.value_graphdef))
 
   @property
-  def loss_kwargs(self) -> dict[str, float]:
+  def loss_kwargs(self) -> dict[str, Any]:
     c = self.cfg
     return dict(clip_eps=c.clip_eps, value_clip_eps=c.value_clip_eps,
-                vf_coef=c.vf_coef, ent_coef=c.ent_coef)
+                vf_coef=c.vf_coef, ent_coef=c.ent_coef,
+                **({} if self.logprob_dist is None
+                   else {"logprob_dist": self.logprob_dist}))
 
   def make_loss(self, layout: Layout) -> LossFn:
     return self.make_loss_fn(*self.loss_graphdefs(layout), **self.loss_kwargs)

@@ -64,6 +64,10 @@ def judge_config(name: str | judge_lib.JudgeConfig) -> judge_lib.JudgeConfig:
   return JUDGES[name]
 
 
+RATIO_DISTRIBUTIONS = ("full", "sampled")
+SAMPLERS = ("kv_cache", "exact")
+
+
 @dataclasses.dataclass(frozen=True)
 class RolloutConfig:
   """Sampling shapes and knobs.
@@ -71,6 +75,27 @@ class RolloutConfig:
   prompt_len: P, prompts are left-padded to it (longer prompts are an
     error: filter them with `fits`). chunk_size: rows per sampler / forward
     call (0 = the whole rollout batch at once); bounds memory on big models.
+
+  ratio_distribution: which policy the learner's log-probs (the importance
+    ratio, the KL to the reference, PPO's KL reward) are taken under.
+    "full": the model's own softmax at temperature 1 (the default; what
+    TRL and verl compute). "sampled": the distribution the sampler draws
+    from (vocab limit, temperature, top-k, top-p, renormalized), so the
+    ratio is against the truncated distribution actually sampled and is 1
+    at the sampling params; needs temperature > 0. The reference is then
+    scored at the same temperature and vocab limit but never truncated
+    (a truncated reference makes the KL infinite on any draw outside its
+    nucleus), so with top-k / top-p the KL starts above 0.
+  sampler: "kv_cache" (default: prefill + cached decode steps) or "exact"
+    (`sampling.generate_exact`: the learner's forward at the learner's row
+    shape, N full forwards; its log-probs equal the learner's bit for bit).
+  max_turns: assistant turns per sample (> 1: multi-turn rollouts with a
+    tool, `rl.multiturn`); observation_len: the most ids one observation
+    turn may take (a longer tool result is cut at word boundaries).
+  Every rollout records the sampler's own log-probs (`Rollout.sample_logp`)
+  and logs how far the learner's recomputation is from them
+  (`rollout_metrics`: logp_mismatch_max, logp_mismatch_mean,
+  behaviour_kl).
   """
 
   prompt_len: int = 256
@@ -79,6 +104,10 @@ class RolloutConfig:
   top_k: int = 0
   top_p: float = 1.0
   chunk_size: int = 0
+  ratio_distribution: str = "full"
+  sampler: str = "kv_cache"
+  max_turns: int = 1
+  observation_len: int = 96
 
   def __post_init__(self):
     checks.at_least("RolloutConfig.prompt_len", self.prompt_len, 1)
@@ -90,10 +119,40 @@ class RolloutConfig:
     checks.in_range("RolloutConfig.top_p", self.top_p, 0.0, 1.0,
                     low_open=True)
     checks.at_least("RolloutConfig.chunk_size", self.chunk_size, 0)
+    checks.choice("RolloutConfig.ratio_distribution",
+                  self.ratio_distribution, RATIO_DISTRIBUTIONS)
+    checks.choice("RolloutConfig.sampler", self.sampler, SAMPLERS)
+    checks.at_least("RolloutConfig.max_turns", self.max_turns, 1)
+    checks.at_least("RolloutConfig.observation_len", self.observation_len, 1)
+    if self.ratio_distribution == "sampled" and self.temperature == 0:
+      raise ValueError("RolloutConfig.ratio_distribution='sampled' needs "
+                       "temperature > 0: greedy decoding has no log-probs")
+
+  def learner_distribution(self, vocab_limit: int = 0
+                           ) -> sampling.Distribution | None:
+    """The distribution the learner scores targets under (None: the
+    model's full softmax; see ratio_distribution)."""
+    if self.ratio_distribution == "full":
+      return None
+    return sampling.Distribution(temperature=self.temperature,
+                                 top_k=self.top_k, top_p=self.top_p,
+                                 vocab_limit=vocab_limit)
+
+  @property
+  def response_len(self) -> int:
+    """Columns after the prompt: every turn and every observation."""
+    t = self.max_turns
+    return t * self.max_new_tokens + (t - 1) * self.observation_len
+
+  @property
+  def context_len(self) -> int:
+    """The widest context a turn is sampled from (the prompt, then every
+    earlier turn and observation)."""
+    return self.prompt_len + self.response_len - self.max_new_tokens
 
   @property
   def seq_len(self) -> int:
-    return self.prompt_len + self.max_new_tokens - 1
+    return self.prompt_len + self.response_len - 1
 
   def sampling_config(self, stop_ids: Sequence[int], pad_id: int,
                       vocab_limit: int = 0) -> sampling.SamplingConfig:
@@ -115,6 +174,9 @@ class Codec:
   stop_ids: tuple[int, ...]
   pad_id: int
   vocab_limit: int = 0  # ids the tokenizer can decode (0 = any)
+  # text -> ids following a generated assistant turn that add an
+  # observation (user) turn and the next assistant prefix (multi-turn).
+  observation: Callable[[str], list[int]] | None = None
 
 
 def chat_codec(template: chat.ChatTemplate, tokenizer: chat_render.Tokenizer
@@ -129,8 +191,12 @@ def chat_codec(template: chat.ChatTemplate, tokenizer: chat_render.Tokenizer
   def decode(ids: Sequence[int]) -> str:
     return tokenizer.decode([int(t) for t in ids if int(t) not in stops])
 
+  def observation(text: str) -> list[int]:
+    return chat_render.render_continuation(template, tokenizer, "user", text)
+
   return Codec(encode=encode, decode=decode, stop_ids=stops,
-               pad_id=tokenizer.pad_id, vocab_limit=tokenizer.vocab_size)
+               pad_id=tokenizer.pad_id, vocab_limit=tokenizer.vocab_size,
+               observation=observation)
 
 
 def fits(records: Sequence[Record], codec: Codec, prompt_len: int
@@ -169,20 +235,97 @@ class Rollout:
   lengths_B: np.ndarray
   stopped_B: np.ndarray
   texts: list[str] | None = None
+  sample_logp: np.ndarray | None = None  # (B, T): the sampler's own
   old_logp: np.ndarray | None = None
   ref_logp: np.ndarray | None = None
   values: np.ndarray | None = None
   score_B: np.ndarray | None = None
+  # Multi-turn rollouts (rl.multiturn): assistant turns and tool calls per
+  # sample, whether an observation was cut, the exchange as messages.
+  turns_B: np.ndarray | None = None
+  tool_calls_B: np.ndarray | None = None
+  observation_cut_B: np.ndarray | None = None
+  transcripts: list[list[dict[str, str]]] | None = None
 
   @property
   def batch_size(self) -> int:
     return len(self.records)
 
 
+def rollout_state(rollout: Rollout, **extra: Any) -> dict[str, Any]:
+  """A JSON-ready copy of a sampled rollout (for an off-policy run's
+  checkpoint): records, responses, lengths, scores and the sampling-time
+  log-probs of the response tokens (f32 values survive JSON exactly).
+  Values and reference log-probs are not kept: they are recomputed."""
+  p = rollout.rows["tokens"].shape[1] - rollout.response_BxN.shape[1] + 1
+  n = rollout.response_BxN.shape[1]
+
+  def response_part(x):
+    return None if x is None else np.asarray(
+        x, np.float32)[:, p - 1:p - 1 + n].tolist()
+
+  return {"records": [dict(r) for r in rollout.records],
+          "response": rollout.response_BxN.tolist(),
+          "lengths": rollout.lengths_B.tolist(),
+          "score": (None if rollout.score_B is None
+                    else np.asarray(rollout.score_B, np.float32).tolist()),
+          "old_logp": response_part(rollout.old_logp),
+          "sample_logp": response_part(rollout.sample_logp), **extra}
+
+
+def rollout_from_state(state: Mapping[str, Any], codec: Codec,
+                       cfg: RolloutConfig) -> Rollout:
+  """The rollout `rollout_state` saved, rows rebuilt from its records with
+  `codec` (ref_logp and values None: recompute them)."""
+  records = list(state["records"])
+  prompt_BxP, mask_BxP = prompts_lib.left_pad(
+      [codec.encode(r) for r in records], cfg.prompt_len, codec.pad_id)
+  response = np.asarray(state["response"], np.int32)
+  lengths = np.asarray(state["lengths"], np.int32)
+  rows = build_rows(prompt_BxP, mask_BxP, response, lengths)
+  last = response[np.arange(len(lengths)), np.maximum(lengths - 1, 0)]
+  p, n = prompt_BxP.shape[1], response.shape[1]
+
+  def full(x):
+    if x is None:
+      return None
+    out = np.zeros(rows["targets"].shape, np.float32)
+    out[:, p - 1:p - 1 + n] = np.asarray(x, np.float32)
+    return out
+
+  texts = None if codec.decode is None else [
+      codec.decode(response[i, :lengths[i]]) for i in range(len(lengths))]
+  return Rollout(
+      records=records, rows=rows, response_BxN=response, lengths_B=lengths,
+      stopped_B=(lengths > 0) & np.isin(last, codec.stop_ids), texts=texts,
+      sample_logp=full(state.get("sample_logp")),
+      old_logp=full(state.get("old_logp")),
+      score_B=(None if state.get("score") is None
+               else np.asarray(state["score"], np.float32)))
+
+
 class Scorer(Protocol):
   """rollout -> (B,) f32 scores (the reward of each sample)."""
 
   def __call__(self, rollout: Rollout) -> np.ndarray: ...
+
+
+def group_prompts(records: Sequence[Record], codec: Codec, prompt_len: int,
+                  group_size: int
+                  ) -> tuple[list[Record], list[list[int]], np.ndarray,
+                             np.ndarray]:
+  """(records repeated group_size times, their prompt ids, left-padded
+  (B, prompt_len) prompts and mask); ValueError on a prompt too long."""
+  prompts = [list(codec.encode(r)) for r in records]
+  too_long = [len(p) for p in prompts if len(p) > prompt_len]
+  if too_long:
+    raise ValueError(f"{len(too_long)} prompt(s) exceed prompt_len="
+                     f"{prompt_len} tokens (longest {max(too_long)}); "
+                     "filter them with rollout.fits")
+  rows = [p for p in prompts for _ in range(group_size)]
+  prompt_BxP, mask_BxP = prompts_lib.left_pad(rows, prompt_len, codec.pad_id)
+  return ([r for r in records for _ in range(group_size)], rows, prompt_BxP,
+          mask_BxP)
 
 
 def collect(
@@ -200,21 +343,16 @@ def collect(
 ) -> Rollout:
   """Samples `group_size` responses per record and fills a `Rollout`.
 
-  sample(prompt_BxP, mask_BxP, rng) -> (tokens_BxN, lengths_B);
+  sample(prompt_BxP, mask_BxP, rng) -> (tokens_BxN, lengths_B) or
+  (tokens_BxN, lengths_B, logp_BxN) with the sampler's own log-probs of
+  the drawn tokens (kept as `sample_logp`, (B, T) aligned with targets);
   stats(rows) -> (policy log-probs, values or None); ref_logp(rows) ->
   reference log-probs; each (B, T).
   """
-  prompts = [codec.encode(r) for r in records]
-  too_long = [len(p) for p in prompts if len(p) > cfg.prompt_len]
-  if too_long:
-    raise ValueError(f"{len(too_long)} prompt(s) exceed prompt_len="
-                     f"{cfg.prompt_len} tokens (longest {max(too_long)}); "
-                     "filter them with rollout.fits")
-  rows_records = [r for r in records for _ in range(group_size)]
-  prompt_BxP, mask_BxP = prompts_lib.left_pad(
-      [p for p in prompts for _ in range(group_size)], cfg.prompt_len,
-      codec.pad_id)
-  tokens_BxN, lengths_B = sample(prompt_BxP, mask_BxP, rng)
+  rows_records, prompts, prompt_BxP, mask_BxP = group_prompts(
+      records, codec, cfg.prompt_len, group_size)
+  drawn = sample(prompt_BxP, mask_BxP, rng)
+  tokens_BxN, lengths_B = drawn[:2]
   tokens_BxN = np.asarray(tokens_BxN, np.int32)
   lengths_B = np.asarray(lengths_B, np.int32)
   last_B = tokens_BxN[np.arange(len(lengths_B)), np.maximum(lengths_B - 1, 0)]
@@ -223,6 +361,11 @@ def collect(
                 rows=build_rows(prompt_BxP, mask_BxP, tokens_BxN, lengths_B),
                 response_BxN=tokens_BxN, lengths_B=lengths_B,
                 stopped_B=stopped_B)
+  if len(drawn) > 2:
+    p, n = prompt_BxP.shape[1], tokens_BxN.shape[1]
+    logp = np.zeros(out.rows["targets"].shape, np.float32)
+    logp[:, p - 1:p - 1 + n] = np.asarray(drawn[2], np.float32)
+    out.sample_logp = logp * out.rows["loss_mask"]
   if codec.decode is not None:
     out.texts = [codec.decode(tokens_BxN[i, :lengths_B[i]])
                  for i in range(len(lengths_B))]
@@ -345,10 +488,30 @@ def judgeable(record: Record) -> bool:
           and isinstance(record.get("reference"), Mapping))
 
 
+def logp_mismatch(sample_logp: np.ndarray, learner_logp: np.ndarray,
+                  mask: np.ndarray) -> dict[str, float]:
+  """How far the learner's log-probs are from the sampler's on the same
+  tokens and params (response tokens only): the largest and mean |diff|,
+  and behaviour_kl = mean over samples of sum_t (sampler - learner), the
+  k1 estimate of KL(sampler || learner). All exactly 0 when the rollout is
+  truly on-policy (RolloutConfig sampler="exact", ratio_distribution=
+  "sampled")."""
+  on = np.asarray(mask) > 0
+  diff = (np.asarray(sample_logp, np.float64)
+          - np.asarray(learner_logp, np.float64))
+  if not on.any():
+    return {}
+  return {"logp_mismatch_max": float(np.max(np.abs(diff[on]))),
+          "logp_mismatch_mean": float(np.mean(np.abs(diff[on]))),
+          "behaviour_kl": float(np.mean(np.sum(np.where(on, diff, 0.0),
+                                               axis=1)))}
+
+
 def rollout_metrics(rollout: Rollout) -> dict[str, float]:
   """reward (mean score), KL to the reference (k1 and k3, summed over a
   response, mean over samples), response length (tokens incl. the stop
-  token), stop rate; with decoded text: true_judge (the DEFAULT judge, the
+  token), stop rate, the sampler-vs-learner log-prob mismatch
+  (`logp_mismatch`); with decoded text: true_judge (the DEFAULT judge, the
   reward-hacking detector, whatever the training reward is) and
   refusal_rate."""
   mask = rollout.rows["loss_mask"]
@@ -362,6 +525,12 @@ def rollout_metrics(rollout: Rollout) -> dict[str, float]:
     out["kl"] = float(np.mean(np.sum(log_ratio * mask, axis=1)))
     k3 = np.expm1(-log_ratio) + log_ratio
     out["kl_k3"] = float(np.mean(np.sum(k3 * mask, axis=1)))
+  if rollout.sample_logp is not None and rollout.old_logp is not None:
+    out.update(logp_mismatch(rollout.sample_logp, rollout.old_logp, mask))
+  if rollout.turns_B is not None:
+    out["turns"] = float(np.mean(rollout.turns_B))
+    out["tool_call_rate"] = float(np.mean(rollout.tool_calls_B > 0))
+    out["observation_cut_rate"] = float(np.mean(rollout.observation_cut_B))
   if rollout.texts is not None:
     judged = [judge_lib.score(r, t).total
               for r, t in zip(rollout.records, rollout.texts) if judgeable(r)]
@@ -390,6 +559,8 @@ def sample_records(rollout: Rollout,
           i, :rollout.lengths_B[i]].tolist()
     if rollout.score_B is not None:
       row["score"] = float(rollout.score_B[i])
+    if rollout.transcripts is not None:
+      row["transcript"] = rollout.transcripts[i]
     row.update({k: v[i] for k, v in (extra or {}).items()})
     out.append(row)
   return out

@@ -41,7 +41,7 @@ from lifejax.stages import rl_common, runner
 from lifejax.train.checkpoint import CheckpointConfig
 from lifejax.train.optim import OptimizerConfig
 from lifejax.train.state import LossScaleConfig
-from lifejax.world import judge as judge_lib
+from lifejax.world import judge as judge_lib, tools as tools_lib
 
 
 def rl_stage(
@@ -71,6 +71,8 @@ def rl_stage(
     lora: LoraConfig | None = None,
     loss_scale: LossScaleConfig | None = None,
     eval_prompt_files: Sequence[str] = (),
+    tool: str | None = None,
+    tool_world: str | None = None,
 ) -> dict[str, Any]:
   """PPO or GRPO from `sft_run` (the policy and its frozen reference) on
   prompt records; gin binds it as `ppo` and `grpo`.
@@ -94,6 +96,11 @@ def rl_stage(
     match). loss: a registered loss of kind "ppo" / "grpo" (default: the
     algorithm's name). stage_name: default the algorithm's name.
   eval_prompt_files: dev prompts for eval/reward (keep-best, early stop).
+  tool: a tool the policy may call between turns ("directory": the
+    company directory of the world at `tool_world`, a generated world's
+    directory); needs RolloutConfig.max_turns > 1 (multi-turn rollouts,
+    `rl.multiturn`: observations are loss-masked, the final answer is
+    scored).
   """
   stage_name, loss = stage_name or algorithm, loss or algorithm
   if algorithm == "ppo":
@@ -115,6 +122,12 @@ def rl_stage(
   rl_common.check_reward(algorithm, reward, reward_run, reward_judge,
                          check_run=algorithm != "ppo", reward_fn=reward_fn,
                          fn_field="reward_fn")
+  if (tool is None) != (tool_world is None):
+    raise ValueError(f"{stage_name}.tool and {stage_name}.tool_world go "
+                     "together (the tool reads the world's fact table)")
+  the_tool = (tools_lib.make_tool(tool, tool_world) if tool is not None
+              else None)
+  iteration_lib.collect_fn(rollout, the_tool)  # a tool needs max_turns > 1
   rl_common.check_batches(algo, rollout, loop)
   runner.preflight(stage_name, mesh, loop.minibatch_size,
                    loop.num_microbatches)
@@ -152,7 +165,8 @@ def rl_stage(
       loop_cfg=loop, seed=seed, value_backbone=value_backbone,
       samples_dir=RunDir(run_dir).samples, lora_cfg=lora,
       eval_records=rl_common.eval_prompts(eval_prompt_files, policy, rollout,
-                                          reward, log=st.inputs))
+                                          reward, log=st.inputs),
+      tool=the_tool)
 
   def finish(ctx: runner.Context, result: Any) -> dict[str, Any]:
     summary = job.finish(ctx.run.root, result).summary
@@ -182,6 +196,9 @@ def rl_stage(
       reference=sft_run, initial_params=lambda _, plan: job.initial_params(
           plan), inputs={"prompt_files": prompt_files},
       details={"reward": st.reward_info, "prompts": st.prompt_counts,
+               **({"tool": {"name": tool,
+                            "world": os.path.abspath(tool_world)}}
+                  if tool is not None else {}),
                **{k: dataclasses.asdict(v) for k, v in config.items()},
                **details},
       finish=finish, params_tree=job.params_tree,

@@ -335,3 +335,29 @@ def test_rl_gin_files_parse(name):
     assert stage.selector == name[:-len(".gin")]
   finally:
     gin.clear_config()
+
+
+def test_grpo_stage_with_the_directory_tool(runs):
+  """The stage wires the directory tool of the world into multi-turn
+  rollouts rendered by the SFT run's chat template (the tiny SFT model
+  rarely calls it; tests/rl/test_multiturn.py checks the exchange)."""
+  root, world, prompts = runs
+  run_dir = str(root / "grpo_tool")
+  kw = dict(sft_run=str(root / "sft"), prompt_files=prompts,
+            reward="judge",
+            grpo_config=rl_stages.grpo_lib.GRPOConfig(group_size=2),
+            loop=dataclasses.replace(_loop(1), prompts_per_iteration=4),
+            optimizer=OPT, mesh=MESH)
+  multi = dataclasses.replace(ROLLOUT, max_turns=2, observation_len=48)
+  rl_stages.grpo(run_dir=run_dir, tool="directory", tool_world=str(world),
+                 rollout=multi, **kw)
+  row = _metrics(run_dir)[0]
+  assert row["turns"] >= 1.0 and "tool_call_rate" in row
+  sample = read_jsonl(RunDir(run_dir).iteration_sample_file(1))[0]
+  assert sample["transcript"][-1]["content"] == sample["response"]
+  with pytest.raises(ValueError, match="max_turns"):
+    rl_stages.grpo(run_dir=str(root / "grpo_tool1"), tool="directory",
+                   tool_world=str(world), rollout=ROLLOUT, **kw)
+  with pytest.raises(ValueError, match="go together"):
+    rl_stages.grpo(run_dir=str(root / "grpo_tool2"), tool="directory",
+                   rollout=multi, **kw)
