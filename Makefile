@@ -12,6 +12,10 @@ CORE_STAMP := $(VENV)/.installed-core-$(SETUP_HASH)
 STAMP := $(VENV)/.installed-test-$(SETUP_HASH)
 GIN ?= gin_configs/lifecycle/default.gin
 PYTEST_ARGS ?=
+# Two test workers: XLA compiles on one thread, and most tests are mostly
+# compilation, so two processes use both cores (tests/conftest.py keeps
+# tests that share fixtures on one worker).
+TEST_WORKERS ?= 2
 
 .PHONY: install demo test bench clean
 
@@ -40,7 +44,7 @@ demo: $(CORE_STAMP)
 	GLIBC_TUNABLES=$(MALLOC_TUNING) JAX_PLATFORMS=$${JAX_PLATFORMS:-cpu} $(PY) -m lifejax.main --gin_file=$(GIN)
 
 test: $(STAMP)
-	JAX_PLATFORMS=cpu $(PY) -m pytest $(PYTEST_ARGS)
+	JAX_PLATFORMS=cpu $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	JAX_PLATFORMS=cpu $(PY) tools/bench_train_step.py --model=cpu10m --peer

@@ -40,7 +40,7 @@ EXTRAS = {
     "eval": ["lm-eval==0.4.13"],
 }
 EXTRAS["test"] = sorted(
-    {"pytest>=8,<10", "hypothesis>=6,<7"}
+    {"pytest>=8,<10", "hypothesis>=6,<7", "pytest-xdist>=3.5,<4"}
     | set(EXTRAS["hf"])
     | set(EXTRAS["beam"])
     | set(EXTRAS["curation"])

@@ -44,3 +44,22 @@ def devices():
   ds = jax.devices()
   assert len(ds) == 8, f"expected 8 simulated devices, got {len(ds)}"
   return ds
+
+
+# Test workers (`make test` runs pytest-xdist with --dist loadgroup): each
+# test file runs on one worker, so its module fixtures are built once, and
+# the folders whose session fixtures several files share (a tiny lifecycle,
+# the golden runs, the experiments' shared base, the multi-process jobs,
+# the stage runs) run whole on one worker, so those are built once too.
+_SHARED_FIXTURE_DIRS = ("distributed", "eval", "experiments", "goldens",
+                        "stages")
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  root = os.path.dirname(os.path.abspath(__file__))
+  for item in items:
+    rel = os.path.relpath(str(item.path), root)
+    top = rel.split(os.sep)[0]
+    group = top if top in _SHARED_FIXTURE_DIRS else rel
+    item.add_marker(pytest.mark.xdist_group(group))
