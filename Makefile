@@ -44,7 +44,7 @@ demo: $(CORE_STAMP)
 	GLIBC_TUNABLES=$(MALLOC_TUNING) JAX_PLATFORMS=$${JAX_PLATFORMS:-cpu} $(PY) -m lifejax.main --gin_file=$(GIN)
 
 test: $(STAMP)
-	JAX_PLATFORMS=cpu $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	JAX_PLATFORMS=cpu $(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	JAX_PLATFORMS=cpu $(PY) tools/bench_train_step.py --model=cpu10m --peer

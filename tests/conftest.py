@@ -46,20 +46,37 @@ def devices():
   return ds
 
 
-# Test workers (`make test` runs pytest-xdist with --dist loadgroup): each
-# test file runs on one worker, so its module fixtures are built once, and
-# the folders whose session fixtures several files share (a tiny lifecycle,
-# the golden runs, the experiments' shared base, the multi-process jobs,
-# the stage runs) run whole on one worker, so those are built once too.
+# Test workers (`make test` runs pytest-xdist with two workers): each test
+# file runs on one worker, so its module fixtures are built once, and the
+# folders whose session fixtures several files share (a tiny lifecycle, the
+# golden runs, the experiments' shared base, the multi-process jobs, the
+# stage runs) run whole on one worker, so those are built once too. (A
+# scheduler, not xdist_group marks: with pytest 9, xdist 3.8's loadgroup
+# never sees the marks' group in the node ids.)
 _SHARED_FIXTURE_DIRS = ("distributed", "eval", "experiments", "goldens",
                         "stages")
 
 
-def pytest_collection_modifyitems(config, items):
-  del config
-  root = os.path.dirname(os.path.abspath(__file__))
-  for item in items:
-    rel = os.path.relpath(str(item.path), root)
-    top = rel.split(os.sep)[0]
-    group = top if top in _SHARED_FIXTURE_DIRS else rel
-    item.add_marker(pytest.mark.xdist_group(group))
+def test_group(nodeid: str) -> str:
+  """The unit of work a worker takes: a shared-fixture folder or a file."""
+  path = nodeid.split("::", 1)[0]
+  parts = path.split("/")
+  if len(parts) > 2 and parts[1] in _SHARED_FIXTURE_DIRS:
+    return "/".join(parts[:2])
+  return path
+
+
+try:
+  from xdist.scheduler import LoadScopeScheduling
+except ImportError:  # plain pytest: one process
+  LoadScopeScheduling = None
+
+if LoadScopeScheduling is not None:
+
+  class _GroupScheduling(LoadScopeScheduling):
+
+    def _split_scope(self, nodeid: str) -> str:
+      return test_group(nodeid)
+
+  def pytest_xdist_make_scheduler(config, log):
+    return _GroupScheduling(config, log)
