@@ -70,8 +70,10 @@ def test_devices_must_divide_among_processes(capsys):
 
 
 def test_main_joins_the_job_and_fails_in_one_line():
-  """Both processes of a lifejax.main job join it, then report the bad
-  binding in one line and exit 2; the launcher exits 2 too."""
+  """Both processes of a lifejax.main job join it, then the bad binding is
+  reported in one line and the launcher exits 2. Which process reports
+  first is a race: the launcher stops the others when one exits, so the
+  second may be stopped before it prints (seen under load)."""
   proc = subprocess.run(
       [sys.executable, "-m", "lifejax.launch", "--processes", "2", "--",
        "--gin_param=no_such_configurable.x = 1"], cwd=REPO,
@@ -81,7 +83,8 @@ def test_main_joins_the_job_and_fails_in_one_line():
     assert (f"[p{i}] lifejax: process {i} of 2 joined the job at "
             "127.0.0.1:") in proc.stdout
     assert "(4 of 8 devices)" in proc.stdout
-    assert f"[p{i}] lifejax: bad gin configuration: " in proc.stdout
+  assert any(f"[p{i}] lifejax: bad gin configuration: " in proc.stdout
+             for i in (0, 1)), proc.stdout[-3000:]
   assert "Traceback" not in proc.stdout, proc.stdout[-3000:]
   assert "exited with code 2" in proc.stdout
 
