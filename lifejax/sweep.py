@@ -319,6 +319,41 @@ def paired_t(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
   return out
 
 
+def fmt_paired_t(t: Mapping[str, float], digits: int = 3) -> str:
+  """A paired_t result as "+m [+lo, +hi], p=P": the signed mean difference
+  and its 95% CI with `digits` decimals, p to 2 significant digits; where
+  there is no test (p NaN: fewer than 2 pairs or zero spread)
+  "+m (n=N, no test)"."""
+  if math.isnan(t["p"]):
+    return f"{t['mean_diff']:+.{digits}f} (n={int(t['n'])}, no test)"
+  return (f"{t['mean_diff']:+.{digits}f} [{t['ci_lo']:+.{digits}f}, "
+          f"{t['ci_hi']:+.{digits}f}], p={t['p']:.2g}")
+
+
+def fmt_paired_stats(st: Mapping[str, float], compact: bool = False
+                     ) -> dict[str, Any]:
+  """Table cells of a policy_eval.paired_stats result: wins / losses / ties,
+  the mean difference (4 signed decimals) with its 95% bootstrap CI over
+  prompts, the sign-test p (3 significant digits).
+
+  compact=False: columns "wins", "losses", "ties" (ints), "mean diff",
+  "95% bootstrap CI", "sign-test p". compact=True: "W/T/L" in one cell,
+  "win rate (ties ½)" (3 decimals), "mean diff [95% bootstrap CI]" in one
+  cell, "sign-test p".
+  """
+  w, t, l = (int(st[k]) for k in ("wins", "ties", "losses"))
+  mean = f"{st['judge_gain_vs_ref']:+.4f}"
+  ci = f"[{st['judge_gain_ci_lo']:+.4f}, {st['judge_gain_ci_hi']:+.4f}]"
+  p = f"{st['sign_test_p']:.3g}"
+  if compact:
+    return {"W/T/L": f"{w}/{t}/{l}",
+            "win rate (ties ½)": f"{st['win_rate_vs_ref']:.3f}",
+            "mean diff [95% bootstrap CI]": f"{mean} {ci}",
+            "sign-test p": p}
+  return {"wins": w, "losses": l, "ties": t, "mean diff": mean,
+          "95% bootstrap CI": ci, "sign-test p": p}
+
+
 def write_table(rows: Sequence[Mapping[str, Any]],
                 columns: Sequence[str]) -> str:
   """A markdown table of `rows` (dicts) in `columns` order."""

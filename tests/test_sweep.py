@@ -46,6 +46,41 @@ def test_paired_t_equals_scipy():
   assert sweep.mean_sd([1.0, 2.0, 3.0]) == (2.0, 1.0)
 
 
+def test_fmt_paired_t():
+  # d = (1, 2, 3): mean 2, sd 1, se 1/sqrt(3); t(0.975, 2 df) = 4.302653
+  # gives the half width 2.484138; p = 2 sf_t2(2 sqrt(3)) = 0.0742.
+  t = sweep.paired_t([1.0, 2.0, 3.0], [0.0, 0.0, 0.0])
+  assert sweep.fmt_paired_t(t) == "+2.000 [-0.484, +4.484], p=0.074"
+  assert sweep.fmt_paired_t(t, 2) == "+2.00 [-0.48, +4.48], p=0.074"
+  assert (sweep.fmt_paired_t(sweep.paired_t([1.0], [2.5]))
+          == "-1.500 (n=1, no test)")
+  assert (sweep.fmt_paired_t(sweep.paired_t([1.0, 2.0], [0.0, 1.0]), 1)
+          == "+1.0 (n=2, no test)")  # zero spread: no test either
+
+
+def test_fmt_paired_stats_both_layouts():
+  st = {"wins": 7.0, "losses": 3.0, "ties": 2.0, "win_rate_vs_ref": 0.66666,
+        "judge_gain_vs_ref": 0.01234, "judge_gain_ci_lo": -0.00051,
+        "judge_gain_ci_hi": 0.02999, "sign_test_p": 0.34375}
+  assert sweep.fmt_paired_stats(st) == {
+      "wins": 7, "losses": 3, "ties": 2, "mean diff": "+0.0123",
+      "95% bootstrap CI": "[-0.0005, +0.0300]", "sign-test p": "0.344"}
+  got = sweep.fmt_paired_stats(st, compact=True)
+  assert got == {"W/T/L": "7/2/3", "win rate (ties ½)": "0.667",
+                 "mean diff [95% bootstrap CI]": "+0.0123 [-0.0005, +0.0300]",
+                 "sign-test p": "0.344"}
+  assert list(got) == ["W/T/L", "win rate (ties ½)",
+                       "mean diff [95% bootstrap CI]", "sign-test p"]
+  # On paired_stats' own output: d = (1, 0, -0.2, 0.2) has 2 wins, 1 tie,
+  # 1 loss, mean 0.25; the sign test of 2 vs 1 gives p = 1.
+  from lifejax.eval.policy_eval import paired_stats
+  real = sweep.fmt_paired_stats(paired_stats([1.0, 0.5, 0.2, 0.3],
+                                             [0.0, 0.5, 0.4, 0.1]), True)
+  assert (real["W/T/L"], real["win rate (ties ½)"], real["sign-test p"]) == (
+      "2/1/1", "0.625", "1")
+  assert real["mean diff [95% bootstrap CI]"].startswith("+0.2500 [")
+
+
 def test_cells_run_once_and_resume(tmp_path, monkeypatch):
   calls = []
   monkeypatch.setattr(sweep, "_run_in_process",

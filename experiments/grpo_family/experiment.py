@@ -114,22 +114,6 @@ def _per_cell(cell: sweep.Cell) -> dict[str, Any]:
   return out
 
 
-def _fmt_t(t: Mapping[str, float], digits: int = 3) -> str:
-  if math.isnan(t["p"]):
-    return f"{t['mean_diff']:+.{digits}f} (n={int(t['n'])}, no test)"
-  return (f"{t['mean_diff']:+.{digits}f} [{t['ci_lo']:+.{digits}f}, "
-          f"{t['ci_hi']:+.{digits}f}], p={t['p']:.2g}")
-
-
-def _fmt_ps(st: Mapping[str, float]) -> dict[str, Any]:
-  return {"wins": int(st["wins"]), "losses": int(st["losses"]),
-          "ties": int(st["ties"]),
-          "mean diff": f"{st['judge_gain_vs_ref']:+.4f}",
-          "95% bootstrap CI": f"[{st['judge_gain_ci_lo']:+.4f}, "
-                              f"{st['judge_gain_ci_hi']:+.4f}]",
-          "sign-test p": f"{st['sign_test_p']:.3g}"}
-
-
 def _flat(per: Sequence[dict], key: str) -> list[float]:
   """Per-(seed, prompt) scores of one arm, seeds in order, prompts in the
   test file's order."""
@@ -188,8 +172,8 @@ def summarize(cells: Sequence[sweep.Cell], out_dir: str, tiny: bool) -> str:
       for key, label in (("entropy_ratio", "Δ entropy last / first"),
                          ("entropy_ratio_tail",
                           f"Δ entropy last {TAIL} / first")):
-        row[label] = _fmt_t(sweep.paired_t([p[key] for p in per[x]],
-                                           [p[key] for p in per[y]]))
+        row[label] = sweep.fmt_paired_t(sweep.paired_t(
+            [p[key] for p in per[x]], [p[key] for p in per[y]]))
       erows.append(row)
   if erows:
     md.append(sweep.write_table(erows, list(erows[0])))
@@ -216,11 +200,11 @@ def summarize(cells: Sequence[sweep.Cell], out_dir: str, tiny: bool) -> str:
     trows.append({
         "arm": a.name, "seeds": len(ps),
         "judge (circular)": sweep.fmt_mean_sd([t["judge"] for t in tes]),
-        "judge gain vs SFT": _fmt_t(g_j),
+        "judge gain vs SFT": sweep.fmt_paired_t(g_j),
         "judge win rate vs SFT": sweep.fmt_mean_sd(
             [t["paired_judge"]["win_rate_vs_ref"] for t in tes]),
         "RM score": sweep.fmt_mean_sd([t["rm"] for t in tes]),
-        "RM gain vs SFT": _fmt_t(g_r),
+        "RM gain vs SFT": sweep.fmt_paired_t(g_r),
         "KL to SFT": sweep.fmt_mean_sd([t["kl_to_sft"] for t in tes], 2),
         "words": sweep.fmt_mean_sd([t["words"] for t in tes], 1)})
   md.append(sweep.write_table(trows, list(trows[0])))
@@ -236,7 +220,8 @@ def summarize(cells: Sequence[sweep.Cell], out_dir: str, tiny: bool) -> str:
       sft = [r[ref] for r in ps[0]["answers"]]
       st = paired_stats(pol, sft)
       gains.setdefault(a.name, {})[score] = st
-      prow.append({"arm": a.name, "score": label, **_fmt_ps(st)})
+      prow.append({"arm": a.name, "score": label,
+                   **sweep.fmt_paired_stats(st)})
   md.append(sweep.write_table(prow, list(prow[0])))
   md.append("Arm vs arm on the test split, paired over seeds × prompts "
             "(the same seed and the same prompt in both arms; "
@@ -257,7 +242,8 @@ def summarize(cells: Sequence[sweep.Cell], out_dir: str, tiny: bool) -> str:
       t = sweep.paired_t([p["te"]["test"][score] for p in px],
                          [p["te"]["test"][score] for p in py])
       crow.append({"comparison": f"{x} − {y}", "score": label,
-                   **_fmt_ps(st), "paired t over seeds": _fmt_t(t)})
+                   **sweep.fmt_paired_stats(st),
+                   "paired t over seeds": sweep.fmt_paired_t(t)})
   if crow:
     md.append(sweep.write_table(crow, list(crow[0])))
   tasks = sorted({r["task"] for r in first["answers"]})

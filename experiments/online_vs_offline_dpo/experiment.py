@@ -78,23 +78,6 @@ def _per_cell(cell: sweep.Cell) -> dict[str, Any]:
           "wall_s": cell.record.get("wall_s", math.nan)}
 
 
-def _fmt_t(t: Mapping[str, float], digits: int = 3) -> str:
-  if math.isnan(t["p"]):
-    return f"{t['mean_diff']:+.{digits}f} (n={int(t['n'])}, no test)"
-  return (f"{t['mean_diff']:+.{digits}f} [{t['ci_lo']:+.{digits}f}, "
-          f"{t['ci_hi']:+.{digits}f}], p={t['p']:.2g}")
-
-
-def _fmt_ps(st: Mapping[str, float]) -> dict[str, Any]:
-  return {"W/T/L": f"{int(st['wins'])}/{int(st['ties'])}/"
-                   f"{int(st['losses'])}",
-          "win rate (ties ½)": f"{st['win_rate_vs_ref']:.3f}",
-          "mean diff [95% bootstrap CI]":
-              f"{st['judge_gain_vs_ref']:+.4f} [{st['judge_gain_ci_lo']:+.4f}"
-              f", {st['judge_gain_ci_hi']:+.4f}]",
-          "sign-test p": f"{st['sign_test_p']:.3g}"}
-
-
 def _check_same_budget(per: Mapping[str, Sequence[dict]]) -> dict[str, Any]:
   """Every cell: the same steps, batch, lr, loss, seq_len (else an error)."""
   keys = ("final_step", "batch_size", "seq_len", "learning_rate", "loss")
@@ -157,12 +140,12 @@ def summarize(cells: Sequence[sweep.Cell], out_dir: str, tiny: bool) -> str:
     trows.append({
         "arm": a.name, "seeds": len(tes),
         "judge": sweep.fmt_mean_sd([t["judge"] for t in tes]),
-        "judge gain vs SFT": _fmt_t(sweep.paired_t(
+        "judge gain vs SFT": sweep.fmt_paired_t(sweep.paired_t(
             [t["judge"] for t in tes], [t["sft_judge"] for t in tes])),
         "judge win rate vs SFT": sweep.fmt_mean_sd(
             [t["paired_judge"]["win_rate_vs_ref"] for t in tes]),
         "RM score": sweep.fmt_mean_sd([t["rm"] for t in tes]),
-        "RM gain vs SFT": _fmt_t(sweep.paired_t(
+        "RM gain vs SFT": sweep.fmt_paired_t(sweep.paired_t(
             [t["rm"] for t in tes], [t["sft_rm"] for t in tes])),
         "RM win rate vs SFT": sweep.fmt_mean_sd(
             [t["paired_rm"]["win_rate_vs_ref"] for t in tes]),
@@ -186,11 +169,12 @@ def summarize(cells: Sequence[sweep.Cell], out_dir: str, tiny: bool) -> str:
       for p in ps:
         st = p["te"]["test"][f"paired_{score}"]
         prow.append({"arm": a.name, "score": label, "seed": p["seed"],
-                     **_fmt_ps(st)})
+                     **sweep.fmt_paired_stats(st, compact=True)})
       pol = np.mean([[r[score] for r in p["answers"]] for p in ps], axis=0)
       sft = [r[f"sft_{score}"] for r in ps[0]["answers"]]
       prow.append({"arm": a.name, "score": label, "seed": "pooled",
-                   **_fmt_ps(paired_stats(pol, sft))})
+                   **sweep.fmt_paired_stats(paired_stats(pol, sft),
+                                            compact=True)})
   md.append(sweep.write_table(prow, list(prow[0])))
 
   if "online" in per and "offline" in per:
@@ -208,7 +192,7 @@ def summarize(cells: Sequence[sweep.Cell], out_dir: str, tiny: bool) -> str:
     for score, label in SCORES + (("kl_to_sft", "KL to SFT"),):
       t = sweep.paired_t([on[s]["te"]["test"][score] for s in common],
                          [off[s]["te"]["test"][score] for s in common])
-      row = {"score": label, "paired t over seeds": _fmt_t(t)}
+      row = {"score": label, "paired t over seeds": sweep.fmt_paired_t(t)}
       if score != "kl_to_sft":
         for s in common:
           st = paired_stats([r[score] for r in on[s]["answers"]],
@@ -219,7 +203,8 @@ def summarize(cells: Sequence[sweep.Cell], out_dir: str, tiny: bool) -> str:
         st = paired_stats(
             [r[score] for s in common for r in on[s]["answers"]],
             [r[score] for s in common for r in off[s]["answers"]])
-        row.update({f"pooled {k}": v for k, v in _fmt_ps(st).items()})
+        row.update({f"pooled {k}": v for k, v in
+                    sweep.fmt_paired_stats(st, compact=True).items()})
       crow.append(row)
     cols = list(dict.fromkeys(k for r in crow for k in r))
     md.append(sweep.write_table(crow, cols))

@@ -80,11 +80,6 @@ def _per_cell(cell: sweep.Cell) -> dict[str, Any]:
   return out
 
 
-def _fmt_t(t: Mapping[str, float]) -> str:
-  return (f"{t['mean_diff']:+.3f} [{t['ci_lo']:+.3f}, {t['ci_hi']:+.3f}], "
-          f"p={t['p']:.2g}")
-
-
 def _verdict(proxy: Mapping[str, float], judge: Mapping[str, float],
              kl_last: float) -> str:
   if math.isnan(proxy["p"]) or math.isnan(judge["p"]):
@@ -149,7 +144,8 @@ def summarize(cells: Sequence[sweep.Cell], out_dir: str, tiny: bool) -> str:
                              [p["first/reward"] for p in ps])
     t_judge = sweep.paired_t([p["last/true_judge"] for p in ps],
                              [p["first/true_judge"] for p in ps])
-    row["Δ proxy"], row["Δ true judge"] = _fmt_t(t_proxy), _fmt_t(t_judge)
+    row["Δ proxy"] = sweep.fmt_paired_t(t_proxy)
+    row["Δ true judge"] = sweep.fmt_paired_t(t_judge)
     kl_last = float(np.mean([p["last/kl"] for p in ps]))
     verdicts[a.name] = row["reading"] = _verdict(t_proxy, t_judge, kl_last)
     rows.append(row)
@@ -173,9 +169,9 @@ def summarize(cells: Sequence[sweep.Cell], out_dir: str, tiny: bool) -> str:
     trows.append({
         "arm": a.name, "β": f"{a.labels['beta']:g}", "seeds": len(ps),
         "RM score": sweep.fmt_mean_sd([t["rm"] for t in tes]),
-        "RM gain vs SFT": _fmt_t(g_r),
+        "RM gain vs SFT": sweep.fmt_paired_t(g_r),
         "true judge": sweep.fmt_mean_sd([t["judge"] for t in tes]),
-        "judge gain vs SFT": _fmt_t(g_j),
+        "judge gain vs SFT": sweep.fmt_paired_t(g_j),
         "judge win rate vs SFT": sweep.fmt_mean_sd(
             [t["paired_judge"]["win_rate_vs_ref"] for t in tes]),
         "KL to SFT": sweep.fmt_mean_sd([t["kl_to_sft"] for t in tes], 2),
