@@ -284,6 +284,63 @@ def ensure_lifecycle(base_root: str, until: str) -> Any:
   return lr
 
 
+# -- a final policy against SFT on the world's test split -------------------
+
+
+def policy_vs_sft(lr: Any, policy_run: str, model: Any, mesh: Any,
+                generation_spec: Any, answers_path: str, *,
+                test_records: int = 0, rm_seq_len: int = 256,
+                judge_config: Any = None, kl_batch: int = 8
+                ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+  """The LM of `policy_run` (an RL run's exported policy, else its latest
+  checkpoint) against the SFT model of the lifecycle root `lr` on the
+  world's test prompts (the first `test_records`; 0: all), read once.
+
+  Both answer greedily with `generation_spec` (policy_eval.PolicyEvaluator);
+  each answer is scored by the programmatic judge (`judge_config`, None: the
+  default) and by `lr`'s reward model (normalized; rows of `rm_seq_len`
+  tokens = the reward stage's seq_len). The per-prompt rows
+  (policy_eval.paired_rows) are written to `answers_path` (JSON lines) and
+  returned with their summary (policy_eval.paired_summary) plus kl_to_sft
+  (the exact KL along the policy's answers, `kl_batch` prompts at a time)
+  and refusal_rate. model: the TransformerConfig; mesh: a MeshConfig.
+  """
+  # pylint: disable=g-import-not-at-top
+  from lifejax import sharding
+  from lifejax.data.jsonl import read_jsonl, write_jsonl
+  from lifejax.eval import lifecycle_evals, policy_eval
+  from lifejax.model import transformer
+  from lifejax.rl import rollout as rollout_lib
+  from lifejax.run import artifacts
+  from lifejax.world import judge as judge_lib
+  # pylint: enable=g-import-not-at-top
+  tests = read_jsonl(lr.world_instructions("test"))
+  if not tests:
+    raise ValueError(f"{lr.world_instructions('test')}: no test prompts")
+  tests = tests[:test_records] if test_records else tests
+  sft_run, reward_run = lr.stage("sft").root, lr.stage("reward").root
+  jmesh = sharding.make_mesh(mesh)
+  graphdef, ref = artifacts.load_params(
+      sft_run, transformer.Transformer, model, jmesh, mesh.rules)
+  _, params = lifecycle_evals.lm_params(policy_run, model, jmesh, mesh.rules)
+  tokenizer = artifacts.load_tokenizer(sft_run)
+  template = artifacts.load_template(sft_run)
+  ev = policy_eval.PolicyEvaluator(
+      graphdef, sharding.fetch(ref), tokenizer, template, tests,
+      generation_spec, kl_batch=kl_batch)
+  metrics = ev(sharding.fetch(params))
+  scorer = rollout_lib.load_reward_scorer(reward_run, jmesh, mesh.rules)
+  rows = policy_eval.paired_rows(
+      tests, ev.last_answers, ev.ref_answers,
+      judge_config=judge_config or judge_lib.DEFAULT,
+      reward_fn=policy_eval.reward_model_fn(scorer, template, tokenizer,
+                                            tests, rm_seq_len))
+  write_jsonl(answers_path, rows)
+  return rows, {**policy_eval.paired_summary(rows),
+                "kl_to_sft": metrics["kl_to_ref"],
+                "refusal_rate": metrics["refusal_rate"]}
+
+
 # -- statistics for summaries ------------------------------------------------
 
 

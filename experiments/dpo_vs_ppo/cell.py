@@ -47,7 +47,6 @@ from lifejax.run import artifacts
 from lifejax.run.layout import RunDir
 from lifejax.stages.dpo import dpo
 from lifejax.stages.rl import ppo
-from lifejax.world import judge as judge_lib
 
 ARMS = ("dpo", "ppo")
 RESULT = "result.json"
@@ -232,9 +231,8 @@ def dpo_vs_ppo_cell(
   tests = read_jsonl(lr.world_instructions("test"))
   tests = tests[:test_records] if test_records else tests
   scorer = rollout_lib.load_reward_scorer(reward_run, jmesh, mesh.rules)
-  reward_fn = policy_eval.response_reward_fn(
-      lambda rows: (scorer.raw(rows) - scorer.mean) / scorer.std,
-      template, tokenizer, tests, eval_seq_len)
+  reward_fn = policy_eval.reward_model_fn(scorer, template, tokenizer, tests,
+                                          eval_seq_len)
   ev = policy_eval.PolicyEvaluator(graphdef, sharding.fetch(ref), tokenizer,
                                    template, tests, generation_spec,
                                    reward_fn=reward_fn)
@@ -244,13 +242,8 @@ def dpo_vs_ppo_cell(
     raise AssertionError(f"policy params hold {lm_bytes} bytes, the config "
                          f"counts {param_bytes(model)}")
   metrics = ev(host)
-  per_prompt = []
-  for rec, ans, ref_ans in zip(tests, ev.last_answers, ev.ref_answers,
-                               strict=True):
-    c = judge_lib.compare(rec, ans, ref_ans)
-    per_prompt.append({"id": rec.get("id"), "task": rec["task"],
-                       "policy": c.a.total, "sft": c.b.total,
-                       "answer": ans, "sft_answer": ref_ans})
+  per_prompt = policy_eval.paired_rows(tests, ev.last_answers,
+                                       ev.ref_answers)
   write_jsonl(os.path.join(root, ANSWERS), per_prompt)
   eval_s = time.perf_counter() - t1
 
@@ -269,8 +262,8 @@ def dpo_vs_ppo_cell(
       "flops_per_token_train": model.flops_per_token(tokens_per_step // (
           2 * b["dpo_batch"] if arm == "dpo" else b["ppo_minibatch"])),
       "test": metrics,
-      "judge_policy": [r["policy"] for r in per_prompt],
-      "judge_sft": [r["sft"] for r in per_prompt],
+      "judge_policy": [r["judge"] for r in per_prompt],
+      "judge_sft": [r["sft_judge"] for r in per_prompt],
       "stage_summary": {k: v for k, v in (summary or {}).items()
                         if isinstance(v, (int, float, str))},
   }

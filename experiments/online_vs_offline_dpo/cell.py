@@ -35,7 +35,6 @@ answers and scores in <root>/test_answers.jsonl (`TEST_ANSWERS`).
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from typing import Any
@@ -45,19 +44,16 @@ import numpy as np
 
 from lifejax import checks, sharding, sweep
 from lifejax.data.jsonl import read_jsonl, write_jsonl
-from lifejax.eval import instruct, policy_eval
-from lifejax.model import transformer
+from lifejax.eval import instruct
 from lifejax.model.config import TransformerConfig
 from lifejax.rl import rlaif as rlaif_lib
 from lifejax.rl import rollout as rollout_lib
-from lifejax.run import artifacts
 from lifejax.run.layout import RunDir
 from lifejax.stages.dpo import dpo
 from lifejax.stages.online_dpo import OnlineDPOConfig, online_dpo
 from lifejax.train.checkpoint import CheckpointConfig
 from lifejax.train.loop import LoopConfig
 from lifejax.train.optim import OptimizerConfig
-from lifejax.world import judge as judge_lib
 
 ARMS = ("offline", "online")
 SCOPE = "od"
@@ -109,37 +105,6 @@ def subset(records: list, n: int, seed: int) -> list:
   idx = np.sort(np.random.default_rng([seed, 20]).choice(
       len(records), n, replace=False))
   return [records[i] for i in idx]
-
-
-def rm_scores(scorer: rollout_lib.RewardModelScorer, template: Any,
-              tokenizer: Any, records: list, answers: list[str],
-              seq_len: int) -> np.ndarray:
-  """The reward model's normalized score of each (prompt, answer)."""
-  fn = policy_eval.response_reward_fn(
-      lambda rows: (scorer.raw(rows) - scorer.mean) / scorer.std,
-      template, tokenizer, records, seq_len)
-  return np.asarray(fn(answers), np.float64)
-
-
-class ChunkedPolicyEvaluator(policy_eval.PolicyEvaluator):
-  """PolicyEvaluator whose KL to the reference runs `kl_batch` prompts at a
-  time (the exact KL's full-vocabulary log-probabilities of the whole test
-  split at once take several GB)."""
-
-  def __init__(self, *args, kl_batch: int = 8, **kwargs):
-    checks.at_least("ChunkedPolicyEvaluator.kl_batch", kl_batch, 1)
-    self.kl_batch = kl_batch
-    super().__init__(*args, **kwargs)
-
-  def kl_to_reference(self, params, answers) -> float:
-    total, n = 0.0, len(self.records)
-    for i in range(0, n, self.kl_batch):
-      view = copy.copy(self)
-      view.records = self.records[i:i + self.kl_batch]
-      kl = super(ChunkedPolicyEvaluator, view).kl_to_reference(
-          params, answers[i:i + self.kl_batch])
-      total += kl * len(view.records)
-    return total / n
 
 
 def _train_rows(run_dir: str) -> list[dict[str, Any]]:
@@ -201,7 +166,7 @@ def online_dpo_cell(
   os.makedirs(root, exist_ok=True)
   lr = sweep.ensure_lifecycle(base_root or sweep.default_base_root(root),
                               "reward")
-  sft_run, reward_run = lr.stage("sft").root, lr.stage("reward").root
+  sft_run = lr.stage("sft").root
   pairs_file = write_jsonl(os.path.join(root, PAIRS), subset(
       read_jsonl(lr.world_preferences("train")), train_pairs, seed))
   eval_file = None
@@ -233,43 +198,12 @@ def online_dpo_cell(
     raise RuntimeError(f"{run_dir}: finished at step "
                        f"{summary.get('final_step')}, not {loop.num_steps}")
 
-  tests = read_jsonl(lr.world_instructions("test"))
-  if not tests:
-    raise ValueError(f"{lr.world_instructions('test')}: no test prompts")
-  tests = tests[:test_records] if test_records else tests
-  jmesh = sharding.make_mesh(mesh)
-  graphdef, ref = artifacts.load_params(
-      sft_run, transformer.Transformer, model, jmesh, mesh.rules)
-  _, params = artifacts.load_params(
-      RunDir(run_dir).lm_run().root, transformer.Transformer, model, jmesh,
-      mesh.rules)
-  tokenizer = artifacts.load_tokenizer(sft_run)
-  template = artifacts.load_template(sft_run)
-  ev = ChunkedPolicyEvaluator(
-      graphdef, sharding.fetch(ref), tokenizer, template, tests,
-      generation_spec, kl_batch=min(8, len(tests)))
-  metrics = ev(sharding.fetch(params))
-  answers, ref_answers = ev.last_answers, ev.ref_answers
-  scorer = rollout_lib.load_reward_scorer(reward_run, jmesh, mesh.rules)
-  rm = rm_scores(scorer, template, tokenizer, tests, answers, rm_seq_len)
-  rm_ref = rm_scores(scorer, template, tokenizer, tests, ref_answers,
-                     rm_seq_len)
-  jcfg = rollout_lib.judge_config(judge_preset)  # the online arm's labeller
-
-  def score(rec: dict, answer: str) -> float:
-    return judge_lib.score(rec, answer, jcfg).total
-
-  rows = []
-  for i, rec in enumerate(tests):
-    rows.append({
-        "id": rec.get("id"), "task": rec["task"],
-        "answer": answers[i], "sft_answer": ref_answers[i],
-        "judge": score(rec, answers[i]),
-        "sft_judge": score(rec, ref_answers[i]),
-        "rm": float(rm[i]), "sft_rm": float(rm_ref[i]),
-        "words": len(answers[i].split()),
-        "sft_words": len(ref_answers[i].split())})
-  write_jsonl(os.path.join(root, TEST_ANSWERS), rows)
+  rows, test = sweep.policy_vs_sft(
+      lr, run_dir, model, mesh, generation_spec,
+      os.path.join(root, TEST_ANSWERS), test_records=test_records,
+      rm_seq_len=rm_seq_len,
+      # the online arm's labeller
+      judge_config=rollout_lib.judge_config(judge_preset))
   train = _train_rows(run_dir)
   result = {
       "arm": arm, "seed": seed, "base": os.path.relpath(lr.root, root),
@@ -282,21 +216,8 @@ def online_dpo_cell(
       "train": train,
       "eval": {k: v for k, v in (summary.get("eval") or {}).items()
                if isinstance(v, (int, float))},
-      "test_records": len(tests),
-      "test": {
-          "judge": float(np.mean([r["judge"] for r in rows])),
-          "sft_judge": float(np.mean([r["sft_judge"] for r in rows])),
-          "rm": float(np.mean(rm)), "sft_rm": float(np.mean(rm_ref)),
-          "words": float(np.mean([r["words"] for r in rows])),
-          "sft_words": float(np.mean([r["sft_words"] for r in rows])),
-          "same_as_sft": int(sum(r["answer"].strip() == r["sft_answer"].strip()
-                                 for r in rows)),
-          "kl_to_sft": metrics["kl_to_ref"],
-          "refusal_rate": metrics["refusal_rate"],
-          "paired_judge": policy_eval.paired_stats(
-              [r["judge"] for r in rows], [r["sft_judge"] for r in rows]),
-          "paired_rm": policy_eval.paired_stats(
-              [r["rm"] for r in rows], [r["sft_rm"] for r in rows])}}
+      "test_records": len(rows),
+      "test": test}
   with open(os.path.join(root, TEST_EVAL), "w", encoding="utf-8") as f:
     json.dump(result, f, indent=1, default=str)
   return result
