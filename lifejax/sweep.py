@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from lifejax import checks
+
 CELL_RECORD = "sweep.json"
 TINY_GIN = "tiny.gin"
 SPEC = "experiment.py"
@@ -147,6 +149,31 @@ class Cell:
       return []
     with open(p, encoding="utf-8") as f:
       return [json.loads(line) for line in f if line.strip()]
+
+
+def iteration_rows(cell: Cell, metrics: str, keys: Sequence[str]
+                   ) -> list[dict[str, Any]]:
+  """The rows of the cell's JSON-lines file `metrics` (under its run
+  directory, e.g. "ppo/metrics.jsonl") that hold every key in `keys`, sorted
+  by "iteration"; ValueError naming the file and keys if there are none."""
+  rows = [r for r in cell.jsonl(metrics) if all(k in r for k in keys)]
+  if not rows:
+    raise ValueError(f"{os.path.join(cell.run_dir, metrics)}: no iteration "
+                     f"rows with {', '.join(keys)}")
+  return sorted(rows, key=lambda r: r["iteration"])
+
+
+def first_last(rows: Sequence[Mapping[str, float]], keys: Sequence[str],
+               window: int) -> dict[str, float]:
+  """For each key k: "first/k" and "last/k", the means of k over the first
+  and the last `window` rows (all rows if there are fewer)."""
+  checks.at_least("first_last.window", window, 1)
+  w = min(window, len(rows))
+  out = {}
+  for k in keys:
+    out[f"first/{k}"] = float(np.mean([r[k] for r in rows[:w]]))
+    out[f"last/{k}"] = float(np.mean([r[k] for r in rows[-w:]]))
+  return out
 
 
 def cell_dir(root: str, arm: Arm, seed: int) -> str:

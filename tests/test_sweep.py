@@ -81,6 +81,30 @@ def test_fmt_paired_stats_both_layouts():
   assert real["mean diff [95% bootstrap CI]"].startswith("+0.2500 [")
 
 
+def test_iteration_rows_and_first_last(tmp_path):
+  rows = [{"iteration": 3, "reward": 3.0, "kl": 0.3},
+          {"step": 9, "loss": 1.0},  # not an iteration row
+          {"iteration": 1, "reward": 1.0, "kl": 0.1},
+          {"iteration": 2, "reward": 2.0, "kl": 0.2},
+          {"iteration": 4, "reward": 8.0}]  # no kl
+  (tmp_path / "ppo").mkdir()
+  (tmp_path / "ppo" / "metrics.jsonl").write_text(
+      "".join(json.dumps(r) + "\n" for r in rows))
+  cell = sweep.Cell(sweep.Arm("a"), 0, str(tmp_path), {})
+  its = sweep.iteration_rows(cell, "ppo/metrics.jsonl", ("reward", "kl"))
+  assert [r["iteration"] for r in its] == [1, 2, 3]
+  assert sweep.first_last(its, ["reward", "kl"], 2) == pytest.approx({
+      "first/reward": 1.5, "last/reward": 2.5, "first/kl": 0.15,
+      "last/kl": 0.25})
+  # A window longer than the run: every row at both ends.
+  assert sweep.first_last(its, ["reward"], 5) == {"first/reward": 2.0,
+                                                  "last/reward": 2.0}
+  with pytest.raises(ValueError, match="first_last.window=0"):
+    sweep.first_last(its, ["reward"], 0)
+  with pytest.raises(ValueError, match="no iteration rows with reward, x"):
+    sweep.iteration_rows(cell, "ppo/metrics.jsonl", ("reward", "x"))
+
+
 def test_cells_run_once_and_resume(tmp_path, monkeypatch):
   calls = []
   monkeypatch.setattr(sweep, "_run_in_process",

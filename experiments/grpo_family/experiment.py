@@ -86,25 +86,16 @@ PAIRS = (("token_mean", "grpo"), ("clip_higher", "token_mean"),
          ("clip_higher", "grpo"), ("dr_grpo", "grpo"), ("gspo", "grpo"))
 
 
-def _iterations(cell: sweep.Cell) -> list[dict[str, Any]]:
-  rows = [r for r in cell.jsonl(cell_lib.GRPO_DIR, "metrics.jsonl")
-          if "policy_entropy" in r and "reward" in r]
-  if not rows:
-    raise ValueError(f"{cell.run_dir}: no GRPO iteration rows with reward "
-                     "and policy_entropy")
-  return sorted(rows, key=lambda r: r["iteration"])
-
-
 def _per_cell(cell: sweep.Cell) -> dict[str, Any]:
-  its = _iterations(cell)
-  w = min(WINDOW, len(its))
+  its = sweep.iteration_rows(
+      cell, os.path.join(cell_lib.GRPO_DIR, "metrics.jsonl"),
+      ("policy_entropy", "reward"))
   out: dict[str, Any] = {"seed": cell.seed, "its": its,
                          "te": cell.json(cell_lib.TEST_EVAL),
                          "answers": cell.jsonl(cell_lib.TEST_ANSWERS),
-                         "wall_s": cell.record.get("wall_s", math.nan)}
-  for _, key in CURVES:
-    out[f"first/{key}"] = float(np.mean([r[key] for r in its[:w]]))
-    out[f"last/{key}"] = float(np.mean([r[key] for r in its[-w:]]))
+                         "wall_s": cell.record.get("wall_s", math.nan),
+                         **sweep.first_last(its, [k for _, k in CURVES],
+                                            WINDOW)}
   out["entropy_ratio"] = (out["last/policy_entropy"]
                           / out["first/policy_entropy"])
   # Less noisy: the mean of the last TAIL iterations over the first.

@@ -58,25 +58,16 @@ SWEEP = sweep.Sweep(
 BASE_ROOT_PARAM = "reward_hacking_cell.base_root"
 
 
-def _iterations(cell: sweep.Cell) -> list[dict[str, Any]]:
-  rows = [r for r in cell.jsonl(cell_lib.PPO_DIR, "metrics.jsonl")
-          if "true_judge" in r and "reward" in r]
-  if not rows:
-    raise ValueError(f"{cell.run_dir}: no PPO iteration rows with reward "
-                     "and true_judge")
-  return sorted(rows, key=lambda r: r["iteration"])
-
-
 def _per_cell(cell: sweep.Cell) -> dict[str, Any]:
-  its = _iterations(cell)
-  w = min(WINDOW, len(its))
+  its = sweep.iteration_rows(
+      cell, os.path.join(cell_lib.PPO_DIR, "metrics.jsonl"),
+      ("true_judge", "reward"))
   out: dict[str, Any] = {"seed": cell.seed, "its": its,
                          "te": cell.json(cell_lib.TEST_EVAL),
                          "answers": cell.jsonl(cell_lib.TEST_ANSWERS),
-                         "wall_s": cell.record.get("wall_s", math.nan)}
-  for _, key in CURVES:
-    out[f"first/{key}"] = float(np.mean([r[key] for r in its[:w]]))
-    out[f"last/{key}"] = float(np.mean([r[key] for r in its[-w:]]))
+                         "wall_s": cell.record.get("wall_s", math.nan),
+                         **sweep.first_last(its, [k for _, k in CURVES],
+                                            WINDOW)}
   return out
 
 
