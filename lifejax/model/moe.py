@@ -216,7 +216,7 @@ class MoE(nnx.Module):
     aux = {
         "moe_aux_loss": nx * jnp.sum(frac * jnp.mean(probs, axis=0)),
         "moe_z_loss": jnp.mean(jnp.square(jax.nn.logsumexp(logits, -1))),
-        "moe_dropped_fraction": 1.0 - jnp.mean(keep.astype(F32)),
+        "moe_dropped_fraction": jnp.mean((~keep).astype(F32)),
     }
     return out.reshape(b, t, d), aux
 
