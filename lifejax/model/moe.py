@@ -24,6 +24,11 @@ expert mesh axis the assignments are sorted by expert and run as grouped
 matmuls (`jax.lax.ragged_dot`); with one, the capacity path runs with C =
 T, which can never drop (a token picks an expert at most once).
 
+Decoding (`kv_cache.py`) always runs dropless, whatever the capacity
+factor: a token's output then depends on that token alone, as in HF
+Mixtral. A model trained with capacity can therefore sample tokens that
+the training forward would have dropped (and score them differently).
+
 Expert parallelism: under `sharding.activation_sharding` with a mesh
 `expert` axis of size ep > 1 (`MeshConfig.expert`), the experts (logical
 axis "experts") are split over it and the batch rows over (data, fsdp,
@@ -137,7 +142,7 @@ def _experts(buf_BxXxCxD: jax.Array, w_gate: jax.Array, w_up: jax.Array,
   return dot((act(g) * u).astype(cd), w_down, "bxcf,xfd->bxcd")
 
 
-def _grouped(x_NxD: jax.Array, experts_NxK: jax.Array, gates_NxK: jax.Array,
+def grouped_experts(x_NxD: jax.Array, experts_NxK: jax.Array, gates_NxK: jax.Array,
              w_gate: jax.Array, w_up: jax.Array, w_down: jax.Array,
              act: Callable[[jax.Array], jax.Array], cd: jnp.dtype
              ) -> jax.Array:
@@ -197,7 +202,7 @@ class MoE(nnx.Module):
     active = sharding.active_activation_sharding()
     ep = active[0].shape.get(sharding.EXPERT_AXIS, 1) if active else 1
     if ep == 1 and cfg.dropless:
-      out = _grouped(x_NxD, experts, gates, *weights, act, cd)
+      out = grouped_experts(x_NxD, experts, gates, *weights, act, cd)
       keep = jnp.ones(experts.shape, bool)
     else:
       c = cfg.expert_capacity(t)
