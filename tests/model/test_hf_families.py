@@ -281,3 +281,27 @@ def test_export_refuses_options_no_family_has():
   with pytest.raises(hf_format.UnsupportedCheckpointError,
                      match="sliding_window=16"):
     hf_format.config_to_hf(gemma_window)
+
+
+def test_mixtral_load_balancing_loss_matches_transformers(tmp_path):
+  """One layer: lifejax's moe_aux_loss is HF Mixtral's aux_loss (HF pools
+  the tokens of all layers before its product, lifejax averages per-layer
+  losses, so they agree exactly only for one layer)."""
+  cls_name, kwargs = CONFIGS["mixtral"]
+  torch.manual_seed(0)
+  hf_cfg = getattr(transformers, cls_name)(
+      **dict(kwargs, num_hidden_layers=1, output_router_logits=True,
+             router_aux_loss_coef=0.02))
+  model = transformers.AutoModelForCausalLM.from_config(hf_cfg).eval()
+  model.save_pretrained(str(tmp_path), safe_serialization=True)
+  tokens = np.random.default_rng(3).integers(0, 96, (B, T), np.int32)
+  with torch.no_grad():
+    want = float(model(torch.tensor(tokens, dtype=torch.long),
+                       output_router_logits=True).aux_loss)
+  cfg, params = hf_import.load_hf_checkpoint(str(tmp_path))
+  assert cfg.moe_aux_loss_coef == pytest.approx(0.02)
+  graphdef = _graphdef(cfg)
+  _, aux = jax.jit(lambda p, t: nnx.merge(graphdef, p).logits_and_aux(t))(
+      params, tokens)
+  np.testing.assert_allclose(float(aux["moe_aux_loss"]), want, rtol=1e-5)
+  assert abs(want - 2.0) > 1e-3  # not the uniform-routing value k
