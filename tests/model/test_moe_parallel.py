@@ -14,7 +14,7 @@ from lifejax.losses.lm import make_lm_loss_fn
 from lifejax.model import moe, transformer
 from lifejax.model.config import TransformerConfig
 
-CFG = dict(vocab_size=64, d_model=16, num_layers=2, num_heads=2,
+CFG = dict(vocab_size=64, d_model=16, num_layers=1, num_heads=2,
            num_kv_heads=1, mlp_dim=24, num_experts=4, experts_per_token=2)
 
 
@@ -65,37 +65,53 @@ def _loss_and_grads(cfg, params_host, batch, mesh):
   return jax.device_get(out), params
 
 
+_SINGLE: dict = {}  # factor -> the single-device (loss, metrics, grads)
+
+
+def _single(cfg, params_host, batch, devices):
+  key = cfg.expert_capacity_factor
+  if key not in _SINGLE:
+    _SINGLE[key] = _loss_and_grads(cfg, params_host, batch, sharding.make_mesh(
+        sharding.MeshConfig(data=1, fsdp=1, model=1), devices[:1]))[0]
+  return _SINGLE[key]
+
+
 # Tolerances (f32): loss and aux values rtol 1e-6; every gradient within
-# 1e-6 of its tensor's largest entry. The expert-parallel program sums the
-# same products in another order (the all-to-all regroups the slots), so
+# 1e-6 of its tensor's largest entry. The sharded programs sum the same
+# products in another order (the all-to-all regroups the slots), so
 # equality is to round-off, not bitwise.
-@pytest.mark.parametrize("factor, ep", [(1.0, 2), (None, 4)])
-def test_expert_parallel_equals_single_device(devices, factor, ep):
+@pytest.mark.parametrize("factor, mesh_kw", [
+    # capacity mode, experts over 2 devices, their mlp dim over model
+    (1.0, dict(fsdp=2, model=2, expert=2)),
+    # dropless (the capacity path with C = T), 4 expert devices
+    (None, dict(fsdp=2, expert=4)),
+    # dropless without an expert axis: grouped matmuls, tokens over fsdp
+    (None, dict(fsdp=8)),
+])
+def test_sharded_moe_equals_single_device(devices, factor, mesh_kw):
   cfg = _cfg(expert_capacity_factor=factor, moe_aux_loss_coef=0.01,
              moe_z_loss_coef=0.001)
   params_host = _host_params(cfg)
   batch = _batch()
-  single = _loss_and_grads(cfg, params_host, batch, sharding.make_mesh(
-      sharding.MeshConfig(data=1, fsdp=1, model=1), devices[:1]))[0]
+  single = _single(cfg, params_host, batch, devices)
   if factor:
     assert single[1]["moe_dropped_fraction"] > 0
-  mesh = sharding.make_mesh(sharding.MeshConfig(fsdp=-1, expert=ep))
-  assert dict(mesh.shape)["expert"] == ep
+  mesh = sharding.make_mesh(sharding.MeshConfig(**mesh_kw))
   (loss, metrics, grads), placed = _loss_and_grads(cfg, params_host, batch,
                                                    mesh)
-  # The experts are split over the expert axis, the batch over (fsdp,
-  # expert).
-  w_up = placed["layers"]["mlp"]["w_up"]
-  assert w_up.sharding.spec[1] == "expert", w_up.sharding.spec
-  assert sharding.batch_spec(mesh, sharding.DEFAULT_RULES)[0] == (
-      "data", "fsdp", "expert")
+  ep = mesh_kw.get("expert", 1)
+  if ep > 1:  # experts split over the expert axis, the batch over it too
+    w_up = placed["layers"]["mlp"]["w_up"]
+    assert w_up.sharding.spec[1] == "expert", w_up.sharding.spec
+    assert sharding.batch_spec(mesh, sharding.DEFAULT_RULES)[0] == (
+        "data", "fsdp", "expert")
   np.testing.assert_allclose(loss, single[0], rtol=1e-6, atol=0)
   for key in moe.AUX_KEYS:
     np.testing.assert_allclose(metrics[key], single[1][key], rtol=1e-6,
                                atol=1e-7, err_msg=key)
   rel = jax.tree.map(lambda a, b: float(np.abs(a - b).max() / np.abs(b).max()),
                      grads, single[2])
-  print(f"\nexpert={ep} factor={factor}: |loss diff| "
+  print(f"\n{mesh_kw} factor={factor}: |loss diff| "
         f"{abs(float(loss) - float(single[0])):.2e}, max relative grad diff "
         f"{max(jax.tree.leaves(rel)):.2e}")
   assert max(jax.tree.leaves(rel)) < 1e-6, rel
