@@ -266,3 +266,28 @@ def test_mesh_config_expert_axis(devices):
   assert sharding.MeshConfig(fsdp=-1).axis_names == ("data", "fsdp", "model")
   with pytest.raises(ValueError, match="MeshConfig.expert"):
     sharding.MeshConfig(expert=0)
+
+
+def test_layer_loop_and_remat_do_not_change_the_aux_values():
+  batch = _batch()
+  out = []
+  for kw in (dict(layer_loop="scan"), dict(layer_loop="unroll"),
+             dict(remat_policy="save_attn_mlp_out")):
+    cfg = _cfg(expert_capacity_factor=1.0, **kw)
+    graphdef, _ = nnx.split(transformer.abstract_model(cfg))
+    out.append(jax.jit(make_lm_loss_fn(graphdef))(_host_params(cfg), batch,
+                                                  None))
+  for loss, metrics in out[1:]:
+    np.testing.assert_allclose(loss, out[0][0], rtol=1e-6)
+    for key in moe.AUX_KEYS:
+      np.testing.assert_allclose(metrics[key], out[0][1][key], rtol=1e-6)
+
+
+def test_lora_refuses_expert_kernels():
+  from lifejax.model import lora
+  params = _host_params(_cfg())
+  with pytest.raises(ValueError, match="LoraConfig.targets: 'w_up'"):
+    lora.init_lora(params, lora.LoraConfig(targets=("wq", "w_up")),
+                   jax.random.key(0))
+  adapters = lora.init_lora(params, lora.LoraConfig(), jax.random.key(0))
+  assert sorted(adapters["layers"]["attn"]) == ["wk", "wo", "wq", "wv"]
