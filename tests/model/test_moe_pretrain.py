@@ -43,5 +43,10 @@ def test_tiny_pretrain_with_moe_trains_and_logs_aux(tmp_path):
   for r in train_rows:
     assert 0.0 <= r["moe_dropped_fraction"] < 1.0
     assert r["moe_aux_loss"] >= 1.0 and r["moe_z_loss"] > 0.0
+  # The eval loss leaves the aux losses out (it is the cross-entropy,
+  # perplexity = exp(loss)) but logs their values.
+  evals = [r for r in rows if "eval/loss" in r]
+  assert evals and "eval/moe_aux_loss" in evals[-1]
+  assert evals[-1]["eval/loss"] == evals[-1]["eval/cross_entropy"]
   losses = [r["loss"] for r in train_rows]
   assert np.mean(losses[-2:]) < np.mean(losses[:2]) - 0.5, losses
