@@ -5,8 +5,8 @@ lifejax can represent), and the tensor layout. `hf_import.py` reads
 checkpoints with it, `hf_export.py` writes them.
 
 Families (model_type): llama, mistral, qwen2, qwen3, gemma and mixtral;
-each is the Llama layout plus the `TransformerConfig` options in FAMILIES. Weight
-layouts, with HF linear weights stored (out, in):
+each is the Llama layout plus the `TransformerConfig` options in FAMILIES.
+Weight layouts, with HF linear weights stored (out, in):
 
   HF tensor (prefix model.layers.{i}.)  HF shape  lifejax path      shape
   model.embed_tokens.weight             (V, D)    embed             (V, D)

@@ -23,7 +23,7 @@ from safetensors import safe_open
 from lifejax import sharding
 from lifejax.model import transformer
 from lifejax.model.config import TransformerConfig, to_dtype
-from lifejax.model.hf_format import (INDEX_FILE, WEIGHTS_FILE, TensorMap,
+from lifejax.model.hf_format import (INDEX_FILE, WEIGHTS_FILE,
                                      UnsupportedCheckpointError,
                                      config_from_hf, get_path, hf_names,
                                      read_hf_config, tensor_maps)

@@ -1,7 +1,8 @@
-"""Mixture of experts: a layer's MLP as E SwiGLU experts behind a router.
+"""Mixture of experts: a layer's MLP as X = `num_experts` SwiGLU experts
+behind a router.
 
 Routing (Mixtral's convention, as HF `MixtralSparseMoeBlock`): router
-logits l = x @ W_r (D, E) with f32 accumulation; p = softmax(l) over all E
+logits l = x @ W_r (D, X) with f32 accumulation; p = softmax(l) over all X
 experts, in f32; each token takes its k = `experts_per_token` experts of
 highest p (ties: the lower expert index, `jax.lax.top_k`) and weights them
 by g_i = p_i / sum_{top-k} p, so a token's k gates sum to 1. The output
@@ -10,7 +11,7 @@ for token x is sum_i g_i * expert_{e_i}(x), expert_e(x) = (act(x @ G_e) *
 
 Capacity mode (`expert_capacity_factor` cf > 0). A group is one sequence
 (a row of the batch, T tokens): each expert takes at most C = min(T,
-ceil(cf * T * k / E)) of the group's (token, choice) assignments
+ceil(cf * T * k / X)) of the group's (token, choice) assignments
 (`TransformerConfig.expert_capacity`). Priority: the group's first
 choices in token order, then its second choices in token order, and so on
 (GShard's order: any token's top choice beats another's second). An
@@ -33,8 +34,8 @@ Expert parallelism: under `sharding.activation_sharding` with a mesh
 `expert` axis of size ep > 1 (`MeshConfig.expert`), the experts (logical
 axis "experts") are split over it and the batch rows over (data, fsdp,
 expert) (the default rules). Inside a `shard_map`, each device scatters
-its rows' assignments into an (rows, E, C, D) buffer, an all-to-all over
-`expert` sends each device the slots of its E / ep experts from every
+its rows' assignments into an (rows, X, C, D) buffer, an all-to-all over
+`expert` sends each device the slots of its X / ep experts from every
 device of its expert group, the experts run, and a second all-to-all
 brings the results home, where each token gathers its k results and sums
 them with its gates. Routing and the aux statistics run outside it, on the
@@ -44,7 +45,7 @@ Aux values (f32 scalars per layer; the model returns their means over
 layers, and the LM loss adds `moe_aux_loss_coef` and `moe_z_loss_coef`
 times them):
 * `moe_aux_loss`, load balancing (HF Mixtral's `load_balancing_loss_func`
-  on one layer; Switch's form for k = 1): E * sum_e f_e * P_e, with f_e
+  on one layer; Switch's form for k = 1): X * sum_e f_e * P_e, with f_e
   the assignments to expert e over the N tokens of the batch divided by N
   (sum_e f_e = k) and P_e the mean router probability of e; k when routing
   is uniform in both.
@@ -142,11 +143,12 @@ def _experts(buf_BxXxCxD: jax.Array, w_gate: jax.Array, w_up: jax.Array,
   return dot((act(g) * u).astype(cd), w_down, "bxcf,xfd->bxcd")
 
 
-def grouped_experts(x_NxD: jax.Array, experts_NxK: jax.Array, gates_NxK: jax.Array,
-             w_gate: jax.Array, w_up: jax.Array, w_down: jax.Array,
-             act: Callable[[jax.Array], jax.Array], cd: jnp.dtype
-             ) -> jax.Array:
-  """Dropless: assignments sorted by expert, grouped matmuls; (N, D) f32."""
+def grouped_experts(x_NxD: jax.Array, experts_NxK: jax.Array,
+                    gates_NxK: jax.Array, w_gate: jax.Array, w_up: jax.Array,
+                    w_down: jax.Array, act: Callable[[jax.Array], jax.Array],
+                    cd: jnp.dtype) -> jax.Array:
+  """Dropless: each token's k experts on the (N, D) tokens, as grouped
+  matmuls over the assignments sorted by expert; (N, D) f32."""
   n, k = experts_NxK.shape
   num_experts = w_gate.shape[0]
   flat = experts_NxK.reshape(-1)

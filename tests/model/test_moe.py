@@ -26,7 +26,7 @@ def _cfg(**kw) -> TransformerConfig:
   return TransformerConfig(**{**BASE, **kw})
 
 
-# -- the float64 reference ------------------------------------------------------
+# -- the float64 reference -----------------------------------------------------
 
 
 def _silu(x):

@@ -17,7 +17,8 @@ def test_tiny_pretrain_with_moe_trains_and_logs_aux(tmp_path):
   # Cyclic sequences of made-up words: easy to learn, so the loss falls.
   syl = ["ka", "lo", "mi", "nu", "pe", "ra", "si", "to", "vu", "ze"]
   words = ["".join(rng.choice(syl, 3)) for _ in range(40)]
-  docs = [" ".join(words[(i + j) % 40] for j in range(int(rng.integers(20, 60))))
+  docs = [" ".join(words[(i + j) % 40]
+                   for j in range(int(rng.integers(20, 60))))
           for i in range(120)]
   train = tmp_path / "train.jsonl"
   train.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
