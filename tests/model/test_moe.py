@@ -291,3 +291,9 @@ def test_lora_refuses_expert_kernels():
                    jax.random.key(0))
   adapters = lora.init_lora(params, lora.LoraConfig(), jax.random.key(0))
   assert sorted(adapters["layers"]["attn"]) == ["wk", "wo", "wq", "wv"]
+
+
+def test_memory_plan_refuses_moe():
+  from lifejax.train import memory_plan
+  with pytest.raises(ValueError, match="num_experts=4"):
+    memory_plan.plan(_cfg(), (1, 1, 1), batch=8, seq=8)
