@@ -31,13 +31,21 @@ MESH_AXES = ("data", "fsdp", "model")
 # (data, fsdp, model) mesh, spec and memory plan stays as it was.
 CONTEXT_AXIS = "context"
 
+# Expert parallelism (lifejax/model/moe.py) splits a mixture of experts'
+# experts over this axis, which also splits the batch (tokens travel to
+# their experts' devices by all-to-all); a mesh has it only when
+# MeshConfig.expert > 1.
+EXPERT_AXIS = "expert"
+OPTIONAL_AXES = (EXPERT_AXIS, CONTEXT_AXIS)
+
 Rules = tuple[tuple[str, Any], ...]
 
 # logical name -> mesh axis, tuple of mesh axes, or None (replicated).
 DEFAULT_RULES: Rules = (
-    ("batch", ("data", "fsdp")),
-    # flattened (B*T) activations: B over (data, fsdp), then T over context
-    ("activation_tokens", ("data", "fsdp", CONTEXT_AXIS)),
+    ("batch", ("data", "fsdp", EXPERT_AXIS)),
+    # flattened (B*T) activations: B over (data, fsdp, expert), then T over
+    # context
+    ("activation_tokens", ("data", "fsdp", EXPERT_AXIS, CONTEXT_AXIS)),
     ("length", CONTEXT_AXIS),
     ("embed", "fsdp"),
     ("heads", "model"),
@@ -47,6 +55,7 @@ DEFAULT_RULES: Rules = (
     ("vocab", "model"),
     ("layers", None),
     ("norm", None),
+    ("experts", EXPERT_AXIS),
 )
 
 
@@ -55,7 +64,9 @@ class MeshConfig:
   """Mesh shape; -1 on one axis means "all remaining devices".
 
   `context` > 1 adds a `context` axis (last, so ring neighbours are
-  adjacent devices) that splits the sequence of the activations.
+  adjacent devices) that splits the sequence of the activations; `expert`
+  > 1 adds an `expert` axis (after `model`) that splits a mixture of
+  experts' experts and, with data and fsdp, the batch.
   """
 
   data: int = 1
@@ -63,6 +74,7 @@ class MeshConfig:
   model: int = 1
   context: int = 1
   rules: Rules = DEFAULT_RULES
+  expert: int = 1
 
   def __post_init__(self):
     # A rule naming an axis the mesh does not have would be dropped as if
@@ -80,22 +92,25 @@ class MeshConfig:
       seen.add(name)
       axes = (() if rule is None else (rule,) if isinstance(rule, str)
               else tuple(rule))
-      unknown = [a for a in axes if a not in MESH_AXES + (CONTEXT_AXIS,)]
+      unknown = [a for a in axes if a not in MESH_AXES + OPTIONAL_AXES]
       if unknown:
         raise ValueError(f"MeshConfig.rules: logical axis {name!r} maps to "
                          f"unknown mesh axes {unknown}; mesh axes are "
-                         f"{MESH_AXES + (CONTEXT_AXIS,)}")
-    if not (isinstance(self.context, int) and self.context >= 1):
-      raise ValueError(f"MeshConfig.context={self.context!r} must be an "
-                       "integer >= 1")
+                         f"{MESH_AXES + OPTIONAL_AXES}")
+    for f in ("context", "expert"):
+      if not (isinstance(getattr(self, f), int) and getattr(self, f) >= 1):
+        raise ValueError(f"MeshConfig.{f}={getattr(self, f)!r} must be an "
+                         "integer >= 1")
 
   @property
   def axis_names(self) -> tuple[str, ...]:
-    return MESH_AXES + ((CONTEXT_AXIS,) if self.context > 1 else ())
+    return MESH_AXES + ((EXPERT_AXIS,) if self.expert > 1 else ()) + (
+        (CONTEXT_AXIS,) if self.context > 1 else ())
 
   def shape(self, num_devices: int) -> tuple[int, ...]:
     """Sizes of `axis_names`."""
     sizes = [self.data, self.fsdp, self.model] + (
+        [self.expert] if self.expert > 1 else []) + (
         [self.context] if self.context > 1 else [])
     if sizes.count(-1) > 1:
       raise ValueError(f"at most one mesh axis may be -1, got {sizes}")
@@ -105,25 +120,27 @@ class MeshConfig:
     if -1 in sizes:
       if num_devices % fixed:
         raise ValueError(
-            f"mesh {dict(zip(MESH_AXES, sizes))}: {num_devices} devices are "
+            f"mesh {dict(zip(self.axis_names, sizes))}: {num_devices} "
+            "devices are "
             f"not divisible by the fixed axes' product {fixed}")
       sizes[sizes.index(-1)] = num_devices // fixed
     if math.prod(sizes) != num_devices:
       raise ValueError(
-          f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} "
+          f"mesh {dict(zip(self.axis_names, sizes))} needs "
+          f"{math.prod(sizes)} "
           f"devices but {num_devices} are available")
     return tuple(sizes)  # type: ignore[return-value]
 
 
 def make_mesh(cfg: MeshConfig, devices: Sequence[Any] | None = None) -> Mesh:
-  """A (data, fsdp, model[, context]) mesh with Auto axis types (GSPMD
-  propagation).
+  """A (data, fsdp, model[, expert][, context]) mesh with Auto axis types
+  (GSPMD propagation).
 
   A fully specified mesh (no -1) smaller than the device count uses the
   first devices (e.g. `MeshConfig(1, 1, 1)` is a one-device run).
   """
   devices = list(devices) if devices is not None else jax.devices()
-  sizes = (cfg.data, cfg.fsdp, cfg.model, cfg.context)
+  sizes = (cfg.data, cfg.fsdp, cfg.model, cfg.expert, cfg.context)
   if -1 not in sizes and 0 < math.prod(sizes) < len(devices):
     logging.info("mesh %s uses %d of %d devices", sizes, math.prod(sizes),
                  len(devices))
@@ -190,12 +207,14 @@ def named(mesh: Mesh, specs: Any) -> Any:
 
 
 def batch_spec(mesh: Mesh, rules: Rules) -> P:
-  return P(tuple(a for a in _axes_of(dict(rules)["batch"])) or None)
+  return P(tuple(a for a in _axes_of(dict(rules)["batch"])
+                 if a in mesh.axis_names) or None)
 
 
 def check_batch_divisible(batch_size: int, mesh: Mesh, rules: Rules,
                           what: str = "batch size") -> None:
-  axes = _axes_of(dict(rules)["batch"])
+  axes = tuple(a for a in _axes_of(dict(rules)["batch"])
+               if a in mesh.axis_names)
   n = math.prod(mesh.shape[a] for a in axes)
   if batch_size % n:
     raise ValueError(

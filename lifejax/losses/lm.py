@@ -43,14 +43,36 @@ def lm_loss(logits_BxTxV: jax.Array, targets_BxT: jax.Array,
   return ce + zl, metrics
 
 
-def make_lm_loss_fn(graphdef: nnx.GraphDef, z_loss: float = 0.0) -> LossFn:
-  """A pure `loss_fn(params, batch, rng)` for next-token LM training."""
+def add_moe_losses(loss: jax.Array, metrics: dict[str, jax.Array],
+                   aux: dict[str, jax.Array], cfg: Any, add: bool = True
+                   ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """loss + moe_aux_loss_coef * moe_aux_loss + moe_z_loss_coef *
+  moe_z_loss (the model's means over layers, `cfg` its TransformerConfig;
+  `add` False leaves the loss as it is); the three aux values (unweighted)
+  join the metrics. No-op for a dense model (empty `aux`)."""
+  if not aux:
+    return loss, metrics
+  if add:
+    loss = (loss + cfg.moe_aux_loss_coef * aux["moe_aux_loss"]
+            + cfg.moe_z_loss_coef * aux["moe_z_loss"])
+  return loss, {**metrics, **aux}
+
+
+def make_lm_loss_fn(graphdef: nnx.GraphDef, z_loss: float = 0.0,
+                    moe_losses: bool = True) -> LossFn:
+  """A pure `loss_fn(params, batch, rng)` for next-token LM training. With
+  a mixture-of-experts model the loss adds its weighted aux losses unless
+  `moe_losses` is False (evals: the loss is then the cross-entropy and
+  z-loss alone, so perplexity = exp(loss)); their values are logged
+  either way."""
 
   def loss_fn(params, batch, rng):
     del rng  # the decoder has no dropout
     model = nnx.merge(graphdef, params)
-    logits = model(batch["tokens"], batch.get("positions"),
-                   batch.get("segment_ids"))
-    return lm_loss(logits, batch["targets"], batch["loss_mask"], z_loss)
+    logits, aux = model.logits_and_aux(batch["tokens"], batch.get("positions"),
+                                       batch.get("segment_ids"))
+    loss, metrics = lm_loss(logits, batch["targets"], batch["loss_mask"],
+                            z_loss)
+    return add_moe_losses(loss, metrics, aux, model.cfg, moe_losses)
 
   return loss_fn

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -23,7 +26,12 @@ REMAT_POLICIES: dict[str, Any] = {
     "everything_saveable": jax.checkpoint_policies.everything_saveable,
 }
 
-MLP_ACTIVATIONS = ("silu", "gelu_tanh")
+# The gated MLP's activation by `TransformerConfig.mlp_activation`.
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "silu": jax.nn.silu,
+    "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),
+}
+MLP_ACTIVATIONS = tuple(ACTIVATIONS)
 
 _DTYPES = {
     "float32": jnp.float32,
@@ -120,6 +128,23 @@ class TransformerConfig:
   #   while a sequence is no longer than the window; longer inputs are
   #   refused (`check_length`), never silently attended in full.
   sliding_window: int | None = None
+  # Mixture of experts (lifejax/model/moe.py); num_experts=0 is the dense
+  # MLP. Each layer's MLP becomes `num_experts` SwiGLU experts of width
+  # `mlp_dim`, and every token goes to `experts_per_token` (top-k) of them.
+  # Routing follows Mixtral: softmax over all experts, top-k, the k weights
+  # renormalised to sum to 1.
+  num_experts: int = 0
+  experts_per_token: int = 2
+  # expert_capacity_factor: None or 0 = dropless (every token reaches its k
+  #   experts); > 0 = each expert takes at most ceil(factor * T * k / E)
+  #   tokens of each sequence (T tokens), the rest are dropped (their expert
+  #   contribution is 0, the residual passes through).
+  expert_capacity_factor: float | None = None
+  # moe_aux_loss_coef: weight of the load-balancing loss (Switch / HF
+  #   Mixtral form) in the LM loss; moe_z_loss_coef: weight of the router
+  #   z-loss (ST-MoE). Both are means over layers.
+  moe_aux_loss_coef: float = 0.0
+  moe_z_loss_coef: float = 0.0
 
   def __post_init__(self):
     if isinstance(self.rope_scaling, dict):  # gin binds dicts; keep it hashable
@@ -158,6 +183,45 @@ class TransformerConfig:
       raise ValueError(f"sliding_window={self.sliding_window} must be >= 1 "
                        "(or None for full attention)")
 
+    self._check_moe()
+
+  def _check_moe(self) -> None:
+    if not (isinstance(self.num_experts, int) and self.num_experts >= 0):
+      raise ValueError(f"num_experts={self.num_experts!r} must be an integer "
+                       ">= 0 (0 = dense MLP)")
+    if not self.num_experts:
+      return
+    if not (isinstance(self.experts_per_token, int)
+            and 1 <= self.experts_per_token <= self.num_experts):
+      raise ValueError(
+          f"experts_per_token={self.experts_per_token!r} must be an integer "
+          f"in [1, num_experts={self.num_experts}]")
+    cf = self.expert_capacity_factor
+    if cf is not None and not (isinstance(cf, (int, float)) and cf >= 0
+                               and math.isfinite(cf)):
+      raise ValueError(f"expert_capacity_factor={cf!r} must be None or 0 "
+                       "(dropless) or a finite number > 0")
+    for f in ("moe_aux_loss_coef", "moe_z_loss_coef"):
+      v = getattr(self, f)
+      if not (isinstance(v, (int, float)) and v >= 0 and math.isfinite(v)):
+        raise ValueError(f"{f}={v!r} must be a finite number >= 0")
+
+  @property
+  def dropless(self) -> bool:
+    """Whether every token reaches its k experts (no capacity limit)."""
+    return not self.expert_capacity_factor
+
+  def expert_capacity(self, length: int) -> int:
+    """Slots per expert per sequence of `length` tokens in capacity mode:
+    min(length, ceil(factor * length * k / E)) (at least 1); a sequence
+    never sends an expert more than `length` tokens, so the dropless
+    capacity is `length`."""
+    if self.dropless:
+      return length
+    c = math.ceil(self.expert_capacity_factor * length
+                  * self.experts_per_token / self.num_experts)
+    return max(1, min(length, c))
+
   def check_length(self, length: int) -> None:
     """ValueError if `length` tokens exceed `sliding_window`: lifejax attends
     in full, which equals windowed attention only up to the window."""
@@ -177,14 +241,20 @@ class TransformerConfig:
   def rope_scaling_dict(self) -> dict[str, float] | None:
     return dict(self.rope_scaling) if self.rope_scaling else None
 
-  def _layer_matmul_params(self) -> int:
+  def layer_matmul_params(self, active: bool = False) -> int:
+    """Matmul weights of one layer: all of them, or (`active`) those one
+    token multiplies by (the router and k of the E experts)."""
     d, e, f = self.d_model, self.resolved_head_dim, self.mlp_dim
-    return d * e * (2 * self.num_heads + 2 * self.num_kv_heads) + 3 * d * f
+    attn = d * e * (2 * self.num_heads + 2 * self.num_kv_heads)
+    if not self.num_experts:
+      return attn + 3 * d * f
+    experts = self.experts_per_token if active else self.num_experts
+    return attn + experts * 3 * d * f + d * self.num_experts
 
   def num_params(self) -> int:
     """Number of stored parameters."""
     e = self.resolved_head_dim
-    per_layer = (self._layer_matmul_params() + 2 * self.d_model
+    per_layer = (self.layer_matmul_params() + 2 * self.d_model
                  + (self.num_kv_heads if self.smear_keys else 0)
                  + ((self.num_heads + 2 * self.num_kv_heads) * e
                     if self.qkv_bias else 0)
@@ -196,11 +266,12 @@ class TransformerConfig:
   def flops_per_token(self, seq_len: int) -> float:
     """Training FLOPs per token (forward + backward = 3x forward).
 
-    Counts matmul FLOPs only: 6 * (params used in matmuls) plus the
+    Counts matmul FLOPs only: 6 * (params used in matmuls; with experts,
+    the router and the k experts a token uses) plus the
     attention score/value matmuls (12 * layers * heads * head_dim * T, the
     PaLM-appendix convention without causal halving).
     """
-    matmul_params = (self.num_layers * self._layer_matmul_params()
+    matmul_params = (self.num_layers * self.layer_matmul_params(active=True)
                      + self.vocab_size * self.d_model)  # + the output head
     attn = 12 * self.num_layers * self.num_heads * self.resolved_head_dim * seq_len
     return 6.0 * matmul_params + attn

@@ -29,10 +29,11 @@ from lifejax.model.config import TransformerConfig
 
 def matmul_params(cfg: TransformerConfig) -> int:
   """N_mm: parameters that multiply activations (layers' projections and
-  the output head; not the embedding gather, norms or biases)."""
-  d, e, f = cfg.d_model, cfg.resolved_head_dim, cfg.mlp_dim
-  per_layer = d * e * (2 * cfg.num_heads + 2 * cfg.num_kv_heads) + 3 * d * f
-  return cfg.num_layers * per_layer + cfg.vocab_size * d
+  the output head; not the embedding gather, norms or biases). In a
+  mixture of experts, a token multiplies by the router and its k experts
+  only: N_mm counts those (the active parameters), not all E experts."""
+  return (cfg.num_layers * cfg.layer_matmul_params(active=True)
+          + cfg.vocab_size * cfg.d_model)
 
 
 def attention_flops_per_token(cfg: TransformerConfig, seq_len: int,

@@ -23,7 +23,7 @@ from safetensors.numpy import save_file
 from lifejax.model.config import TransformerConfig, to_dtype
 from lifejax.model.hf_format import (CONFIG_FILE, INDEX_FILE, WEIGHTS_FILE,
                                      TensorMap, config_to_hf, family_of,
-                                     get_path, tensor_maps)
+                                     get_path, hf_names, tensor_maps)
 
 _NP_DTYPES = {"float32": np.dtype(np.float32),
               "bfloat16": np.dtype(ml_dtypes.bfloat16),
@@ -31,14 +31,17 @@ _NP_DTYPES = {"float32": np.dtype(np.float32),
 
 
 def _ordered(cfg: TransformerConfig
-             ) -> list[tuple[str, TensorMap, int | None]]:
-  """(HF name, map, layer) in HF file order: embed, layers, norm, lm_head."""
+             ) -> list[tuple[str, TensorMap, tuple[int, ...]]]:
+  """(HF name, map, index into the param) in HF file order: embed,
+  layers, norm, lm_head."""
   maps = tensor_maps(cfg)
-  out: list[tuple[str, TensorMap, int | None]] = [
-      (maps[0].hf_name, maps[0], None)]
+  out: list[tuple[str, TensorMap, tuple[int, ...]]] = [
+      (maps[0].hf_name, maps[0], ())]
+  layered = [(idx, name, m) for m in maps if m.per_layer
+             for idx, name in hf_names(m, cfg)]
   for i in range(cfg.num_layers):
-    out += [(m.hf_name.format(i=i), m, i) for m in maps if m.per_layer]
-  out += [(m.hf_name, m, None) for m in maps[1:] if not m.per_layer]
+    out += [(name, m, idx) for idx, name, m in layered if idx[0] == i]
+  out += [(m.hf_name, m, ()) for m in maps[1:] if not m.per_layer]
   return out
 
 
@@ -52,7 +55,7 @@ def hf_tensors(cfg: TransformerConfig, params: dict[str, Any],
   out = None if dtype is None else _np_dtype(dtype)
   for name, m, i in _ordered(cfg):
     value = get_path(params, m.path)
-    y = np.asarray(jax.device_get(value if i is None else value[i]))
+    y = np.asarray(jax.device_get(value[i] if i else value))
     yield name, np.ascontiguousarray(m.to_hf(y).astype(out or y.dtype))
 
 

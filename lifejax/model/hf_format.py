@@ -4,9 +4,9 @@ File names, `config.json` <-> `TransformerConfig` (with the checks of what
 lifejax can represent), and the tensor layout. `hf_import.py` reads
 checkpoints with it, `hf_export.py` writes them.
 
-Families (model_type): llama, mistral, qwen2, qwen3 and gemma; each is the
-Llama layout plus the `TransformerConfig` options in FAMILIES. Weight
-layouts, with HF linear weights stored (out, in):
+Families (model_type): llama, mistral, qwen2, qwen3, gemma and mixtral;
+each is the Llama layout plus the `TransformerConfig` options in FAMILIES.
+Weight layouts, with HF linear weights stored (out, in):
 
   HF tensor (prefix model.layers.{i}.)  HF shape  lifejax path      shape
   model.embed_tokens.weight             (V, D)    embed             (V, D)
@@ -23,6 +23,21 @@ layouts, with HF linear weights stored (out, in):
   mlp.down_proj.weight                  (D, F)    mlp/w_down        (Y, F, D)
   model.norm.weight                     (D,)      final_norm/scale  (D,)
   lm_head.weight (absent when tied)     (V, D)    lm_head           (D, V)
+
+Mixtral (mixture of experts, `num_experts` X = num_local_experts) replaces
+the MLP rows by (prefix model.layers.{i}.block_sparse_moe.; HF's on-disk
+names, which transformers 5 also writes although it fuses them in memory):
+
+  gate.weight (the router)              (X, D)    mlp/w_router      (Y, D, X)
+  experts.{j}.w1.weight (gate)          (F, D)    mlp/w_gate        (Y, X, D, F)
+  experts.{j}.w3.weight (up)            (F, D)    mlp/w_up          (Y, X, D, F)
+  experts.{j}.w2.weight (down)          (D, F)    mlp/w_down        (Y, X, F, D)
+
+HF Mixtral routes as lifejax does (softmax over the experts, top-k,
+renormalised) and never drops a token, so it maps to the dropless mode
+(`expert_capacity_factor` None); `router_aux_loss_coef` is the
+`moe_aux_loss_coef` when `output_router_logits` is set (HF adds the loss
+only then), 0 otherwise.
 
 Both sides use the rotate-half RoPE layout (pairs (i, i + E/2)), so q/k
 projections map without a permutation. Gemma's norm weights are stored as
@@ -62,6 +77,7 @@ class Family:
   tie_default: bool = False
   bias_key: str | None = "attention_bias"  # True = biases lifejax lacks
   windowed: bool = False  # may use sliding-window attention
+  moe: bool = False  # a mixture of experts (lifejax num_experts > 0)
 
 
 _LLAMA_OPTIONS = dict(qkv_bias=False, qk_norm=False, norm_offset=0.0,
@@ -78,6 +94,8 @@ FAMILIES: dict[str, Family] = {
     "gemma": Family("GemmaForCausalLM", dict(
         _LLAMA_OPTIONS, norm_offset=1.0, scale_embeddings=True,
         mlp_activation="gelu_tanh"), tie_default=True),
+    "mixtral": Family("MixtralForCausalLM", _LLAMA_OPTIONS, bias_key=None,
+                      windowed=True, moe=True),
 }
 
 
@@ -178,6 +196,9 @@ def check_supported(hf: dict[str, Any]) -> None:
     missing = [k for k in _LLAMA3_KEYS if k not in scaling]
     if missing:
       problems.append(f"llama3 rope scaling without {missing}")
+  if family.moe and hf.get("router_jitter_noise"):
+    problems.append(f"router_jitter_noise={hf['router_jitter_noise']} "
+                    "(lifejax's router has no jitter)")
   if hf.get("quantization_config"):
     problems.append("quantization_config is set (quantized weights)")
   if problems:
@@ -216,6 +237,13 @@ def config_from_hf(hf: dict[str, Any], **overrides: Any) -> TransformerConfig:
       sliding_window=_window(hf),
       **family.options,
   )
+  if family.moe:
+    fields.update(
+        num_experts=hf.get("num_local_experts", 8),
+        experts_per_token=hf.get("num_experts_per_tok", 2),
+        expert_capacity_factor=None,
+        moe_aux_loss_coef=(float(hf.get("router_aux_loss_coef", 0.001))
+                           if hf.get("output_router_logits") else 0.0))
   fields.update(overrides)
   return TransformerConfig(**fields)
 
@@ -228,15 +256,22 @@ def family_of(cfg: TransformerConfig) -> str:
         "TransformerConfig.smear_keys=True: smeared keys are not part of any "
         "HuggingFace architecture lifejax maps, so this model has no "
         "HuggingFace export")
+  if cfg.num_experts and not cfg.dropless:
+    raise UnsupportedCheckpointError(
+        f"TransformerConfig.expert_capacity_factor="
+        f"{cfg.expert_capacity_factor}: HF Mixtral never drops tokens, so it "
+        "would compute another function; export with "
+        "expert_capacity_factor=None (the same params, run dropless)")
   options = {k: getattr(cfg, k) for k in _LLAMA_OPTIONS}
   # Dict order decides between llama and mistral: windowless is llama.
   for name, family in FAMILIES.items():
-    if options == family.options and (cfg.sliding_window is None
-                                      or family.windowed):
+    if (options == family.options and family.moe == bool(cfg.num_experts)
+        and (cfg.sliding_window is None or family.windowed)):
       return name
   raise UnsupportedCheckpointError(
       f"TransformerConfig options {options} with sliding_window="
-      f"{cfg.sliding_window} match no HuggingFace family lifejax exports "
+      f"{cfg.sliding_window}, num_experts={cfg.num_experts} match no "
+      "HuggingFace family lifejax exports "
       f"(each family's options: "
       f"{ {n: f.options for n, f in FAMILIES.items()} })")
 
@@ -288,8 +323,14 @@ def config_to_hf(cfg: TransformerConfig, dtype: str = "float32",
                max_window_layers=0 if slides else cfg.num_layers,
                layer_types=[("sliding_attention" if slides else
                              "full_attention")] * cfg.num_layers)
-  elif model_type == "mistral":
+  elif model_type in ("mistral", "mixtral"):
     out["sliding_window"] = cfg.sliding_window
+  if model_type == "mixtral":
+    out.update(num_local_experts=cfg.num_experts,
+               num_experts_per_tok=cfg.experts_per_token,
+               router_aux_loss_coef=cfg.moe_aux_loss_coef,
+               output_router_logits=cfg.moe_aux_loss_coef > 0,
+               router_jitter_noise=0.0)
   out.update(extra)
   return out
 
@@ -307,6 +348,7 @@ class TensorMap:
   split: tuple[int, ...]
   perm: tuple[int, ...]
   per_layer: bool
+  per_expert: bool = False  # "{j}" in hf_name stands for the expert index
 
   def to_lifejax(self, x: np.ndarray) -> np.ndarray:
     return x.reshape(self.split).transpose(self.perm)
@@ -315,14 +357,26 @@ class TensorMap:
     return y.transpose(np.argsort(self.perm)).reshape(self.hf_shape)
 
 
+def hf_names(m: TensorMap, cfg: TransformerConfig
+             ) -> list[tuple[tuple[int, ...], str]]:
+  """(index into the lifejax param, HF name) of each HF tensor of `m`: ()
+  for a global one, (layer,) or (layer, expert) for stacked ones."""
+  if not m.per_layer:
+    return [((), m.hf_name)]
+  if not m.per_expert:
+    return [((i,), m.hf_name.format(i=i)) for i in range(cfg.num_layers)]
+  return [((i, j), m.hf_name.format(i=i, j=j))
+          for i in range(cfg.num_layers) for j in range(cfg.num_experts)]
+
+
 def tensor_maps(cfg: TransformerConfig) -> list[TensorMap]:
   d, h, k = cfg.d_model, cfg.num_heads, cfg.num_kv_heads
   e, f, v = cfg.resolved_head_dim, cfg.mlp_dim, cfg.vocab_size
   pre = "model.layers.{i}."
 
-  def layer(path, name, hf_shape, split, perm):
+  def layer(path, name, hf_shape, split, perm, per_expert=False):
     return TensorMap(("layers",) + path, pre + name, hf_shape, split, perm,
-                     True)
+                     True, per_expert)
 
   maps = [
       TensorMap(("embed",), "model.embed_tokens.weight", (v, d), (v, d),
@@ -355,6 +409,18 @@ def tensor_maps(cfg: TransformerConfig) -> list[TensorMap]:
   if cfg.qk_norm:
     attn += [layer(("attn", f"{p}_norm", "scale"), f"self_attn.{p}_norm.weight",
                    (e,), (e,), (0,)) for p in ("q", "k")]
+  if cfg.num_experts:
+    x, moe = cfg.num_experts, "block_sparse_moe."
+    maps[7:10] = [
+        layer(("mlp", "w_router"), moe + "gate.weight", (x, d), (x, d),
+              (1, 0)),
+        layer(("mlp", "w_gate"), moe + "experts.{j}.w1.weight", (f, d),
+              (f, d), (1, 0), True),
+        layer(("mlp", "w_up"), moe + "experts.{j}.w3.weight", (f, d),
+              (f, d), (1, 0), True),
+        layer(("mlp", "w_down"), moe + "experts.{j}.w2.weight", (d, f),
+              (d, f), (1, 0), True),
+    ]
   maps = maps[:1] + attn + maps[5:]
   if not cfg.tie_embeddings:
     maps.append(TensorMap(("lm_head",), "lm_head.weight", (v, d), (v, d),

@@ -23,10 +23,10 @@ from safetensors import safe_open
 from lifejax import sharding
 from lifejax.model import transformer
 from lifejax.model.config import TransformerConfig, to_dtype
-from lifejax.model.hf_format import (INDEX_FILE, WEIGHTS_FILE, TensorMap,
+from lifejax.model.hf_format import (INDEX_FILE, WEIGHTS_FILE,
                                      UnsupportedCheckpointError,
-                                     config_from_hf, get_path, read_hf_config,
-                                     tensor_maps)
+                                     config_from_hf, get_path, hf_names,
+                                     read_hf_config, tensor_maps)
 
 # Tensors some exporters store that carry no learned state.
 _IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)
@@ -34,12 +34,6 @@ _IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)
 
 class MissingTensorError(ValueError):
   """A tensor the config requires is not in the checkpoint files."""
-
-
-def _hf_names(m: TensorMap, num_layers: int) -> list[str]:
-  if not m.per_layer:
-    return [m.hf_name]
-  return [m.hf_name.format(i=i) for i in range(num_layers)]
 
 
 def _set_path(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
@@ -139,7 +133,7 @@ def load_hf_params(hf_dir: str | os.PathLike[str], cfg: TransformerConfig,
   maps = tensor_maps(cfg)
   params: dict[str, Any] = {}
   with SafetensorsReader(hf_dir) as reader:
-    expected = {n for m in maps for n in _hf_names(m, cfg.num_layers)}
+    expected = {n for m in maps for _, n in hf_names(m, cfg)}
     if cfg.tie_embeddings:
       expected.add("lm_head.weight")  # some exporters store the tied copy
     unexpected = sorted(n for n in reader.names() - expected
@@ -149,17 +143,18 @@ def load_hf_params(hf_dir: str | os.PathLike[str], cfg: TransformerConfig,
           f"{hf_dir}: tensors a model of this config does not have: "
           f"{unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
     for m in maps:
-      names = _hf_names(m, cfg.num_layers)
+      names = hf_names(m, cfg)
       out_shape = tuple(m.split[p] for p in m.perm)
-      host = np.empty(((len(names),) if m.per_layer else ()) + out_shape,
-                      dtype)
-      for i, name in enumerate(names):
+      lead = ((cfg.num_layers,) if m.per_layer else ()) + (
+          (cfg.num_experts,) if m.per_expert else ())
+      host = np.empty(lead + out_shape, dtype)
+      for idx, name in names:
         x = reader.read(name)
         if tuple(x.shape) != m.hf_shape:
           raise ValueError(
               f"{hf_dir}: tensor {name!r} has shape {tuple(x.shape)}, the "
               f"config implies {m.hf_shape}")
-        host[i if m.per_layer else ...] = m.to_lifejax(x).astype(dtype)
+        host[idx] = m.to_lifejax(x).astype(dtype)
       target = get_path(shardings, m.path) if shardings is not None else None
       _set_path(params, m.path, _place(host, target))
       del host

@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from lifejax.model import moe
 from lifejax.model.config import TransformerConfig, to_dtype
 from lifejax.model.transformer import (ACTIVATIONS, apply_rope,
                                       embedding_scale, matmul, rope_inv_freq,
@@ -98,8 +99,11 @@ def decode_params(cfg: TransformerConfig, params: dict[str, Any]
             [a[w].reshape(d, -1) for w in ("wq", "wk", "wv")],
             axis=1).astype(cd),
         "wo": a["wo"].reshape(-1, d).astype(cd),
-        "w_gate_up": jnp.concatenate([m["w_gate"], m["w_up"]],
-                                     axis=1).astype(cd),
+        **({"w_router": m["w_router"].astype(cd),
+            "w_gate": m["w_gate"].astype(cd), "w_up": m["w_up"].astype(cd)}
+           if cfg.num_experts else
+           {"w_gate_up": jnp.concatenate([m["w_gate"], m["w_up"]],
+                                         axis=1).astype(cd)}),
         "w_down": m["w_down"].astype(cd),
     })
   head = params["embed"].T if cfg.tie_embeddings else params["lm_head"]
@@ -176,8 +180,14 @@ def _decoder(cfg: TransformerConfig, params: dict[str, Any],
                     vv.reshape(b, s, k, e), lp.get("smear"))
     x = x + matmul(out, lp["wo"], cd).reshape(b, s, d).astype(x.dtype)
     hn = _rms(x, lp["mlp_norm"], eps, cd, offset).reshape(b * s, d)
-    gate, up = jnp.split(matmul(hn, lp["w_gate_up"], cd), 2, axis=1)
-    mlp = matmul((act(gate) * up).astype(cd), lp["w_down"], cd)
+    if cfg.num_experts:  # dropless, whatever the capacity (moe.py)
+      _, experts, gates = moe.route(matmul(hn, lp["w_router"], cd),
+                                    cfg.experts_per_token)
+      mlp = moe.grouped_experts(hn, experts, gates, lp["w_gate"], lp["w_up"],
+                                lp["w_down"], act, cd)
+    else:
+      gate, up = jnp.split(matmul(hn, lp["w_gate_up"], cd), 2, axis=1)
+      mlp = matmul((act(gate) * up).astype(cd), lp["w_down"], cd)
     x = x + mlp.reshape(b, s, d).astype(x.dtype)
   if last_only:
     x = x[:, -1:]

@@ -96,10 +96,16 @@ def _init_trunk(trunk: Mapping, cfg: LoraConfig, rng: jax.Array,
   """One trunk's adapters: A ~ N(0, 1/in), B = 0."""
   lora: dict = {"layers": {}}
   for i, name in enumerate(cfg.targets):
-    w = trunk["layers"].get(GROUP[name], {}).get(name)
+    group = trunk["layers"].get(GROUP[name], {})
+    w = group.get(name)
     if w is None:
       raise ValueError(f"LoRA target {name!r} is not in this trunk's "
                        f"{GROUP[name]!r} params")
+    if "w_router" in group:  # a mixture of experts: (Y, X, in, out) kernels
+      raise ValueError(
+          f"LoraConfig.targets: {name!r} is a mixture-of-experts kernel "
+          "(one per expert), which LoRA does not adapt; target the "
+          "attention projections (wq, wk, wv, wo)")
     y, d_in, d_out = _split_shape(name, w.shape)
     a = jax.random.normal(jax.random.fold_in(rng, i), (y, d_in, cfg.rank),
                           dtype) / math.sqrt(d_in)

@@ -26,9 +26,7 @@ code derives shardings from them.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +34,9 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from lifejax import sharding
-from lifejax.model.config import REMAT_POLICIES, TransformerConfig, to_dtype
+from lifejax.model import moe
+from lifejax.model.config import (ACTIVATIONS, REMAT_POLICIES,
+                                  TransformerConfig, to_dtype)
 from lifejax.model.cpu_kernels import (blocked_attention_fn, cpu_matmul_fn,
                                        matmul)
 from lifejax.model.ring_attention import model_attention
@@ -79,13 +79,6 @@ def _zeros(rngs: nnx.Rngs, shape: tuple[int, ...], names: tuple[str, ...],
            dtype: jnp.dtype) -> nnx.Param:
   init = nnx.with_partitioning(nnx.initializers.zeros, names)
   return nnx.Param(init(rngs.params(), shape, dtype))
-
-
-# The gated MLP's activation by `TransformerConfig.mlp_activation`.
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "silu": jax.nn.silu,
-    "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),
-}
 
 
 def embedding_scale(cfg: TransformerConfig) -> jax.Array | None:
@@ -300,27 +293,33 @@ class MLP(nnx.Module):
 
 
 class Block(nnx.Module):
-  """Pre-norm transformer block."""
+  """Pre-norm transformer block; its MLP is a mixture of experts
+  (`moe.MoE`) when `num_experts` > 0."""
 
   def __init__(self, cfg: TransformerConfig, rngs: nnx.Rngs):
     pd = to_dtype(cfg.param_dtype)
     self.attn_norm = RMSNorm(cfg.d_model, cfg.rms_eps, pd, cfg.norm_offset)
     self.attn = Attention(cfg, rngs)
     self.mlp_norm = RMSNorm(cfg.d_model, cfg.rms_eps, pd, cfg.norm_offset)
-    self.mlp = MLP(cfg, rngs)
+    self.mlp = moe.MoE(cfg, rngs) if cfg.num_experts else MLP(cfg, rngs)
     self.cfg = cfg
 
   def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array,
                segment_ids_BxT: jax.Array, inv_freq: jax.Array,
-               kern: Kernels) -> jax.Array:
+               kern: Kernels) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """(x (B, T, D), aux): aux holds the MoE's per-layer values
+    (`moe.AUX_KEYS`), empty for a dense MLP."""
     cd = to_dtype(self.cfg.compute_dtype)
     attn_out = self.attn(self.attn_norm(x_BxTxD, cd), positions_BxT,
                          segment_ids_BxT, inv_freq, kern)
     x = x_BxTxD + checkpoint_name(attn_out, "attn_out").astype(x_BxTxD.dtype)
     x = sharding.constrain(x, ("batch", "length", "embed"))
-    mlp_out = self.mlp(self.mlp_norm(x, cd), kern)
+    if self.cfg.num_experts:
+      mlp_out, aux = self.mlp(self.mlp_norm(x, cd))
+    else:
+      mlp_out, aux = self.mlp(self.mlp_norm(x, cd), kern), {}
     x = x + checkpoint_name(mlp_out, "mlp_out").astype(x.dtype)
-    return sharding.constrain(x, ("batch", "length", "embed"))
+    return sharding.constrain(x, ("batch", "length", "embed")), aux
 
 
 class Transformer(nnx.Module):
@@ -348,6 +347,15 @@ class Transformer(nnx.Module):
              positions_BxT: jax.Array | None = None,
              segment_ids_BxT: jax.Array | None = None) -> jax.Array:
     """Final normed hidden states (B, T, D) in the compute dtype."""
+    return self.hidden_and_aux(tokens_BxT, positions_BxT, segment_ids_BxT)[0]
+
+  def hidden_and_aux(self, tokens_BxT: jax.Array,
+                     positions_BxT: jax.Array | None = None,
+                     segment_ids_BxT: jax.Array | None = None
+                     ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """(`hidden`, aux): aux maps each of `moe.AUX_KEYS` to its mean over
+    layers (f32 scalars) for a mixture of experts, and is empty for a
+    dense model."""
     cfg = self.cfg
     cd = to_dtype(cfg.compute_dtype)
     b, t = tokens_BxT.shape
@@ -372,18 +380,21 @@ class Transformer(nnx.Module):
 
     def body(x_BxTxD, one_layer_state):
       block = nnx.merge(graphdef, one_layer_state)
-      return block(x_BxTxD, positions_BxT, segment_ids_BxT, inv_freq,
-                   kern), None
+      return block(x_BxTxD, positions_BxT, segment_ids_BxT, inv_freq, kern)
 
     policy = REMAT_POLICIES[cfg.remat_policy]
     if cfg.remat_policy != "none":
       body = jax.checkpoint(body, policy=policy, prevent_cse=False)
     if kern.scan_layers:
-      x, _ = jax.lax.scan(body, x, layer_state)
+      x, aux_Y = jax.lax.scan(body, x, layer_state)
     else:  # unrolled: no stacked residuals to write and re-read
+      per_layer = []
       for i in range(cfg.num_layers):
-        x, _ = body(x, jax.tree.map(lambda a, i=i: a[i], layer_state))
-    return self.final_norm(x, cd)
+        x, aux = body(x, jax.tree.map(lambda a, i=i: a[i], layer_state))
+        per_layer.append(aux)
+      aux_Y = jax.tree.map(lambda *a: jnp.stack(a), *per_layer)
+    aux = {name: jnp.mean(v) for name, v in aux_Y.items()}
+    return self.final_norm(x, cd), aux
 
   def logits_from_hidden(self, h_BxTxD: jax.Array) -> jax.Array:
     cfg = self.cfg
@@ -403,6 +414,15 @@ class Transformer(nnx.Module):
                segment_ids_BxT: jax.Array | None = None) -> jax.Array:
     return self.logits_from_hidden(
         self.hidden(tokens_BxT, positions_BxT, segment_ids_BxT))
+
+  def logits_and_aux(self, tokens_BxT: jax.Array,
+                     positions_BxT: jax.Array | None = None,
+                     segment_ids_BxT: jax.Array | None = None
+                     ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """(logits (B, T, V), aux) with aux as in `hidden_and_aux`: what a loss
+    that adds the MoE's auxiliary losses calls."""
+    h, aux = self.hidden_and_aux(tokens_BxT, positions_BxT, segment_ids_BxT)
+    return self.logits_from_hidden(h), aux
 
 
 def create_model(cfg: TransformerConfig, seed: int = 0) -> Transformer:

@@ -184,7 +184,9 @@ def pretrain(
   spec = runner.StageSpec(
       name=stage_name, model_kind="lm", model=model, loss=loss,
       loss_kind="lm", loss_kwargs={"z_loss": z_loss},
-      eval_loss_kwargs={"z_loss": 0.0},
+      # Eval loss = cross-entropy, so perplexity = exp(loss).
+      eval_loss_kwargs={"z_loss": 0.0, **(
+          {"moe_losses": False} if model.num_experts else {})},
       example_batch=example_lm_batch(batch_size, seq_len), data=data,
       evals=evals, tokenizer=tokenizer,
       tokens_per_step=batch_size * seq_len, init_from=init_from,

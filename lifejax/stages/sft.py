@@ -181,6 +181,8 @@ def sft(
   spec = runner.StageSpec(
       name=stage_name, model_kind="lm", model=model, loss=loss,
       loss_kind="lm", example_batch=example_lm_batch(batch_size, seq_len),
+      # Eval loss = cross-entropy, so perplexity = exp(loss).
+      eval_loss_kwargs={"moe_losses": False} if model.num_experts else None,
       data=data, evals=evals, tokenizer=tokenizer, template=tmpl,
       tokens_per_step=batch_size * seq_len, init_from=init_from,
       inputs={"train_files": train_files, "eval_files": eval_files,

@@ -221,6 +221,11 @@ def check_modelled(cfg: TransformerConfig, backend: str) -> None:
   """ValueError unless the config runs the formulation the plan models."""
   if backend not in BACKENDS:
     raise ValueError(f"backend={backend!r}: expected one of {BACKENDS}")
+  if cfg.num_experts:
+    raise ValueError(
+        f"TransformerConfig.num_experts={cfg.num_experts}: the memory plan "
+        "has no model of mixture-of-experts activations (dispatch buffers, "
+        "router); plan the dense config or measure a compiled step")
   if cfg.remat_policy not in _SAVES:
     raise ValueError(f"remat_policy={cfg.remat_policy!r} has no memory model")
   # "auto" resolves to the XLA formulation on TPU/GPU, to CPU kernels on CPU.

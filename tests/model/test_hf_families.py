@@ -1,4 +1,4 @@
-"""HF import/export of the Qwen2, Qwen3, Mistral and Gemma families: logits
+"""HF import/export of the Qwen2, Qwen3, Mistral, Gemma and Mixtral families: logits
 parity with transformers (of the model and of the sampler's KV-cache
 forward), the export round trip, and the errors for what lifejax can't run.
 
@@ -44,6 +44,10 @@ CONFIGS = {
     # MQA, tied embeddings, head_dim 16 != 8.
     "gemma": ("GemmaConfig", dict(_SHAPE, num_key_value_heads=1, head_dim=16,
                                   tie_word_embeddings=True)),
+    # A mixture of 4 experts, top-2 (HF Mixtral is dropless).
+    "mixtral": ("MixtralConfig", dict(_SHAPE, num_local_experts=4,
+                                      num_experts_per_tok=2,
+                                      sliding_window=None)),
 }
 # The lifejax options each family must map to.
 OPTIONS = {
@@ -52,6 +56,7 @@ OPTIONS = {
     "mistral": dict(sliding_window=WINDOW),
     "gemma": dict(norm_offset=1.0, scale_embeddings=True,
                   mlp_activation="gelu_tanh", tie_embeddings=True),
+    "mixtral": dict(num_experts=4, experts_per_token=2),
 }
 MAX_DIFFS = {}
 
@@ -129,7 +134,9 @@ def test_config_maps_family_options(saved, name):
   cfg = saved[name].cfg
   defaults = TransformerConfig()
   for field in ("qkv_bias", "qk_norm", "norm_offset", "scale_embeddings",
-                "mlp_activation", "sliding_window", "tie_embeddings"):
+                "mlp_activation", "sliding_window", "tie_embeddings",
+                "num_experts", "experts_per_token",
+                "expert_capacity_factor"):
     want = OPTIONS[name].get(field, getattr(defaults, field))
     assert getattr(cfg, field) == want, field
   hf = CONFIGS[name][1]
@@ -161,6 +168,8 @@ def _replaced(params, path, fn):
     # ... or Gemma's offset of 1 on its norm weights.
     ("gemma", ("layers", "mlp_norm", "scale"), lambda w: w - 1.0),
     ("gemma", ("final_norm", "scale"), lambda w: w - 1.0),
+    # ... or routed tokens to other experts than Mixtral's router picks.
+    ("mixtral", ("layers", "mlp", "w_router"), lambda w: w[..., ::-1]),
 ])
 def test_randomized_weights_matter(saved, name, path, fn):
   """Parity fails when a feature's weights are ignored: the tolerance is
@@ -173,7 +182,7 @@ def test_randomized_weights_matter(saved, name, path, fn):
 
 # Mistral decodes with the plain Llama path (tested in test_hf_llama.py and
 # test_sampling.py, as is the decode loop itself).
-@pytest.mark.parametrize("name", ["qwen2", "qwen3", "gemma"])
+@pytest.mark.parametrize("name", ["qwen2", "qwen3", "gemma", "mixtral"])
 def test_kv_cache_forward_matches_transformers(saved, name):
   """The sampler's own forward (kv_cache.py) has the family's features: its
   prompt logits match transformers at every position."""
@@ -272,3 +281,27 @@ def test_export_refuses_options_no_family_has():
   with pytest.raises(hf_format.UnsupportedCheckpointError,
                      match="sliding_window=16"):
     hf_format.config_to_hf(gemma_window)
+
+
+def test_mixtral_load_balancing_loss_matches_transformers(tmp_path):
+  """One layer: lifejax's moe_aux_loss is HF Mixtral's aux_loss (HF pools
+  the tokens of all layers before its product, lifejax averages per-layer
+  losses, so they agree exactly only for one layer)."""
+  cls_name, kwargs = CONFIGS["mixtral"]
+  torch.manual_seed(0)
+  hf_cfg = getattr(transformers, cls_name)(
+      **dict(kwargs, num_hidden_layers=1, output_router_logits=True,
+             router_aux_loss_coef=0.02))
+  model = transformers.AutoModelForCausalLM.from_config(hf_cfg).eval()
+  model.save_pretrained(str(tmp_path), safe_serialization=True)
+  tokens = np.random.default_rng(3).integers(0, 96, (B, T), np.int32)
+  with torch.no_grad():
+    want = float(model(torch.tensor(tokens, dtype=torch.long),
+                       output_router_logits=True).aux_loss)
+  cfg, params = hf_import.load_hf_checkpoint(str(tmp_path))
+  assert cfg.moe_aux_loss_coef == pytest.approx(0.02)
+  graphdef = _graphdef(cfg)
+  _, aux = jax.jit(lambda p, t: nnx.merge(graphdef, p).logits_and_aux(t))(
+      params, tokens)
+  np.testing.assert_allclose(float(aux["moe_aux_loss"]), want, rtol=1e-5)
+  assert abs(want - 2.0) > 1e-3  # not the uniform-routing value k
