@@ -30,6 +30,10 @@ MESH_AXES = ("data", "fsdp", "model")
 # over this axis; a mesh has it only when MeshConfig.context > 1, so every
 # (data, fsdp, model) mesh, spec and memory plan stays as it was.
 CONTEXT_AXIS = "context"
+# Pipeline parallelism (lifejax/model/pipeline.py) splits the layer stack
+# into contiguous stages over this axis; a mesh has it (first, so stages
+# are the outermost split) only when MeshConfig.stage > 1.
+STAGE_AXIS = "stage"
 
 Rules = tuple[tuple[str, Any], ...]
 
@@ -45,7 +49,8 @@ DEFAULT_RULES: Rules = (
     ("head_dim", None),
     ("mlp", "model"),
     ("vocab", "model"),
-    ("layers", None),
+    # the stacked layers' L axis: contiguous stages (absent axis = replicated)
+    ("layers", STAGE_AXIS),
     ("norm", None),
 )
 
@@ -55,13 +60,17 @@ class MeshConfig:
   """Mesh shape; -1 on one axis means "all remaining devices".
 
   `context` > 1 adds a `context` axis (last, so ring neighbours are
-  adjacent devices) that splits the sequence of the activations.
+  adjacent devices) that splits the sequence of the activations. `stage`
+  > 1 adds a `stage` axis (first) that splits the layer stack into
+  pipeline stages (lifejax/model/pipeline.py; the microbatch count and
+  schedule are TransformerConfig.pipeline_microbatches / _schedule).
   """
 
   data: int = 1
   fsdp: int = -1
   model: int = 1
   context: int = 1
+  stage: int = 1
   rules: Rules = DEFAULT_RULES
 
   def __post_init__(self):
@@ -80,23 +89,33 @@ class MeshConfig:
       seen.add(name)
       axes = (() if rule is None else (rule,) if isinstance(rule, str)
               else tuple(rule))
-      unknown = [a for a in axes if a not in MESH_AXES + (CONTEXT_AXIS,)]
+      known = (STAGE_AXIS,) + MESH_AXES + (CONTEXT_AXIS,)
+      unknown = [a for a in axes if a not in known]
       if unknown:
         raise ValueError(f"MeshConfig.rules: logical axis {name!r} maps to "
                          f"unknown mesh axes {unknown}; mesh axes are "
-                         f"{MESH_AXES + (CONTEXT_AXIS,)}")
-    if not (isinstance(self.context, int) and self.context >= 1):
-      raise ValueError(f"MeshConfig.context={self.context!r} must be an "
-                       "integer >= 1")
+                         f"{known}")
+    for f in ("context", "stage"):
+      v = getattr(self, f)
+      if not (isinstance(v, int) and v >= 1):
+        raise ValueError(f"MeshConfig.{f}={v!r} must be an integer >= 1")
+    if self.stage > 1 and self.context > 1:
+      raise ValueError(
+          f"MeshConfig.stage={self.stage} with context={self.context}: "
+          "pipeline stages and context parallelism do not combine (the ring "
+          "attention's shard_map cannot run inside a pipeline stage); set "
+          "one of them to 1")
 
   @property
   def axis_names(self) -> tuple[str, ...]:
-    return MESH_AXES + ((CONTEXT_AXIS,) if self.context > 1 else ())
+    return (((STAGE_AXIS,) if self.stage > 1 else ()) + MESH_AXES
+            + ((CONTEXT_AXIS,) if self.context > 1 else ()))
 
   def shape(self, num_devices: int) -> tuple[int, ...]:
     """Sizes of `axis_names`."""
-    sizes = [self.data, self.fsdp, self.model] + (
-        [self.context] if self.context > 1 else [])
+    sizes = ([self.stage] if self.stage > 1 else []) + [
+        self.data, self.fsdp, self.model] + (
+            [self.context] if self.context > 1 else [])
     if sizes.count(-1) > 1:
       raise ValueError(f"at most one mesh axis may be -1, got {sizes}")
     fixed = math.prod(s for s in sizes if s != -1)
@@ -110,20 +129,20 @@ class MeshConfig:
       sizes[sizes.index(-1)] = num_devices // fixed
     if math.prod(sizes) != num_devices:
       raise ValueError(
-          f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} "
+          f"mesh {dict(zip(self.axis_names, sizes))} needs {math.prod(sizes)} "
           f"devices but {num_devices} are available")
     return tuple(sizes)  # type: ignore[return-value]
 
 
 def make_mesh(cfg: MeshConfig, devices: Sequence[Any] | None = None) -> Mesh:
-  """A (data, fsdp, model[, context]) mesh with Auto axis types (GSPMD
+  """A ([stage,] data, fsdp, model[, context]) mesh with Auto axis types (GSPMD
   propagation).
 
   A fully specified mesh (no -1) smaller than the device count uses the
   first devices (e.g. `MeshConfig(1, 1, 1)` is a one-device run).
   """
   devices = list(devices) if devices is not None else jax.devices()
-  sizes = (cfg.data, cfg.fsdp, cfg.model, cfg.context)
+  sizes = (cfg.stage, cfg.data, cfg.fsdp, cfg.model, cfg.context)
   if -1 not in sizes and 0 < math.prod(sizes) < len(devices):
     logging.info("mesh %s uses %d of %d devices", sizes, math.prod(sizes),
                  len(devices))
@@ -229,6 +248,17 @@ def active_activation_sharding() -> tuple[Mesh, Rules] | None:
 def activation_sharding(mesh: Mesh, rules: Rules) -> Iterator[None]:
   """Within this context (at trace time), `constrain` pins activations."""
   token = _ACTIVE.set((mesh, rules))
+  try:
+    yield
+  finally:
+    _ACTIVE.reset(token)
+
+
+@contextlib.contextmanager
+def activation_sharding_off() -> Iterator[None]:
+  """Within this context `constrain` is a no-op (e.g. inside a shard_map,
+  where whole-mesh shardings do not apply)."""
+  token = _ACTIVE.set(None)
   try:
     yield
   finally:

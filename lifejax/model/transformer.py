@@ -36,6 +36,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from lifejax import sharding
+from lifejax.model import pipeline
 from lifejax.model.config import REMAT_POLICIES, TransformerConfig, to_dtype
 from lifejax.model.cpu_kernels import (blocked_attention_fn, cpu_matmul_fn,
                                        matmul)
@@ -367,6 +368,17 @@ class Transformer(nnx.Module):
       x = x * scale
     x = x.astype(cd)
     x = sharding.constrain(x, ("batch", "length", "embed"))
+    active = sharding.active_activation_sharding()
+    if pipeline.num_stages(active[0] if active else None) > 1:
+      if cfg.pipeline_schedule != "gpipe":
+        raise ValueError(
+            f"TransformerConfig.pipeline_schedule={cfg.pipeline_schedule!r} "
+            "computes the loss and its gradients in one schedule: call "
+            "Transformer.pipelined_loss (make_lm_loss_fn does), not the "
+            "model's forward; or use pipeline_schedule='gpipe'")
+      x, _ = self._gpipe_layers(x, positions_BxT, segment_ids_BxT,
+                                inv_freq, kern, active[0])
+      return self.final_norm(x, cd)
 
     graphdef, layer_state = nnx.split(self.layers)
 
@@ -384,6 +396,61 @@ class Transformer(nnx.Module):
       for i in range(cfg.num_layers):
         x, _ = body(x, jax.tree.map(lambda a, i=i: a[i], layer_state))
     return self.final_norm(x, cd)
+
+  # -- pipeline parallelism (lifejax/model/pipeline.py) -----------------------
+
+  def _stage_fn(self, inv_freq: jax.Array, kern: Kernels) -> pipeline.StageFn:
+    """One pipeline stage: the model's layer loop over the L/p layers a
+    stage holds, for one microbatch (extras = (positions, segment ids))."""
+    cfg = self.cfg
+    graphdef = nnx.graphdef(self.layers)
+
+    def layer(x_BxTxD, one_layer_state, positions_BxT, segment_ids_BxT):
+      block = nnx.merge(graphdef, one_layer_state)
+      return block(x_BxTxD, positions_BxT, segment_ids_BxT, inv_freq, kern)
+
+    if cfg.remat_policy != "none":
+      layer = jax.checkpoint(layer, policy=REMAT_POLICIES[cfg.remat_policy],
+                             prevent_cse=False)
+
+    def stage_fn(stage_state, x_BxTxD, extras):
+      positions_BxT, segment_ids_BxT = extras
+      # Inside the stage's shard_map the activation constraints (whole-mesh
+      # shardings) do not apply; GSPMD propagates from the inputs there.
+      with sharding.activation_sharding_off():
+        if kern.scan_layers:
+          x_BxTxD, _ = jax.lax.scan(
+              lambda x, ls: (layer(x, ls, positions_BxT, segment_ids_BxT),
+                             None), x_BxTxD, stage_state)
+        else:
+          n = jax.tree.leaves(stage_state)[0].shape[0]
+          for i in range(n):
+            x_BxTxD = layer(x_BxTxD,
+                            jax.tree.map(lambda a, i=i: a[i], stage_state),
+                            positions_BxT, segment_ids_BxT)
+      return x_BxTxD
+
+    return stage_fn
+
+  def _pipeline_inputs(self, x_BxTxD: jax.Array, positions_BxT: jax.Array,
+                       segment_ids_BxT: jax.Array, mesh) -> tuple:
+    cfg = self.cfg
+    p, m = pipeline.num_stages(mesh), cfg.pipeline_microbatches
+    pipeline.check_pipeline(cfg.num_layers, x_BxTxD.shape[0], p, m,
+                            cfg.pipeline_schedule)
+    micro = lambda a: pipeline.to_microbatches(a, m)  # noqa: E731
+    return micro(x_BxTxD), (micro(positions_BxT), micro(segment_ids_BxT))
+
+  def _gpipe_layers(self, x_BxTxD: jax.Array, positions_BxT: jax.Array,
+                    segment_ids_BxT: jax.Array, inv_freq: jax.Array,
+                    kern: Kernels, mesh) -> tuple[jax.Array, jax.Array]:
+    """The layer stack as a GPipe pipeline over the mesh's stage axis:
+    (output (B, T, D), the executed schedule's ids (p, m + p - 1))."""
+    x_M, extras_M = self._pipeline_inputs(x_BxTxD, positions_BxT,
+                                          segment_ids_BxT, mesh)
+    y_M, ids = pipeline.gpipe(self._stage_fn(inv_freq, kern),
+                              nnx.state(self.layers), x_M, extras_M, mesh)
+    return pipeline.from_microbatches(y_M), ids
 
   def logits_from_hidden(self, h_BxTxD: jax.Array) -> jax.Array:
     cfg = self.cfg
