@@ -60,9 +60,11 @@ SCHEDULES = ("gpipe", "1f1b")
 # stage (params with a leading L/p axis) for one microbatch; `extras` holds
 # that microbatch's per-row side inputs (positions, segment ids).
 StageFn = Callable[[Any, jax.Array, Any], jax.Array]
-# head_fn(head_params, y_BxTxD, extras) -> scalar: the summed (not mean)
-# loss of one microbatch from the last stage's output.
-HeadFn = Callable[[Any, jax.Array, Any], jax.Array]
+# head_fn(head_params, y_BxTxD, extras) -> (loss, aux): the summed (not
+# mean) loss of one microbatch from the last stage's output, and a dict of
+# scalar sums to report (not differentiated).
+HeadFn = Callable[[Any, jax.Array, Any],
+                  tuple[jax.Array, dict[str, jax.Array]]]
 
 
 def num_stages(mesh: Mesh | None) -> int:
@@ -178,7 +180,8 @@ def gpipe(stage_fn: StageFn, stage_params: Any, x_MxBxTxD: jax.Array,
 class OneFOneB:
   """What `one_f_one_b` returns (grads of the summed microbatch losses)."""
 
-  loss: jax.Array          # sum over microbatches of head_fn
+  loss: jax.Array          # sum over microbatches of head_fn's loss
+  aux: dict                # sums over microbatches of head_fn's aux
   stage_grads: Any         # like stage_params
   head_grads: Any          # like head_params
   dx: jax.Array            # (M, b, T, D): d loss / d first-stage input
@@ -209,31 +212,43 @@ def one_f_one_b(stage_fn: StageFn, head_fn: HeadFn, stage_params: Any,
   def local(sp, hp, x, extras):
     s = jax.lax.axis_index(STAGE_AXIS)
     first, last = s == 0, s == p - 1
+    # Typed as varying over stages: the head's gradient is (only the last
+    # stage's is nonzero until the psum below), and custom-VJP kernels
+    # need an input's cotangent to have the input's type.
+    hp = jax.tree.map(_varying, hp)
     zero_act = _varying(jnp.zeros_like(x[0]))
+    zeros_of = lambda t: jax.tree.map(  # noqa: E731
+        lambda a: _varying(jnp.zeros(a.shape, a.dtype)), t)
+    aux_shape = jax.eval_shape(
+        lambda: head_fn(hp, x[0], _take(extras, 0))[1])
+    zero_aux = zeros_of(aux_shape)
 
     def last_loss(sp_, hp_, xin, ex):
-      return head_fn(hp_, stage_fn(sp_, xin, ex), ex)
+      loss, aux = head_fn(hp_, stage_fn(sp_, xin, ex), ex)
+      return loss, aux
 
     def backward(i, xin, cot):
-      """(loss, d stage params, d head params, d input) of microbatch i."""
+      """(loss, aux, d stage params, d head params, d input) of
+      microbatch i."""
       ex = _take(extras, i)
 
       def at_last():
-        loss, vjp = jax.vjp(lambda a, b, c: last_loss(a, b, c, ex),
-                            sp, hp, xin)
-        return (loss,) + vjp(jnp.ones_like(loss))
+        loss, vjp, aux = jax.vjp(lambda a, b, c: last_loss(a, b, c, ex),
+                                 sp, hp, xin, has_aux=True)
+        return ((_varying(loss), jax.tree.map(_varying, aux))
+                + vjp(jnp.ones_like(loss)))
 
       def inner():
-        y, vjp = jax.vjp(lambda a, c: stage_fn(a, c, ex), sp, xin)
-        del y
+        _, vjp = jax.vjp(lambda a, c: stage_fn(a, c, ex), sp, xin)
         g_sp, g_x = vjp(cot)
-        return (_varying(jnp.zeros((), jnp.float32)), g_sp,
-                jax.tree.map(lambda a: _varying(jnp.zeros_like(a)), hp), g_x)
+        return (_varying(jnp.zeros((), jnp.float32)), zero_aux, g_sp,
+                zeros_of(hp), g_x)
 
       return jax.lax.cond(last, at_last, inner)
 
     def tick(carry, t):
-      (f_recv, f_id, b_recv, b_id, saved, g_sp, g_hp, loss, dx) = carry
+      (f_recv, f_id, b_recv, b_id, saved, g_sp, g_hp, loss, aux,
+       dx) = carry
       # Forward slot: microbatch t - s.
       own_id = jnp.where(t < m, t, -1)
       fi = jnp.where(first, own_id, f_id)
@@ -253,45 +268,73 @@ def one_f_one_b(stage_fn: StageFn, head_fn: HeadFn, stage_params: Any,
       bidx = jnp.clip(bi, 0, m - 1)
       xin = jax.lax.dynamic_index_in_dim(saved, bidx % slots, 0,
                                          keepdims=False)
-      zeros = (_varying(jnp.zeros((), jnp.float32)),
-               jax.tree.map(lambda a: _varying(jnp.zeros_like(a)), sp),
-               jax.tree.map(lambda a: _varying(jnp.zeros_like(a)), hp),
-               zero_act)
-      l_i, gs_i, gh_i, gx_i = jax.lax.cond(
+      zeros = (_varying(jnp.zeros((), jnp.float32)), zero_aux, zeros_of(sp),
+               zeros_of(hp), zero_act)
+      l_i, a_i, gs_i, gh_i, gx_i = jax.lax.cond(
           b_ok, lambda: backward(bidx, xin, b_recv), lambda: zeros)
       g_sp = jax.tree.map(jnp.add, g_sp, gs_i)
       g_hp = jax.tree.map(jnp.add, g_hp, gh_i)
       loss = loss + l_i
+      aux = jax.tree.map(jnp.add, aux, a_i)
       dx = _put(dx, bidx, gx_i, first & b_ok)
       f_next, f_next_id = _shift((out, jnp.where(last, -1, fi)), p, 1)
       b_next, b_next_id = _shift((gx_i, jnp.where(first, -1, bi)), p, -1)
       return ((f_next, f_next_id, b_next, b_next_id, saved, g_sp, g_hp,
-               loss, dx), (fi, bi))
+               loss, aux, dx), (fi, bi))
 
     minus1 = _varying(jnp.full((), -1, jnp.int32))
     init = (zero_act, minus1, zero_act, minus1,
             _varying(jnp.zeros((slots,) + x.shape[1:], x.dtype)),
-            jax.tree.map(lambda a: _varying(jnp.zeros_like(a)), sp),
-            jax.tree.map(lambda a: _varying(jnp.zeros_like(a)), hp),
-            _varying(jnp.zeros((), jnp.float32)),
+            zeros_of(sp), zeros_of(hp),
+            _varying(jnp.zeros((), jnp.float32)), zero_aux,
             _varying(jnp.zeros_like(x)))
-    (_, _, _, _, _, g_sp, g_hp, loss, dx), (fids, bids) = jax.lax.scan(
-        tick, init, jnp.arange(ticks))
+    (_, _, _, _, _, g_sp, g_hp, loss, aux, dx), (fids, bids) = (
+        jax.lax.scan(tick, init, jnp.arange(ticks)))
     # Loss and head grads live on the last stage, dx on the first; the
     # others hold zeros, so a sum over stages reads them off.
     loss = jax.lax.psum(loss, STAGE_AXIS)
+    aux = jax.tree.map(lambda a: jax.lax.psum(a, STAGE_AXIS), aux)
     g_hp = jax.tree.map(lambda a: jax.lax.psum(a, STAGE_AXIS), g_hp)
     dx = jax.lax.psum(dx, STAGE_AXIS)
-    return loss, g_sp, g_hp, dx, fids[None], bids[None]
+    return loss, aux, g_sp, g_hp, dx, fids[None], bids[None]
 
   fn = jax.shard_map(
       local, mesh=mesh, in_specs=(P(STAGE_AXIS), P(), P(), P()),
-      out_specs=(P(), P(STAGE_AXIS), P(), P(), P(STAGE_AXIS),
+      out_specs=(P(), P(), P(STAGE_AXIS), P(), P(), P(STAGE_AXIS),
                  P(STAGE_AXIS)),
       axis_names={STAGE_AXIS})
-  loss, g_sp, g_hp, dx, fids, bids = fn(stage_params, head_params,
-                                        x_MxBxTxD, extras_M)
-  return OneFOneB(loss, g_sp, g_hp, dx, fids, bids)
+  loss, aux, g_sp, g_hp, dx, fids, bids = fn(stage_params, head_params,
+                                             x_MxBxTxD, extras_M)
+  return OneFOneB(loss, aux, g_sp, g_hp, dx, fids, bids)
+
+
+def one_f_one_b_loss(stage_fn: StageFn, head_fn: HeadFn, mesh: Mesh
+                     ) -> Callable[..., tuple[jax.Array, dict]]:
+  """`f(stage_params, head_params, x_M, extras_M) -> (loss, aux)` by the
+  1F1B schedule, differentiable: a custom VJP whose forward runs
+  `one_f_one_b` (loss and gradients together) and whose backward scales
+  the saved gradients by the loss cotangent. So `jax.grad` of a loss built
+  on it gets the 1F1B gradients, and nothing of the schedule is traced
+  twice. extras get no gradient."""
+
+  @jax.custom_vjp
+  def f(sp, hp, x, extras):
+    r = one_f_one_b(stage_fn, head_fn, sp, hp, x, extras, mesh)
+    return r.loss, r.aux
+
+  def fwd(sp, hp, x, extras):
+    r = one_f_one_b(stage_fn, head_fn, sp, hp, x, extras, mesh)
+    return (r.loss, r.aux), (r.stage_grads, r.head_grads, r.dx)
+
+  def bwd(res, cot):
+    g = cot[0]
+    scale = lambda t: jax.tree.map(  # noqa: E731
+        lambda a: (a * g).astype(a.dtype), t)
+    gs, gh, dx = res
+    return scale(gs), scale(gh), scale(dx), None
+
+  f.defvjp(fwd, bwd)
+  return f
 
 
 def bubble_fraction(fwd_ids: np.ndarray, bwd_ids: np.ndarray | None = None,

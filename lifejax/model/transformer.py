@@ -29,6 +29,7 @@ import dataclasses
 import functools
 import math
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -414,7 +415,7 @@ class Transformer(nnx.Module):
                              prevent_cse=False)
 
     def stage_fn(stage_state, x_BxTxD, extras):
-      positions_BxT, segment_ids_BxT = extras
+      positions_BxT, segment_ids_BxT = extras[0], extras[1]
       # Inside the stage's shard_map the activation constraints (whole-mesh
       # shardings) do not apply; GSPMD propagates from the inputs there.
       with sharding.activation_sharding_off():
@@ -451,6 +452,76 @@ class Transformer(nnx.Module):
     y_M, ids = pipeline.gpipe(self._stage_fn(inv_freq, kern),
                               nnx.state(self.layers), x_M, extras_M, mesh)
     return pipeline.from_microbatches(y_M), ids
+
+  def _head_fn(self, head_loss: Callable[..., tuple[jax.Array, dict]]
+               ) -> pipeline.HeadFn:
+    """The last stage's head: final norm, LM head, then `head_loss`."""
+    cfg = self.cfg
+    cd = to_dtype(cfg.compute_dtype)
+    kern = kernels(cfg)
+    norm_graphdef = nnx.graphdef(self.final_norm)
+
+    def head_fn(hp, y_BxTxD, extras):
+      # extras = (positions, segment ids, head_extras): the head's are last
+      with sharding.activation_sharding_off():
+        h = nnx.merge(norm_graphdef, hp["norm"])(y_BxTxD, cd)
+        b, t, d = h.shape
+        head = hp["head"].T if cfg.tie_embeddings else hp["head"]
+        logits = _mm(h.reshape(b * t, d), head, cd, kern,
+                     "tn" if kern.weight_grad == "tn" else "loop")
+        logits = logits.reshape(b, t, cfg.vocab_size).astype(
+            to_dtype(cfg.output_dtype))
+        return head_loss(logits, extras[2])
+
+    return head_fn
+
+  def pipelined_loss(
+      self, tokens_BxT: jax.Array, positions_BxT: jax.Array | None,
+      segment_ids_BxT: jax.Array | None,
+      head_loss: Callable[[jax.Array, Any], tuple[jax.Array, dict]],
+      head_extras: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """A loss summed over rows, computed the way the mesh and
+    `pipeline_schedule` ask: under a `stage` mesh with the "1f1b" schedule
+    by `pipeline.one_f_one_b_loss` (loss and gradients in one interleaved
+    schedule), otherwise from the model's logits.
+
+    head_loss(logits (b, T, V), extras) -> (loss, aux): a *sum* over the
+    rows it is given (so microbatch sums add up to the batch's) and a dict
+    of scalar sums; head_extras: a pytree of (B, ...) arrays it needs
+    (targets, loss masks), cut into the same microbatches as the tokens.
+    """
+    active = sharding.active_activation_sharding()
+    mesh = active[0] if active else None
+    if (pipeline.num_stages(mesh) == 1
+        or self.cfg.pipeline_schedule == "gpipe"):
+      return head_loss(self(tokens_BxT, positions_BxT, segment_ids_BxT),
+                       head_extras)
+    cfg = self.cfg
+    b, t = tokens_BxT.shape
+    if positions_BxT is None:
+      positions_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    if segment_ids_BxT is None:
+      segment_ids_BxT = jnp.ones((b, t), dtype=jnp.int32)
+    # The embedding, as `hidden` computes it (outside the pipeline).
+    cfg.check_length(t)
+    table_VxD = sharding.constrain(self.embed[...], (None, None))
+    x = jnp.take(table_VxD, tokens_BxT, axis=0)
+    scale = embedding_scale(cfg)
+    if scale is not None:
+      x = x * scale
+    x = sharding.constrain(x.astype(to_dtype(cfg.compute_dtype)),
+                           ("batch", "length", "embed"))
+    kern = kernels(cfg)
+    x_M, extras_M = self._pipeline_inputs(x, positions_BxT, segment_ids_BxT,
+                                          mesh)
+    extras_M = list(extras_M) + [jax.tree.map(
+        lambda a: pipeline.to_microbatches(a, cfg.pipeline_microbatches),
+        head_extras)]
+    hp = {"norm": nnx.state(self.final_norm),
+          "head": self.embed[...] if cfg.tie_embeddings else self.lm_head[...]}
+    f = pipeline.one_f_one_b_loss(self._stage_fn(rope_inv_freq(cfg), kern),
+                                  self._head_fn(head_loss), mesh)
+    return f(nnx.state(self.layers), hp, x_M, extras_M)
 
   def logits_from_hidden(self, h_BxTxD: jax.Array) -> jax.Array:
     cfg = self.cfg
