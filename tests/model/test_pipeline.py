@@ -131,9 +131,10 @@ def _stage_fn(params_L, x, extras):
   return x
 
 
-# (4, 3): fewer microbatches than stages; (2, 5): more than the 2p - 1
-# input slots 1F1B keeps per stage, so its ring buffer wraps.
-@pytest.mark.parametrize("stages,micro", [(4, 3), (2, 5)])
+# More microbatches than the 2p - 1 input slots 1F1B keeps per stage, so
+# its ring buffer wraps. (Fewer microbatches than stages: the model test's
+# m = p = 4 and experiments/pipeline_bubble's m = 1 rows.)
+@pytest.mark.parametrize("stages,micro", [(2, 5)])
 def test_executed_schedule_and_bubble(stages, micro):
   mesh = sharding.make_mesh(sharding.MeshConfig(stage=stages, fsdp=-1))
   rng = np.random.default_rng(stages * 10 + micro)
