@@ -314,13 +314,17 @@ def one_f_one_b_loss(stage_fn: StageFn, head_fn: HeadFn, mesh: Mesh
   1F1B schedule, differentiable: a custom VJP whose forward runs
   `one_f_one_b` (loss and gradients together) and whose backward scales
   the saved gradients by the loss cotangent. So `jax.grad` of a loss built
-  on it gets the 1F1B gradients, and nothing of the schedule is traced
-  twice. extras get no gradient."""
+  on it gets the 1F1B gradients. Called without differentiation (an eval
+  step) it runs the GPipe forward and the head instead. extras get no
+  gradient."""
 
   @jax.custom_vjp
   def f(sp, hp, x, extras):
-    r = one_f_one_b(stage_fn, head_fn, sp, hp, x, extras, mesh)
-    return r.loss, r.aux
+    # Not differentiated (an eval step): the GPipe forward and the head per
+    # microbatch; no backward slots to run.
+    y_M, _ = gpipe(stage_fn, sp, x, extras, mesh)
+    per_mb = jax.lax.map(lambda a: head_fn(hp, a[0], a[1]), (y_M, extras))
+    return jax.tree.map(lambda v: jnp.sum(v, axis=0), per_mb)
 
   def fwd(sp, hp, x, extras):
     r = one_f_one_b(stage_fn, head_fn, sp, hp, x, extras, mesh)
