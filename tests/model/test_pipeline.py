@@ -17,12 +17,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lifejax import sharding
+from lifejax import checks, sharding
 from lifejax.losses.lm import make_lm_loss_fn
 from lifejax.model import pipeline, transformer
 from lifejax.model.config import TransformerConfig
 from lifejax.stages import runner
-from lifejax import checks
 
 CFG = TransformerConfig(vocab_size=64, d_model=16, num_layers=4, num_heads=2,
                         num_kv_heads=1, mlp_dim=32, tie_embeddings=True)
@@ -221,7 +220,8 @@ def test_mesh_config_and_errors():
   with pytest.raises(ValueError, match=r"num_layers=4 is not divisible by "
                      r"the pipeline stages MeshConfig.stage=8"):
     pipeline.check_pipeline(4, 8, 8, 2, "gpipe")
-  with pytest.raises(ValueError, match=r"batch size 6 \(.*pipeline_microbatches=4"):
+  with pytest.raises(ValueError,
+                     match=r"batch size 6 \(.*pipeline_microbatches=4"):
     pipeline.check_pipeline(4, 6, 2, 4, "gpipe")
   # The stage runner: pretrain/SFT check the pipeline, the others refuse.
   with pytest.raises(checks.ConfigError, match="num_layers=4 is not"):
