@@ -73,11 +73,15 @@ def num_stages(mesh: Mesh | None) -> int:
 
 
 def check_pipeline(num_layers: int, batch: int, stages: int,
-                   microbatches: int, schedule: str) -> None:
-  """ValueError naming the config field when a pipeline cannot be built."""
+                   microbatches: int, schedule: str,
+                   tensor_parallel: int = 1) -> None:
+  """ValueError naming the config field when a pipeline cannot be built
+  (`tensor_parallel`: the mesh's `model` axis size)."""
   if schedule not in SCHEDULES:
     raise ValueError(f"TransformerConfig.pipeline_schedule={schedule!r}: "
                      f"expected one of {SCHEDULES}")
+  if schedule == "1f1b":
+    _check_1f1b_mesh(tensor_parallel)
   if not (isinstance(microbatches, int) and microbatches >= 1):
     raise ValueError(f"TransformerConfig.pipeline_microbatches="
                      f"{microbatches!r} must be an integer >= 1")
@@ -91,6 +95,17 @@ def check_pipeline(num_layers: int, batch: int, stages: int,
         f"batch size {batch} (per step or per accumulation microbatch) is "
         f"not divisible by TransformerConfig.pipeline_microbatches="
         f"{microbatches}")
+
+
+def _check_1f1b_mesh(tensor_parallel: int) -> None:
+  if tensor_parallel > 1:
+    # XLA:CPU aborts the process (an SPMD partitioner check; with the
+    # per-stage conds, collectives that not every device joins): refuse.
+    raise ValueError(
+        f"TransformerConfig.pipeline_schedule='1f1b' with MeshConfig.model="
+        f"{tensor_parallel}: the 1F1B schedule does not support tensor "
+        "parallelism inside a stage; use pipeline_schedule='gpipe' or "
+        "model=1 (data and fsdp work with both)")
 
 
 def to_microbatches(x: jax.Array, m: int) -> jax.Array:
@@ -206,6 +221,7 @@ def one_f_one_b(stage_fn: StageFn, head_fn: HeadFn, stage_params: Any,
   """
   p = num_stages(mesh)
   m = x_MxBxTxD.shape[0]
+  _check_1f1b_mesh(mesh.shape.get("model", 1))
   ticks = m + 2 * p - 2
   slots = min(m, 2 * p - 1)  # saved stage inputs in flight per stage
 

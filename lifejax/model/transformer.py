@@ -438,7 +438,7 @@ class Transformer(nnx.Module):
     cfg = self.cfg
     p, m = pipeline.num_stages(mesh), cfg.pipeline_microbatches
     pipeline.check_pipeline(cfg.num_layers, x_BxTxD.shape[0], p, m,
-                            cfg.pipeline_schedule)
+                            cfg.pipeline_schedule, mesh.shape.get("model", 1))
     micro = lambda a: pipeline.to_microbatches(a, m)  # noqa: E731
     return micro(x_BxTxD), (micro(positions_BxT), micro(segment_ids_BxT))
 

@@ -192,7 +192,7 @@ def preflight(stage: str, mesh_cfg: sharding.MeshConfig, batch_size: int,
       pipeline.check_pipeline(
           pipeline_model.num_layers, batch_size // max(num_microbatches, 1),
           mesh_cfg.stage, pipeline_model.pipeline_microbatches,
-          pipeline_model.pipeline_schedule)
+          pipeline_model.pipeline_schedule, mesh_cfg.model)
     mesh = sharding.make_mesh(mesh_cfg)
     checks.at_least(f"{stage}.num_microbatches", num_microbatches, 1)
     if batch_size % num_microbatches:

@@ -99,21 +99,24 @@ def _max_rel(a, b) -> float:
   return max(diffs) / scale
 
 
-# 4 stages here; 2 stages (with 4-way data parallelism) in
+# 4 stages here, with tensor (GPipe) or fsdp (1F1B) parallelism inside each
+# stage; 2 stages with 4-way data parallelism in
 # tests/train/test_pipeline_train.py, through the train step.
-@pytest.mark.parametrize("schedule,stage,data,fsdp,micro", [
-    ("gpipe", 4, 2, 1, 4),
-    ("1f1b", 4, 1, 2, 4),
+@pytest.mark.parametrize("schedule,stage,fsdp,model,micro", [
+    ("gpipe", 4, 1, 2, 4),
+    ("1f1b", 4, 2, 1, 4),
 ])
-def test_pipeline_matches_plain_model(setup, schedule, stage, data, fsdp,
+def test_pipeline_matches_plain_model(setup, schedule, stage, fsdp, model,
                                       micro):
   params, batch, (ref_loss, ref_metrics, ref_grads) = setup
   cfg = dataclasses.replace(CFG, pipeline_schedule=schedule,
                             pipeline_microbatches=micro)
-  mesh_cfg = sharding.MeshConfig(stage=stage, data=data, fsdp=fsdp)
+  mesh_cfg = sharding.MeshConfig(stage=stage, data=1, fsdp=fsdp, model=model)
   loss, metrics, grads, specs = _pipelined(params, batch, cfg, mesh_cfg)
-  # The layer params really are split over the stages.
+  # The layer params really are split over the stages (and heads over
+  # `model`).
   assert specs["layers"]["mlp"]["w_up"][0] == sharding.STAGE_AXIS
+  assert ("model" in specs["layers"]["attn"]["wq"]) == (model > 1)
   np.testing.assert_allclose(float(loss), float(ref_loss), rtol=RTOL)
   for k in ("cross_entropy", "z_loss", "accuracy", "weight"):
     np.testing.assert_allclose(float(metrics[k]), float(ref_metrics[k]),
@@ -227,6 +230,11 @@ def test_mesh_config_and_errors():
   with pytest.raises(checks.ConfigError, match="num_layers=4 is not"):
     runner.preflight("pretrain", sharding.MeshConfig(stage=8), 8,
                      pipeline_model=CFG)
+  with pytest.raises(checks.ConfigError, match=r"'1f1b' with MeshConfig."
+                     r"model=2: .* tensor parallelism"):
+    runner.preflight("sft", sharding.MeshConfig(stage=2, model=2), 8,
+                     pipeline_model=dataclasses.replace(
+                         CFG, pipeline_schedule="1f1b"))
   with pytest.raises(checks.ConfigError, match="rl: mesh.stage=2: pipeline"):
     runner.preflight("rl", sharding.MeshConfig(stage=2), 8)
   # A 1F1B model's plain forward under a stage mesh is an error, not a
