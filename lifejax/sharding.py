@@ -30,6 +30,10 @@ MESH_AXES = ("data", "fsdp", "model")
 # over this axis; a mesh has it only when MeshConfig.context > 1, so every
 # (data, fsdp, model) mesh, spec and memory plan stays as it was.
 CONTEXT_AXIS = "context"
+# Pipeline parallelism (lifejax/model/pipeline.py) splits the layer stack
+# into contiguous stages over this axis; a mesh has it (first, so stages
+# are the outermost split) only when MeshConfig.stage > 1.
+STAGE_AXIS = "stage"
 
 # Expert parallelism (lifejax/model/moe.py) splits a mixture of experts'
 # experts over this axis, which also splits the batch (tokens travel to
@@ -53,7 +57,8 @@ DEFAULT_RULES: Rules = (
     ("head_dim", None),
     ("mlp", "model"),
     ("vocab", "model"),
-    ("layers", None),
+    # the stacked layers' L axis: contiguous stages (absent axis = replicated)
+    ("layers", STAGE_AXIS),
     ("norm", None),
     ("experts", EXPERT_AXIS),
 )
@@ -66,13 +71,17 @@ class MeshConfig:
   `context` > 1 adds a `context` axis (last, so ring neighbours are
   adjacent devices) that splits the sequence of the activations; `expert`
   > 1 adds an `expert` axis (after `model`) that splits a mixture of
-  experts' experts and, with data and fsdp, the batch.
+  experts' experts and, with data and fsdp, the batch. `stage` > 1 adds a
+  `stage` axis (first) that splits the layer stack into pipeline stages
+  (lifejax/model/pipeline.py; the microbatch count and schedule are
+  TransformerConfig.pipeline_microbatches / _schedule).
   """
 
   data: int = 1
   fsdp: int = -1
   model: int = 1
   context: int = 1
+  stage: int = 1
   rules: Rules = DEFAULT_RULES
   expert: int = 1
 
@@ -92,26 +101,41 @@ class MeshConfig:
       seen.add(name)
       axes = (() if rule is None else (rule,) if isinstance(rule, str)
               else tuple(rule))
-      unknown = [a for a in axes if a not in MESH_AXES + OPTIONAL_AXES]
+      known = (STAGE_AXIS,) + MESH_AXES + OPTIONAL_AXES
+      unknown = [a for a in axes if a not in known]
       if unknown:
         raise ValueError(f"MeshConfig.rules: logical axis {name!r} maps to "
                          f"unknown mesh axes {unknown}; mesh axes are "
-                         f"{MESH_AXES + OPTIONAL_AXES}")
-    for f in ("context", "expert"):
-      if not (isinstance(getattr(self, f), int) and getattr(self, f) >= 1):
-        raise ValueError(f"MeshConfig.{f}={getattr(self, f)!r} must be an "
-                         "integer >= 1")
+                         f"{known}")
+    for f in ("context", "expert", "stage"):
+      v = getattr(self, f)
+      if not (isinstance(v, int) and v >= 1):
+        raise ValueError(f"MeshConfig.{f}={v!r} must be an integer >= 1")
+    if self.stage > 1 and self.context > 1:
+      raise ValueError(
+          f"MeshConfig.stage={self.stage} with context={self.context}: "
+          "pipeline stages and context parallelism do not combine (the ring "
+          "attention's shard_map cannot run inside a pipeline stage); set "
+          "one of them to 1")
+    if self.stage > 1 and self.expert > 1:
+      raise ValueError(
+          f"MeshConfig.stage={self.stage} with expert={self.expert}: "
+          "pipeline stages and expert parallelism do not combine yet (the "
+          "experts' all-to-all shard_map cannot run inside a pipeline "
+          "stage); set one of them to 1")
 
   @property
   def axis_names(self) -> tuple[str, ...]:
-    return MESH_AXES + ((EXPERT_AXIS,) if self.expert > 1 else ()) + (
-        (CONTEXT_AXIS,) if self.context > 1 else ())
+    return (((STAGE_AXIS,) if self.stage > 1 else ()) + MESH_AXES
+            + ((EXPERT_AXIS,) if self.expert > 1 else ())
+            + ((CONTEXT_AXIS,) if self.context > 1 else ()))
 
   def shape(self, num_devices: int) -> tuple[int, ...]:
     """Sizes of `axis_names`."""
-    sizes = [self.data, self.fsdp, self.model] + (
-        [self.expert] if self.expert > 1 else []) + (
-        [self.context] if self.context > 1 else [])
+    sizes = ([self.stage] if self.stage > 1 else []) + [
+        self.data, self.fsdp, self.model] + (
+            [self.expert] if self.expert > 1 else []) + (
+            [self.context] if self.context > 1 else [])
     if sizes.count(-1) > 1:
       raise ValueError(f"at most one mesh axis may be -1, got {sizes}")
     fixed = math.prod(s for s in sizes if s != -1)
@@ -133,14 +157,15 @@ class MeshConfig:
 
 
 def make_mesh(cfg: MeshConfig, devices: Sequence[Any] | None = None) -> Mesh:
-  """A (data, fsdp, model[, expert][, context]) mesh with Auto axis types
-  (GSPMD propagation).
+  """A ([stage,] data, fsdp, model[, expert][, context]) mesh with Auto
+  axis types (GSPMD propagation).
 
   A fully specified mesh (no -1) smaller than the device count uses the
   first devices (e.g. `MeshConfig(1, 1, 1)` is a one-device run).
   """
   devices = list(devices) if devices is not None else jax.devices()
-  sizes = (cfg.data, cfg.fsdp, cfg.model, cfg.expert, cfg.context)
+  sizes = (cfg.stage, cfg.data, cfg.fsdp, cfg.model, cfg.expert,
+           cfg.context)
   if -1 not in sizes and 0 < math.prod(sizes) < len(devices):
     logging.info("mesh %s uses %d of %d devices", sizes, math.prod(sizes),
                  len(devices))
@@ -248,6 +273,17 @@ def active_activation_sharding() -> tuple[Mesh, Rules] | None:
 def activation_sharding(mesh: Mesh, rules: Rules) -> Iterator[None]:
   """Within this context (at trace time), `constrain` pins activations."""
   token = _ACTIVE.set((mesh, rules))
+  try:
+    yield
+  finally:
+    _ACTIVE.reset(token)
+
+
+@contextlib.contextmanager
+def activation_sharding_off() -> Iterator[None]:
+  """Within this context `constrain` is a no-op (e.g. inside a shard_map,
+  where whole-mesh shardings do not apply)."""
+  token = _ACTIVE.set(None)
   try:
     yield
   finally:

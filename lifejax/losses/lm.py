@@ -58,17 +58,56 @@ def add_moe_losses(loss: jax.Array, metrics: dict[str, jax.Array],
   return loss, {**metrics, **aux}
 
 
+def lm_loss_sums(logits_BxTxV: jax.Array, extras: dict[str, jax.Array],
+                 z_loss: float = 0.0
+                 ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """`lm_loss` as sums over rows (not means), for a loss computed by
+  microbatches (`Transformer.pipelined_loss`): (sum(w * nll) + z_loss *
+  sum(w * lse^2), {"ce", "zl", "correct"} sums). extras: "targets" and
+  "loss_mask" (B, T)."""
+  w = extras["loss_mask"].astype(jnp.float32)
+  nll, lse = token_cross_entropy(logits_BxTxV, extras["targets"])
+  ce = jnp.sum(nll * w)
+  zl = jnp.sum(jnp.square(lse) * w)
+  correct = jnp.sum(
+      (jnp.argmax(logits_BxTxV, axis=-1) == extras["targets"]) * w)
+  return ce + z_loss * zl, {"ce": ce, "zl": zl, "correct": correct}
+
+
+def _pipelined_lm_loss(model: Any, batch: dict[str, jax.Array],
+                       z_loss: float) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """`lm_loss` of the model on `batch` through `pipelined_loss` (the 1F1B
+  schedule computes the loss per microbatch, next to its backward)."""
+  w = batch["loss_mask"].astype(jnp.float32)
+  denom = jnp.maximum(jnp.sum(w), 1e-8)
+  total, sums = model.pipelined_loss(
+      batch["tokens"], batch.get("positions"), batch.get("segment_ids"),
+      lambda logits, ex: lm_loss_sums(logits, ex, z_loss),
+      {"targets": batch["targets"], "loss_mask": batch["loss_mask"]})
+  metrics = {"cross_entropy": sums["ce"] / denom,
+             "z_loss": z_loss * sums["zl"] / denom,
+             "accuracy": sums["correct"] / denom, "weight": jnp.sum(w)}
+  return total / denom, metrics
+
+
 def make_lm_loss_fn(graphdef: nnx.GraphDef, z_loss: float = 0.0,
                     moe_losses: bool = True) -> LossFn:
-  """A pure `loss_fn(params, batch, rng)` for next-token LM training. With
-  a mixture-of-experts model the loss adds its weighted aux losses unless
-  `moe_losses` is False (evals: the loss is then the cross-entropy and
-  z-loss alone, so perplexity = exp(loss)); their values are logged
-  either way."""
+  """A pure `loss_fn(params, batch, rng)` for next-token LM training.
+
+  With a mixture-of-experts model the loss adds its weighted aux losses
+  unless `moe_losses` is False (evals: the loss is then the cross-entropy
+  and z-loss alone, so perplexity = exp(loss)); their values are logged
+  either way. A dense model whose `pipeline_schedule` is "1f1b" computes
+  it through `Transformer.pipelined_loss` (the same loss; see
+  pipeline.py)."""
 
   def loss_fn(params, batch, rng):
     del rng  # the decoder has no dropout
     model = nnx.merge(graphdef, params)
+    cfg = getattr(model, "cfg", None)
+    if (getattr(cfg, "pipeline_schedule", "gpipe") == "1f1b"
+        and not getattr(cfg, "num_experts", 0)):
+      return _pipelined_lm_loss(model, batch, z_loss)
     logits, aux = model.logits_and_aux(batch["tokens"], batch.get("positions"),
                                        batch.get("segment_ids"))
     loss, metrics = lm_loss(logits, batch["targets"], batch["loss_mask"],

@@ -145,6 +145,15 @@ class TransformerConfig:
   #   z-loss (ST-MoE). Both are means over layers.
   moe_aux_loss_coef: float = 0.0
   moe_z_loss_coef: float = 0.0
+  # Pipeline parallelism (lifejax/model/pipeline.py), active only under a
+  # mesh with a `stage` axis (MeshConfig.stage > 1); the function computed
+  # is the same. pipeline_microbatches: m, the microbatches the batch is cut
+  # into for the pipeline (the bubble is (p - 1) / (m + p - 1)).
+  # pipeline_schedule: "gpipe" (all forwards, then autodiff's backward) or
+  # "1f1b" (interleaved forward and backward; peak activations bounded by
+  # the stage count; the loss must go through `Transformer.pipelined_loss`).
+  pipeline_microbatches: int = 1
+  pipeline_schedule: str = "gpipe"
 
   def __post_init__(self):
     if isinstance(self.rope_scaling, dict):  # gin binds dicts; keep it hashable
@@ -177,6 +186,13 @@ class TransformerConfig:
       if getattr(self, f) not in allowed:
         raise ValueError(f"{f}={getattr(self, f)!r}: expected one of "
                          f"{allowed}")
+    if self.pipeline_schedule not in ("gpipe", "1f1b"):
+      raise ValueError(f"pipeline_schedule={self.pipeline_schedule!r}: "
+                       "expected one of ('gpipe', '1f1b')")
+    if not (isinstance(self.pipeline_microbatches, int)
+            and self.pipeline_microbatches >= 1):
+      raise ValueError(f"pipeline_microbatches={self.pipeline_microbatches!r}"
+                       " must be an integer >= 1")
     if self.attention_block < 1:
       raise ValueError(f"attention_block={self.attention_block} must be >= 1")
     if self.sliding_window is not None and self.sliding_window < 1:

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +36,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from lifejax import sharding
-from lifejax.model import moe
+from lifejax.model import moe, pipeline
 from lifejax.model.config import (ACTIVATIONS, REMAT_POLICIES,
                                   TransformerConfig, to_dtype)
 from lifejax.model.cpu_kernels import (blocked_attention_fn, cpu_matmul_fn,
@@ -375,6 +377,23 @@ class Transformer(nnx.Module):
       x = x * scale
     x = x.astype(cd)
     x = sharding.constrain(x, ("batch", "length", "embed"))
+    active = sharding.active_activation_sharding()
+    if pipeline.num_stages(active[0] if active else None) > 1:
+      if cfg.num_experts:
+        raise ValueError(
+            f"TransformerConfig.num_experts={cfg.num_experts} under a mesh "
+            "with a stage axis: pipeline stages do not carry a mixture of "
+            "experts' auxiliary losses yet; use a dense model or "
+            "MeshConfig.stage=1")
+      if cfg.pipeline_schedule != "gpipe":
+        raise ValueError(
+            f"TransformerConfig.pipeline_schedule={cfg.pipeline_schedule!r} "
+            "computes the loss and its gradients in one schedule: call "
+            "Transformer.pipelined_loss (make_lm_loss_fn does), not the "
+            "model's forward; or use pipeline_schedule='gpipe'")
+      x, _ = self._gpipe_layers(x, positions_BxT, segment_ids_BxT,
+                                inv_freq, kern, active[0])
+      return self.final_norm(x, cd), {}  # dense only (_pipeline_inputs)
 
     graphdef, layer_state = nnx.split(self.layers)
 
@@ -395,6 +414,139 @@ class Transformer(nnx.Module):
       aux_Y = jax.tree.map(lambda *a: jnp.stack(a), *per_layer)
     aux = {name: jnp.mean(v) for name, v in aux_Y.items()}
     return self.final_norm(x, cd), aux
+
+  # -- pipeline parallelism (lifejax/model/pipeline.py) -----------------------
+
+  def _stage_fn(self, inv_freq: jax.Array, kern: Kernels) -> pipeline.StageFn:
+    """One pipeline stage: the model's layer loop over the L/p layers a
+    stage holds, for one microbatch (extras = (positions, segment ids))."""
+    cfg = self.cfg
+    graphdef = nnx.graphdef(self.layers)
+
+    def layer(x_BxTxD, one_layer_state, positions_BxT, segment_ids_BxT):
+      block = nnx.merge(graphdef, one_layer_state)
+      # a dense block's aux is empty (MoE is refused in a pipeline)
+      return block(x_BxTxD, positions_BxT, segment_ids_BxT, inv_freq,
+                   kern)[0]
+
+    if cfg.remat_policy != "none":
+      layer = jax.checkpoint(layer, policy=REMAT_POLICIES[cfg.remat_policy],
+                             prevent_cse=False)
+
+    def stage_fn(stage_state, x_BxTxD, extras):
+      positions_BxT, segment_ids_BxT = extras[0], extras[1]
+      # Inside the stage's shard_map the activation constraints (whole-mesh
+      # shardings) do not apply; GSPMD propagates from the inputs there.
+      with sharding.activation_sharding_off():
+        if kern.scan_layers:
+          x_BxTxD, _ = jax.lax.scan(
+              lambda x, ls: (layer(x, ls, positions_BxT, segment_ids_BxT),
+                             None), x_BxTxD, stage_state)
+        else:
+          n = jax.tree.leaves(stage_state)[0].shape[0]
+          for i in range(n):
+            x_BxTxD = layer(x_BxTxD,
+                            jax.tree.map(lambda a, i=i: a[i], stage_state),
+                            positions_BxT, segment_ids_BxT)
+      return x_BxTxD
+
+    return stage_fn
+
+  def _pipeline_inputs(self, x_BxTxD: jax.Array, positions_BxT: jax.Array,
+                       segment_ids_BxT: jax.Array, mesh) -> tuple:
+    cfg = self.cfg
+    p, m = pipeline.num_stages(mesh), cfg.pipeline_microbatches
+    if cfg.num_experts:
+      raise ValueError(
+          f"TransformerConfig.num_experts={cfg.num_experts} with "
+          f"MeshConfig.stage={p}: pipeline stages do not carry a mixture "
+          "of experts' auxiliary losses yet; use a dense model or "
+          "MeshConfig.stage=1")
+    pipeline.check_pipeline(cfg.num_layers, x_BxTxD.shape[0], p, m,
+                            cfg.pipeline_schedule, mesh.shape.get("model", 1))
+    micro = lambda a: pipeline.to_microbatches(a, m)  # noqa: E731
+    return micro(x_BxTxD), (micro(positions_BxT), micro(segment_ids_BxT))
+
+  def _gpipe_layers(self, x_BxTxD: jax.Array, positions_BxT: jax.Array,
+                    segment_ids_BxT: jax.Array, inv_freq: jax.Array,
+                    kern: Kernels, mesh) -> tuple[jax.Array, jax.Array]:
+    """The layer stack as a GPipe pipeline over the mesh's stage axis:
+    (output (B, T, D), the executed schedule's ids (p, m + p - 1))."""
+    x_M, extras_M = self._pipeline_inputs(x_BxTxD, positions_BxT,
+                                          segment_ids_BxT, mesh)
+    y_M, ids = pipeline.gpipe(self._stage_fn(inv_freq, kern),
+                              nnx.state(self.layers), x_M, extras_M, mesh)
+    return pipeline.from_microbatches(y_M), ids
+
+  def _head_fn(self, head_loss: Callable[..., tuple[jax.Array, dict]]
+               ) -> pipeline.HeadFn:
+    """The last stage's head: final norm, LM head, then `head_loss`."""
+    cfg = self.cfg
+    cd = to_dtype(cfg.compute_dtype)
+    kern = kernels(cfg)
+    norm_graphdef = nnx.graphdef(self.final_norm)
+
+    def head_fn(hp, y_BxTxD, extras):
+      # extras = (positions, segment ids, head_extras): the head's are last
+      with sharding.activation_sharding_off():
+        h = nnx.merge(norm_graphdef, hp["norm"])(y_BxTxD, cd)
+        b, t, d = h.shape
+        head = hp["head"].T if cfg.tie_embeddings else hp["head"]
+        logits = _mm(h.reshape(b * t, d), head, cd, kern,
+                     "tn" if kern.weight_grad == "tn" else "loop")
+        logits = logits.reshape(b, t, cfg.vocab_size).astype(
+            to_dtype(cfg.output_dtype))
+        return head_loss(logits, extras[2])
+
+    return head_fn
+
+  def pipelined_loss(
+      self, tokens_BxT: jax.Array, positions_BxT: jax.Array | None,
+      segment_ids_BxT: jax.Array | None,
+      head_loss: Callable[[jax.Array, Any], tuple[jax.Array, dict]],
+      head_extras: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """A loss summed over rows, computed the way the mesh and
+    `pipeline_schedule` ask: under a `stage` mesh with the "1f1b" schedule
+    by `pipeline.one_f_one_b_loss` (loss and gradients in one interleaved
+    schedule), otherwise from the model's logits.
+
+    head_loss(logits (b, T, V), extras) -> (loss, aux): a *sum* over the
+    rows it is given (so microbatch sums add up to the batch's) and a dict
+    of scalar sums; head_extras: a pytree of (B, ...) arrays it needs
+    (targets, loss masks), cut into the same microbatches as the tokens.
+    """
+    active = sharding.active_activation_sharding()
+    mesh = active[0] if active else None
+    if (pipeline.num_stages(mesh) == 1
+        or self.cfg.pipeline_schedule == "gpipe"):
+      return head_loss(self(tokens_BxT, positions_BxT, segment_ids_BxT),
+                       head_extras)
+    cfg = self.cfg
+    b, t = tokens_BxT.shape
+    if positions_BxT is None:
+      positions_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    if segment_ids_BxT is None:
+      segment_ids_BxT = jnp.ones((b, t), dtype=jnp.int32)
+    # The embedding, as `hidden` computes it (outside the pipeline).
+    cfg.check_length(t)
+    table_VxD = sharding.constrain(self.embed[...], (None, None))
+    x = jnp.take(table_VxD, tokens_BxT, axis=0)
+    scale = embedding_scale(cfg)
+    if scale is not None:
+      x = x * scale
+    x = sharding.constrain(x.astype(to_dtype(cfg.compute_dtype)),
+                           ("batch", "length", "embed"))
+    kern = kernels(cfg)
+    x_M, extras_M = self._pipeline_inputs(x, positions_BxT, segment_ids_BxT,
+                                          mesh)
+    extras_M = list(extras_M) + [jax.tree.map(
+        lambda a: pipeline.to_microbatches(a, cfg.pipeline_microbatches),
+        head_extras)]
+    hp = {"norm": nnx.state(self.final_norm),
+          "head": self.embed[...] if cfg.tie_embeddings else self.lm_head[...]}
+    f = pipeline.one_f_one_b_loss(self._stage_fn(rope_inv_freq(cfg), kern),
+                                  self._head_fn(head_loss), mesh)
+    return f(nnx.state(self.layers), hp, x_M, extras_M)
 
   def logits_from_hidden(self, h_BxTxD: jax.Array) -> jax.Array:
     cfg = self.cfg

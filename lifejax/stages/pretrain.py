@@ -110,7 +110,8 @@ def pretrain(
   An option that cannot take effect with the others is an error.
   """
   registry.get_loss(loss, kind="lm", option="pretrain.loss")  # fail early
-  runner.preflight(stage_name, mesh, batch_size, num_microbatches)
+  runner.preflight(stage_name, mesh, batch_size, num_microbatches,
+                   pipeline_model=model)
   if init_from is not None and tokenizer_path is not None:
     raise checks.unused("pretrain.tokenizer_path",
                         "with init_from, init_from's tokenizer is used")

@@ -36,7 +36,7 @@ import gin
 from lifejax import checks, sharding
 from lifejax.data import chat
 from lifejax.losses import registry
-from lifejax.model import lora as lora_lib, transformer
+from lifejax.model import lora as lora_lib, pipeline, transformer
 from lifejax.model.config import TransformerConfig
 from lifejax.run import artifacts
 from lifejax.run.layout import RunDir
@@ -169,12 +169,30 @@ def only_checking() -> bool:
 
 
 def preflight(stage: str, mesh_cfg: sharding.MeshConfig, batch_size: int,
-              num_microbatches: int = 1) -> None:
+              num_microbatches: int = 1,
+              pipeline_model: TransformerConfig | None = None) -> None:
   """The checks a stage makes before any expensive work (world generation,
   tokenizer training, loading params): the mesh fits the devices, the batch
   divides among the data-parallel devices and into microbatches. A
-  failure is a `checks.ConfigError` naming the stage."""
+  failure is a `checks.ConfigError` naming the stage.
+
+  A mesh with pipeline stages (`MeshConfig.stage` > 1) is accepted only
+  from a stage that passes `pipeline_model` (its TransformerConfig: layers
+  divide into the stages, microbatches into pipeline microbatches); the
+  others (RL, preference, distillation) sample or run models the pipeline
+  does not cover."""
   try:
+    if mesh_cfg.stage > 1:
+      if pipeline_model is None:
+        raise ValueError(
+            f"mesh.stage={mesh_cfg.stage}: pipeline parallelism is supported "
+            "by the pretrain and sft stages only (sampling with a KV cache "
+            "and the RL / preference / distillation losses have no pipelined "
+            "path); set mesh.stage=1")
+      pipeline.check_pipeline(
+          pipeline_model.num_layers, batch_size // max(num_microbatches, 1),
+          mesh_cfg.stage, pipeline_model.pipeline_microbatches,
+          pipeline_model.pipeline_schedule, mesh_cfg.model)
     mesh = sharding.make_mesh(mesh_cfg)
     checks.at_least(f"{stage}.num_microbatches", num_microbatches, 1)
     if batch_size % num_microbatches:

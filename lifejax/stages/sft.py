@@ -78,7 +78,14 @@ def sft(
     False: "strict").
   """
   registry.get_loss(loss, kind="lm", option="sft.loss")  # fail early
-  runner.preflight(stage_name, mesh, batch_size, num_microbatches)
+  runner.preflight(stage_name, mesh, batch_size, num_microbatches,
+                   pipeline_model=model)
+  if mesh.stage > 1 and eval_generation_records:
+    raise checks.ConfigError(
+        f"{stage_name}: mesh.stage={mesh.stage} with "
+        f"eval_generation_records={eval_generation_records}: generation "
+        "(KV-cache sampling) has no pipelined path; set "
+        "sft.eval_generation_records=0 or mesh.stage=1")
   policy = validation.training_policy("sft", bad_records, skip_bad)
   validation.check_policy("sft.bad_eval_records", bad_eval_records)
   checks.in_range("sft.general_share", general_share, 0.0, 1.0)
