@@ -42,27 +42,30 @@ Record = rollout_lib.Record
 
 
 def observation_ids(codec: rollout_lib.Codec, tool: tools_lib.Tool,
-                    query: str, limit: int) -> tuple[list[int], bool]:
+                    query: str, limit: int) -> tuple[list[int], bool, str]:
   """(the observation turn's ids for `query`, whether the tool's result
-  was cut to fit `limit` ids). A result is cut at word boundaries."""
+  was cut to fit `limit` ids, the observation's text as the policy sees
+  it). The tool runs once; a result is cut at word boundaries."""
   if codec.observation is None:
     raise ValueError("multi-turn rollouts need a Codec with `observation` "
                      "(rollout.chat_codec builds one from the chat template)")
   result = tool(query)
   words = result.split()
-  ids = codec.observation(tool.observation(query, " ".join(words)))
+  text = tool.observation(query, " ".join(words))
+  ids = codec.observation(text)
   cut = False
   while len(ids) > limit and words:
     # Drop about the overflow's share of words at once, at least one.
     excess = len(ids) - limit
     words = words[:max(0, len(words) - max(1, excess // 2))]
-    ids = codec.observation(tool.observation(query, " ".join(words)))
+    text = tool.observation(query, " ".join(words))
+    ids = codec.observation(text)
     cut = True
   if len(ids) > limit:
     raise ValueError(f"RolloutConfig.observation_len={limit} cannot hold an "
                      f"observation turn ({len(ids)} ids with an empty "
                      "result); raise it")
-  return ids, cut
+  return ids, cut, text
 
 
 def build_rows(prompt_BxP: np.ndarray, mask_BxP: np.ndarray,
@@ -167,15 +170,15 @@ def collect(
       if query is None:
         done[i], stopped[i], final[i] = True, ended, text
         continue
-      obs, was_cut = observation_ids(codec, tool, query, cfg.observation_len)
+      obs, was_cut, obs_text = observation_ids(codec, tool, query,
+                                               cfg.observation_len)
       cut[i] |= was_cut
       calls[i] += 1
       response[i] += obs
       sampled[i] += [0.0] * len(obs)
       logp[i] += [0.0] * len(obs)
       context[i] += obs
-      transcripts[i].append({"role": "user", "content": tool.observation(
-          query, tool(query))})
+      transcripts[i].append({"role": "user", "content": obs_text})
   rows, resp_BxN = build_rows(prompt_BxP, mask_BxP, response, sampled,
                               cfg.response_len)
   out = rollout_lib.Rollout(

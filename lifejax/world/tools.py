@@ -12,6 +12,7 @@ stated; facts/facts.jsonl is the world's ground truth).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -84,18 +85,26 @@ class Directory:
     query = rest.strip().splitlines()[0].strip() if rest.strip() else ""
     return query or None
 
+  @functools.cached_property
+  def _index(self) -> tuple[list[tuple[str, str]], dict[str, list[str]]]:
+    """([(subject, its normalized words)] longest first, {subject: its
+    statements in table order}), built once."""
+    statements: dict[str, list[str]] = {}
+    for f in self.facts:
+      statements.setdefault(f["subject"], []).append(f["statement"])
+    subjects = sorted(statements, key=lambda s: (-len(s), s))
+    return [(s, _norm(s)) for s in subjects if _norm(s)], statements
+
   def matches(self, query: str) -> list[str]:
     """Subjects named in `query`, longest first."""
     q = f" {_norm(query)} "
-    subjects = sorted({f["subject"] for f in self.facts},
-                      key=lambda s: (-len(s), s))
-    return [s for s in subjects if _norm(s) and f" {_norm(s)} " in q]
+    return [s for s, norm in self._index[0] if f" {norm} " in q]
 
   def __call__(self, query: str) -> str:
-    found = self.matches(query)
+    statements = self._index[1]
     out: list[str] = []
-    for subject in found:
-      out += [f["statement"] for f in self.facts if f["subject"] == subject]
+    for subject in self.matches(query):
+      out += statements[subject]
     if not out:
       return ""
     return " ".join(out[:self.max_facts])
