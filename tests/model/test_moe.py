@@ -180,35 +180,11 @@ def test_param_and_flop_counts():
 # -- the model: aux through the forward, loss, training ------------------------
 
 
-def _batch(b: int = 8, t: int = 8, vocab: int = 64, seed: int = 0):
-  rng = np.random.default_rng(seed)
-  toks = rng.integers(0, vocab, (b, t + 1)).astype(np.int32)
-  return {"tokens": toks[:, :-1], "targets": toks[:, 1:],
-          "loss_mask": np.ones((b, t), np.float32),
-          "segment_ids": np.ones((b, t), np.int32),
-          "positions": np.tile(np.arange(t, dtype=np.int32), (b, 1))}
-
-
-def _host_params(cfg: TransformerConfig) -> dict:
-  """N(0, 0.02) params (unit norm gains, router x 40 so that capacity
-  bites) made on the host as a pure dict."""
-  _, abstract = nnx.split(transformer.abstract_model(cfg), nnx.Param)
-  rng = np.random.default_rng(0)
-
-  def one(path, x):
-    if path[-1].key == "scale":
-      return np.ones(x.shape, x.dtype)
-    std = 0.8 if path[-1].key == "w_router" else 0.02
-    return (std * rng.standard_normal(x.shape)).astype(x.dtype)
-
-  return jax.tree_util.tree_map_with_path(one, nnx.to_pure_dict(abstract))
-
-
-def test_dense_model_has_no_aux_and_same_logits():
+def test_dense_model_has_no_aux_and_same_logits(moe_batch, moe_host_params):
   cfg = TransformerConfig(**{**BASE, "num_experts": 0})
   graphdef, _ = nnx.split(transformer.abstract_model(cfg))
-  params = _host_params(cfg)
-  tokens = _batch()["tokens"]
+  params = moe_host_params(cfg)
+  tokens = moe_batch()["tokens"]
   logits, aux = jax.jit(lambda p, t: nnx.merge(graphdef, p).logits_and_aux(
       t))(params, tokens)
   assert aux == {}
@@ -234,12 +210,12 @@ def _mlp_inputs(graphdef, params, batch) -> list[jax.Array]:
   return out
 
 
-def test_lm_loss_adds_weighted_aux_losses():
+def test_lm_loss_adds_weighted_aux_losses(moe_batch, moe_host_params):
   cfg = _cfg(expert_capacity_factor=1.0, moe_aux_loss_coef=0.01,
              moe_z_loss_coef=0.001)
   graphdef, _ = nnx.split(transformer.abstract_model(cfg))
-  params = _host_params(cfg)
-  batch = _batch()
+  params = moe_host_params(cfg)
+  batch = moe_batch()
   loss, metrics = jax.jit(make_lm_loss_fn(graphdef))(params, batch, None)
   want = (metrics["cross_entropy"] + 0.01 * metrics["moe_aux_loss"]
           + 0.001 * metrics["moe_z_loss"])
@@ -268,14 +244,15 @@ def test_mesh_config_expert_axis(devices):
     sharding.MeshConfig(expert=0)
 
 
-def test_layer_loop_and_remat_do_not_change_the_aux_values():
-  batch = _batch()
+def test_layer_loop_and_remat_do_not_change_the_aux_values(moe_batch,
+                                                          moe_host_params):
+  batch = moe_batch()
   out = []
   for kw in (dict(layer_loop="scan"), dict(layer_loop="unroll"),
              dict(remat_policy="save_attn_mlp_out")):
     cfg = _cfg(expert_capacity_factor=1.0, **kw)
     graphdef, _ = nnx.split(transformer.abstract_model(cfg))
-    out.append(jax.jit(make_lm_loss_fn(graphdef))(_host_params(cfg), batch,
+    out.append(jax.jit(make_lm_loss_fn(graphdef))(moe_host_params(cfg), batch,
                                                   None))
   for loss, metrics in out[1:]:
     np.testing.assert_allclose(loss, out[0][0], rtol=1e-6)
@@ -283,9 +260,9 @@ def test_layer_loop_and_remat_do_not_change_the_aux_values():
       np.testing.assert_allclose(metrics[key], out[0][1][key], rtol=1e-6)
 
 
-def test_lora_refuses_expert_kernels():
+def test_lora_refuses_expert_kernels(moe_host_params):
   from lifejax.model import lora
-  params = _host_params(_cfg())
+  params = moe_host_params(_cfg())
   with pytest.raises(ValueError, match="LoraConfig.targets: 'w_up'"):
     lora.init_lora(params, lora.LoraConfig(targets=("wq", "w_up")),
                    jax.random.key(0))

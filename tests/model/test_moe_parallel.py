@@ -22,30 +22,6 @@ def _cfg(**kw) -> TransformerConfig:
   return TransformerConfig(**{**CFG, **kw})
 
 
-def _batch(b: int = 8, t: int = 8, seed: int = 1):
-  rng = np.random.default_rng(seed)
-  toks = rng.integers(0, CFG["vocab_size"], (b, t + 1)).astype(np.int32)
-  return {"tokens": toks[:, :-1], "targets": toks[:, 1:],
-          "loss_mask": np.ones((b, t), np.float32),
-          "segment_ids": np.ones((b, t), np.int32),
-          "positions": np.tile(np.arange(t, dtype=np.int32), (b, 1))}
-
-
-def _host_params(cfg: TransformerConfig) -> dict:
-  """N(0, 0.02) params (unit norm gains, router x 40 so that capacity
-  bites) made on the host as a pure dict."""
-  _, abstract = nnx.split(transformer.abstract_model(cfg), nnx.Param)
-  rng = np.random.default_rng(0)
-
-  def one(path, x):
-    if path[-1].key == "scale":
-      return np.ones(x.shape, x.dtype)
-    std = 0.8 if path[-1].key == "w_router" else 0.02
-    return (std * rng.standard_normal(x.shape)).astype(x.dtype)
-
-  return jax.tree_util.tree_map_with_path(one, nnx.to_pure_dict(abstract))
-
-
 def _loss_and_grads(cfg, params_host, batch, mesh):
   graphdef, abstract = nnx.split(transformer.abstract_model(cfg))
   loss_fn = make_lm_loss_fn(graphdef)
@@ -88,11 +64,12 @@ def _single(cfg, params_host, batch, devices):
     # dropless without an expert axis: grouped matmuls, tokens over fsdp
     (None, dict(fsdp=8)),
 ])
-def test_sharded_moe_equals_single_device(devices, factor, mesh_kw):
+def test_sharded_moe_equals_single_device(devices, factor, mesh_kw, moe_batch,
+                                          moe_host_params):
   cfg = _cfg(expert_capacity_factor=factor, moe_aux_loss_coef=0.01,
              moe_z_loss_coef=0.001)
-  params_host = _host_params(cfg)
-  batch = _batch()
+  params_host = moe_host_params(cfg)
+  batch = moe_batch(vocab=CFG["vocab_size"], seed=1)
   single = _single(cfg, params_host, batch, devices)
   if factor:
     assert single[1]["moe_dropped_fraction"] > 0
@@ -117,8 +94,10 @@ def test_sharded_moe_equals_single_device(devices, factor, mesh_kw):
   assert max(jax.tree.leaves(rel)) < 1e-6, rel
 
 
-def test_expert_axis_must_divide_num_experts(devices):
+def test_expert_axis_must_divide_num_experts(devices, moe_batch,
+                                            moe_host_params):
   cfg = _cfg(num_experts=2, experts_per_token=1, expert_capacity_factor=1.0)
   mesh = sharding.make_mesh(sharding.MeshConfig(fsdp=-1, expert=4))
   with pytest.raises(ValueError, match="num_experts=2.*expert=4"):
-    _loss_and_grads(cfg, _host_params(cfg), _batch(), mesh)
+    _loss_and_grads(cfg, moe_host_params(cfg),
+                    moe_batch(vocab=CFG["vocab_size"], seed=1), mesh)
