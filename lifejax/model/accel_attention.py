@@ -160,8 +160,11 @@ def _splash_kernel(num_heads: int, length: int, interpret: bool):
       block_q=blk, block_kv=blk, block_kv_compute=blk, block_q_dkv=blk,
       block_kv_dkv=blk, block_kv_dkv_compute=blk, block_q_dq=blk,
       block_kv_dq=blk)
-  return splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1,
-                                q_seq_shards=1, interpret=interpret)
+  # The mask info arrays are constants: made concrete even when the first
+  # call is traced, so the cached kernel holds no tracer.
+  with jax.ensure_compile_time_eval():
+    return splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1,
+                                  q_seq_shards=1, interpret=interpret)
 
 
 def _splash_local(q_BxTxKxGxE: jax.Array, k_BxTxKxE: jax.Array,
