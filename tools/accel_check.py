@@ -44,7 +44,8 @@ import jax.numpy as jnp
 import numpy as np
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(_ROOT, "tools"))
+# This checkout's lifejax (not another installed copy), and the sibling tool.
+sys.path[:0] = [_ROOT, os.path.join(_ROOT, "tools")]
 
 import bench_train_step as bts  # noqa: E402  pylint: disable=g-import-not-at-top
 
