@@ -15,7 +15,9 @@ compute exactly the Llama function above.
 Implementation choices (`TransformerConfig.attention_impl`, `matmul_impl`,
 `fuse_projections`, `weight_grad`, `layer_loop`) never change the function
 computed; "auto" resolves them per backend in `kernels`. On CPU they select
-custom-VJP kernels written around what XLA:CPU runs fast (`cpu_kernels.py`).
+custom-VJP kernels written around what XLA:CPU runs fast (`cpu_kernels.py`);
+on GPU and TPU attention goes to fused kernels (cuDNN, Pallas splash:
+`accel_attention.py`).
 
 Every parameter carries logical axis names (`nnx.with_partitioning`); the
 mapping to mesh axes lives in `lifejax/sharding.py`. Models are built with

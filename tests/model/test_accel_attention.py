@@ -178,7 +178,7 @@ def test_explicit_choices_and_errors():
 
 # -- the whole model -------------------------------------------------------------
 
-CFG = TransformerConfig(vocab_size=64, d_model=32, num_layers=2, num_heads=4,
+CFG = TransformerConfig(vocab_size=64, d_model=32, num_layers=1, num_heads=4,
                         num_kv_heads=2, mlp_dim=64, max_seq_len=T,
                         attention_impl="einsum")
 
