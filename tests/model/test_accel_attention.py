@@ -250,3 +250,25 @@ def test_model_refuses_what_cannot_run_here():
       dataclasses.replace(CFG, attention_impl="splash"))
   with pytest.raises(ValueError, match="attention_impl='splash'.*100"):
     nnx.merge(graphdef, params)(tokens[:, :100])
+
+
+def test_bf16_compute_forward():
+  """bf16 inputs (the accelerator default), f32 accumulation: splash and
+  xla_sdpa stay within bf16 rounding of the float64 loop, as einsum does."""
+  q, k, v, seg = _inputs()
+  ref64 = brute_force(q, k, v, seg)
+  bf = jnp.bfloat16
+  fns = {
+      "einsum": lambda *a: transformer.einsum_attention(*a, bf),
+      "splash": lambda *a: accel_attention.splash_attention(*a, bf,
+                                                            interpret=True),
+      "xla_sdpa": lambda *a: accel_attention.sdpa_attention(*a, bf),
+  }
+  outs = {n: jax.jit(f)(q, k, v, seg) for n, f in fns.items()}
+  diffs = {n: float(np.abs(np.asarray(o) - ref64).max())
+           for n, o in outs.items()}
+  print(f"bf16 forward: max |diff| vs float64 loop {diffs}")
+  for name, out in outs.items():
+    assert out.dtype == jnp.float32, name
+    assert diffs[name] < 0.05, diffs
+  assert diffs["splash"] < 2 * diffs["einsum"] + 1e-3, diffs
