@@ -33,6 +33,9 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 MLP_ACTIVATIONS = tuple(ACTIVATIONS)
 
+ATTENTION_IMPLS = ("auto", "einsum", "blocked", "ring", "allgather_kv",
+                   "splash", "cudnn", "xla_sdpa")
+
 _DTYPES = {
     "float32": jnp.float32,
     "bfloat16": jnp.bfloat16,
@@ -80,13 +83,20 @@ class TransformerConfig:
   # picks the fastest measured for the backend the step is traced on
   # (experiments/bench_train_step/README.md): the CPU kernels on CPU, the
   # plain XLA formulation (best for GPU/TPU compilers, and what the remat
-  # policies' dot-saving rules see) elsewhere.
+  # policies' dot-saving rules see) elsewhere, except attention, which uses
+  # the accelerator's fused kernel there (below; not yet measured on one).
   # attention_impl: "einsum" (scores for all (T, S) pairs, JAX autodiff) or
   #   "blocked" (static query blocks of `attention_block` rows that skip the
   #   causally masked keys, custom backward recomputing the probabilities);
   #   with a mesh `context` axis > 1, "auto" means "ring" (ring attention
   #   over the sequence shards) and "allgather_kv" gathers K/V instead
-  #   (lifejax/model/ring_attention.py).
+  #   (lifejax/model/ring_attention.py). Accelerator kernels
+  #   (lifejax/model/accel_attention.py): "splash" (Pallas splash attention;
+  #   TPU, interpret mode elsewhere; T a multiple of 128), "cudnn"
+  #   (jax.nn.dot_product_attention's cuDNN flash path; CUDA GPU, bf16/f16)
+  #   and "xla_sdpa" (the same call's XLA path, any backend). "auto" on GPU
+  #   picks "cudnn" where cuDNN takes the dtype and head_dim (else
+  #   "einsum"), on TPU "splash" (else "einsum" for other lengths).
   attention_impl: str = "auto"
   attention_block: int = 64
   # matmul_impl: "xla" (JAX autodiff of the dot) or "cpu" (custom backward:
@@ -176,8 +186,7 @@ class TransformerConfig:
       raise ValueError("rotary embeddings need an even head_dim")
     for f in ("param_dtype", "compute_dtype", "output_dtype"):
       to_dtype(getattr(self, f))
-    for f, allowed in (("attention_impl", ("auto", "einsum", "blocked",
-                                           "ring", "allgather_kv")),
+    for f, allowed in (("attention_impl", ATTENTION_IMPLS),
                        ("matmul_impl", ("auto", "xla", "cpu")),
                        ("fuse_projections", ("auto", "on", "off")),
                        ("weight_grad", ("auto", "residual", "loop", "tn")),

@@ -15,7 +15,9 @@ compute exactly the Llama function above.
 Implementation choices (`TransformerConfig.attention_impl`, `matmul_impl`,
 `fuse_projections`, `weight_grad`, `layer_loop`) never change the function
 computed; "auto" resolves them per backend in `kernels`. On CPU they select
-custom-VJP kernels written around what XLA:CPU runs fast (`cpu_kernels.py`).
+custom-VJP kernels written around what XLA:CPU runs fast (`cpu_kernels.py`);
+on GPU and TPU attention goes to fused kernels (cuDNN, Pallas splash:
+`accel_attention.py`).
 
 Every parameter carries logical axis names (`nnx.with_partitioning`); the
 mapping to mesh axes lives in `lifejax/sharding.py`. Models are built with
@@ -36,7 +38,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from lifejax import sharding
-from lifejax.model import moe, pipeline
+from lifejax.model import accel_attention, moe, pipeline
 from lifejax.model.config import (ACTIVATIONS, REMAT_POLICIES,
                                   TransformerConfig, to_dtype)
 from lifejax.model.cpu_kernels import (blocked_attention_fn, cpu_matmul_fn,
@@ -129,6 +131,22 @@ def attention_mask(segment_ids_BxT: jax.Array) -> jax.Array:
   return (causal[None] & same)[:, None, None, :, :]
 
 
+def einsum_attention(q_BxTxKxGxE: jax.Array, k_BxTxKxE: jax.Array,
+                     v_BxTxKxE: jax.Array, segment_ids_BxT: jax.Array,
+                     dtype: jnp.dtype) -> jax.Array:
+  """The plain XLA formulation ("einsum"): q (B,T,K,G,E) pre-scaled, k, v
+  (B,T,K,E); the (T, S) scores of every pair, masked (`attention_mask`),
+  softmax in f32; dots take `dtype` inputs and accumulate in f32. Returns
+  (B,T,K,G,E) f32."""
+  scores = jnp.einsum("btkge,bske->bkgts", q_BxTxKxGxE.astype(dtype),
+                      k_BxTxKxE.astype(dtype), preferred_element_type=F32)
+  scores = jnp.where(attention_mask(segment_ids_BxT), scores,
+                     jnp.finfo(F32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+  return jnp.einsum("bkgts,bske->btkge", probs, v_BxTxKxE.astype(dtype),
+                    preferred_element_type=F32)
+
+
 def smear_keys(k_BxTxKxE: jax.Array, segment_ids_BxT: jax.Array,
                logit_K: jax.Array) -> jax.Array:
   """sigmoid(a) * k_t + (1 - sigmoid(a)) * k_{t-1} per kv head, in f32; the
@@ -144,16 +162,18 @@ def smear_keys(k_BxTxKxE: jax.Array, segment_ids_BxT: jax.Array,
 class Kernels:
   """Which implementation each piece uses (all compute the same function)."""
 
-  blocked_attention: bool
+  attention: str  # "einsum", "blocked" or one of accel_attention.ACCEL_IMPLS
   cpu_matmul: bool
   weight_grad: str  # see `cpu_kernels.cpu_matmul_fn`
   fuse_projections: bool
   scan_layers: bool
 
 
-def kernels(cfg: TransformerConfig) -> Kernels:
-  """Resolves the config's "auto" choices for the default backend."""
-  cpu = jax.default_backend() == "cpu"
+def kernels(cfg: TransformerConfig, backend: str | None = None) -> Kernels:
+  """Resolves the config's "auto" choices for `backend` (None = the
+  default backend; a name here only picks, nothing runs on it)."""
+  backend = backend or accel_attention.backend_name()
+  cpu = backend == "cpu"
   pick = lambda v: cpu if v == "auto" else v in ("blocked", "cpu", "on")  # noqa: E731
   # Unrolling pays on CPU (no stacked residuals); with remat, the scan keeps
   # one rematerialized layer body, as the policy intends.
@@ -172,7 +192,9 @@ def kernels(cfg: TransformerConfig) -> Kernels:
   elif weight_grad == "residual" and not residual:
     weight_grad = "loop"
   return Kernels(
-      blocked_attention=pick(cfg.attention_impl),
+      attention=accel_attention.choose_attention(
+          cfg.attention_impl, backend, cfg.compute_dtype,
+          cfg.resolved_head_dim),
       cpu_matmul=pick(cfg.matmul_impl), weight_grad=weight_grad,
       fuse_projections=pick(cfg.fuse_projections), scan_layers=scan)
 
@@ -247,19 +269,18 @@ class Attention(nnx.Module):
     q_BxTxKxGxE = q.reshape(b, t, k, g, e)
     # A mesh `context` axis splits the sequence: ring attention (see there).
     context_parallel = model_attention(cfg.attention_impl, cd, t)
+    impl = (None if context_parallel is not None else
+            accel_attention.fit_length(kern.attention, cfg.attention_impl, t))
     if context_parallel is not None:
       out = context_parallel(q_BxTxKxGxE, kk, v, segment_ids_BxT)
-    elif kern.blocked_attention:
+    elif impl in accel_attention.ACCEL_IMPLS:
+      out = accel_attention.attention_fn(impl, jnp.dtype(cd))(
+          q_BxTxKxGxE, kk, v, segment_ids_BxT)
+    elif impl == "blocked":
       out = blocked_attention_fn(jnp.dtype(cd), cfg.attention_block)(
           q_BxTxKxGxE, kk, v, segment_ids_BxT)
     else:
-      scores = jnp.einsum("btkge,bske->bkgts", q_BxTxKxGxE.astype(cd),
-                          kk.astype(cd), preferred_element_type=F32)
-      scores = jnp.where(attention_mask(segment_ids_BxT), scores,
-                         jnp.finfo(F32).min)
-      probs = jax.nn.softmax(scores, axis=-1).astype(cd)
-      out = jnp.einsum("bkgts,bske->btkge", probs, v.astype(cd),
-                       preferred_element_type=F32)
+      out = einsum_attention(q_BxTxKxGxE, kk, v, segment_ids_BxT, cd)
     out_NxD = _mm(out.reshape(b * t, h * e), self.wo[...].reshape(h * e, d),
                   cd, kern)
     return out_NxD.reshape(b, t, d)
