@@ -159,7 +159,11 @@ def grouped_experts(x_NxD: jax.Array, experts_NxK: jax.Array,
       a.astype(cd), w.astype(cd), sizes, preferred_element_type=F32)
   h = (act(dot(xs, w_gate)) * dot(xs, w_up)).astype(cd)
   ys = dot(h, w_down)
-  y_NxKxD = jnp.take(ys, jnp.argsort(order), axis=0).reshape(n, k, -1)
+  # The inverse permutation by a scatter of positions (O(N), where a second
+  # argsort would sort again).
+  inverse = jnp.zeros_like(order).at[order].set(
+      jnp.arange(order.size, dtype=order.dtype), unique_indices=True)
+  y_NxKxD = jnp.take(ys, inverse, axis=0).reshape(n, k, -1)
   return jnp.einsum("nk,nkd->nd", gates_NxK, y_NxKxD)
 
 
