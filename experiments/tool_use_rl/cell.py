@@ -84,13 +84,15 @@ EVAL_SPLITS = ("dev", "test")
 
 
 def answer_questions(run_dir: str, model: TransformerConfig, mesh: Any,
-                     rules: Any, records: Sequence[dict[str, Any]],
+                     rules: Any,
+                     record_sets: Sequence[Sequence[dict[str, Any]]],
                      cfg: rollout_lib.RolloutConfig,
                      tool: tools_lib.Tool | None, batch: int
-                     ) -> list[rollout_lib.Rollout]:
+                     ) -> list[list[rollout_lib.Rollout]]:
   """Greedy multi-turn answers of `run_dir`'s LM (an RL run's policy/)
-  to `records`, `batch` at a time (one rollout each); `tool` None: every
-  first turn is the answer."""
+  to each set of records in `record_sets` (the checkpoint is loaded and the
+  sampler built once), `batch` at a time (one rollout each); `tool` None:
+  every first turn is the answer."""
   graphdef, params = lifecycle_evals.lm_params(run_dir, model, mesh, rules)
   codec = rollout_lib.chat_codec(artifacts.load_template(run_dir),
                                  artifacts.load_tokenizer(run_dir))
@@ -100,11 +102,13 @@ def answer_questions(run_dir: str, model: TransformerConfig, mesh: Any,
       greedy.sampling_config(codec.stop_ids, codec.pad_id, codec.vocab_limit),
       batch)
   out = []
-  for s in range(0, len(records), batch):
-    chunk = list(records[s:s + batch])
-    out.append(multiturn.collect(chunk, codec=codec, cfg=greedy,
-                                 sample=sample, rng=jax.random.PRNGKey(0),
-                                 tool=tool))
+  for records in record_sets:
+    out.append([])
+    for s in range(0, len(records), batch):
+      chunk = list(records[s:s + batch])
+      out[-1].append(multiturn.collect(
+          chunk, codec=codec, cfg=greedy, sample=sample,
+          rng=jax.random.PRNGKey(0), tool=tool))
   return out
 
 
@@ -251,22 +255,27 @@ def tool_use_cell(
   # The oracle-call prompts hold the call and the observation too.
   oracle_cfg = dataclasses.replace(eval_rollout, max_turns=1,
                                    prompt_len=eval_rollout.context_len)
-  rows: list[dict] = []
-  for split in eval_splits:
-    records = _head(read_jsonl(data_lib.path(data_dir, "qa", split)),
-                    eval_records)
-    for name, sub, uses_tool in MODELS:
-      run_dir = sft_run if sub is None else os.path.join(root, sub)
-      ros = answer_questions(run_dir, model, jmesh, mesh.rules, records,
-                             eval_rollout, directory if uses_tool else None,
-                             eval_batch)
-      rows += _rows(name, split, records, ros, directory, subjects)
-    conv = _head(read_jsonl(data_lib.path(data_dir, "tool", split)),
-                 eval_records)
-    for name, sub in ORACLE_CALL:
-      ros = answer_questions(os.path.join(root, sub), model, jmesh,
-                             mesh.rules, conv, oracle_cfg, None, eval_batch)
-      rows += _rows(name, split, conv, ros, directory, subjects)
+  questions = [_head(read_jsonl(data_lib.path(data_dir, "qa", split)),
+                     eval_records) for split in eval_splits]
+  convs = [_head(read_jsonl(data_lib.path(data_dir, "tool", split)),
+                 eval_records) for split in eval_splits]
+  # Each model answers every split from one load of its checkpoint.
+  by_split: dict[str, list[dict]] = {split: [] for split in eval_splits}
+  for name, sub, uses_tool in MODELS:
+    run_dir = sft_run if sub is None else os.path.join(root, sub)
+    per_split = answer_questions(
+        run_dir, model, jmesh, mesh.rules, questions, eval_rollout,
+        directory if uses_tool else None, eval_batch)
+    for split, records, ros in zip(eval_splits, questions, per_split):
+      by_split[split] += _rows(name, split, records, ros, directory,
+                               subjects)
+  for name, sub in ORACLE_CALL:
+    per_split = answer_questions(os.path.join(root, sub), model, jmesh,
+                                 mesh.rules, convs, oracle_cfg, None,
+                                 eval_batch)
+    for split, conv, ros in zip(eval_splits, convs, per_split):
+      by_split[split] += _rows(name, split, conv, ros, directory, subjects)
+  rows = [r for split in eval_splits for r in by_split[split]]
   write_jsonl(os.path.join(root, ANSWERS), rows)
   result = {"seed": seed, "base": os.path.relpath(lr.root, root),
             "counts": {k: v for k, v in counts.items() if k != "facts"},
