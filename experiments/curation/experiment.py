@@ -1,0 +1,217 @@
+"""Curation: raw vs curated pretraining at the same token budget, and the eval
+inflation from contamination (issue 19, row 6; seeds 001 "Data curation:
+dedup, filtering, mixing, and why the curriculum matters" and 000 on data
+quality).
+
+Claims: (1) pretraining on the curated corpus gives better held-out quality
+than the raw corpus at the same token budget; (2) without decontamination
+the evaluation is inflated on the items whose text leaked into training.
+
+Arms (cell.py, one seed's world, held-out split and tokenizer shared by all
+three): raw (the corpus as generated, no curation step), curated (the
+embedded world's full pipeline), curated_no_decontam (every step but
+decontamination). The same NUM_STEPS x 16 x 128 tokens in each, every
+source at its natural word share. Seeds vary the world, the init and the
+data order; arms of one seed are paired.
+
+Measured (cell.py): held-out loss per source on clean documents nothing
+trains on; the world's held-out fact questions, split into those quoted on a
+planted contamination page ("leaked") and the rest ("clean"): answer loss
+and 8-way multiple-choice accuracy; the greedy fact probe. Inflation = the
+leaked-vs-clean advantage in an arm minus the same in `curated` (where
+decontamination removed the leaks), paired over seeds.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from lifejax import sweep
+
+SOURCES = ("wiki", "support_chat", "records", "mail", "web")
+ARMS = ("raw", "curated", "curated_no_decontam")
+REFERENCE = "curated"
+PLOT = "curation.png"
+
+SWEEP = sweep.Sweep(
+    arms=[sweep.Arm(name=a, gin_params=(f"curation_cell.corpus={a!r}",),
+                    labels={"corpus": a}) for a in ARMS],
+    base_gin=("experiment.gin",),
+    seeds=(0, 1, 2),
+    root_param="curation_cell.root",
+    seed_params=("curation_cell.seed",),
+    # --tiny: raw text and curated shards (curated_no_decontam is the
+    # curated path on another directory) and every table of the summary.
+    tiny_arms=("raw", "curated"),
+)
+
+
+def cell_metrics(cell: sweep.Cell) -> dict[str, float]:
+  """The cell's cell_eval.json plus derived numbers: heldout/all/loss (the
+  token-weighted mean over sources) and the leaked-vs-clean advantages
+  gap/probe, gap/verbatim (clean answer loss - leaked, nats per token: > 0
+  when the leaked answers are easier) and gap/mc (leaked MC accuracy -
+  clean)."""
+  m = cell.json("cell_eval.json")
+  if m is None:
+    raise ValueError(f"{cell.run_dir}: no cell_eval.json (the cell did not "
+                     "finish)")
+  out = dict(m)
+  tok = [m[f"heldout/{s}/tokens"] for s in SOURCES]
+  out["heldout/all/loss"] = float(np.dot(
+      [m[f"heldout/{s}/loss"] for s in SOURCES], tok) / sum(tok))
+  for fmt in ("probe", "verbatim"):
+    out[f"gap/{fmt}"] = m[f"facts/clean/{fmt}"] - m[f"facts/leaked/{fmt}"]
+  out["gap/mc"] = m["facts/leaked/mc_acc"] - m["facts/clean/mc_acc"]
+  return out
+
+
+def by_arm(cells: Sequence[sweep.Cell]
+           ) -> dict[str, dict[int, dict[str, float]]]:
+  """{arm: {seed: cell_metrics}}."""
+  out: dict[str, dict[int, dict[str, float]]] = {}
+  for c in cells:
+    out.setdefault(c.arm.name, {})[c.seed] = cell_metrics(c)
+  return out
+
+
+def paired(stats: Mapping[str, Mapping[int, Mapping[str, float]]], arm: str,
+           ref: str, key: str) -> dict[str, float] | None:
+  """paired_t of `key`, arm - ref, over the seeds both have (None if the
+  arms share no seed)."""
+  seeds = sorted(set(stats.get(arm, {})) & set(stats.get(ref, {})))
+  if not seeds:
+    return None
+  return sweep.paired_t([stats[arm][s][key] for s in seeds],
+                        [stats[ref][s][key] for s in seeds])
+
+
+def col(stats, arm: str, key: str) -> list[float]:
+  return [stats[arm][s][key] for s in sorted(stats[arm])]
+
+
+def summarize(cells: list[sweep.Cell], out_dir: str, tiny: bool) -> str:
+  stats = by_arm(cells)
+  arms = [a for a in ARMS if a in stats]
+  seeds = sorted({c.seed for c in cells})
+  steps = cells[0].json("pretrain", "summary.json")["final_step"]
+  md = ["# Curation: results", ""]
+  if tiny:
+    md += ["**Tiny configuration (tests only): the numbers mean nothing.**",
+           ""]
+  md += [f"Seeds {seeds}; mean ± sd over seeds; {steps} pretraining steps "
+         "of the same batch shape in every arm. Losses in nats per token (one tokenizer per "
+         "seed, trained on the curated text, read every arm), on clean "
+         "held-out documents of each source that no arm trains on.", ""]
+  rows = []
+  for a in arms:
+    r = {"arm": a, "held-out loss (all)": sweep.fmt_mean_sd(
+        col(stats, a, "heldout/all/loss")),
+         "perplexity": f"{math.exp(np.mean(col(stats, a, 'heldout/all/loss'))):.1f}"}
+    for s in SOURCES:
+      r[s] = sweep.fmt_mean_sd(col(stats, a, f"heldout/{s}/loss"))
+    r["leak pages in train"] = " / ".join(
+        f"{v:.0f}" for v in col(stats, a, "train/contamination_pages"))
+    rows.append(r)
+  md += ["## Held-out loss", "", sweep.write_table(rows, list(rows[0]))]
+  prow = []
+  for a in arms:
+    if a == REFERENCE:
+      continue
+    for key, label in [("heldout/all/loss", "held-out (all)")] + [
+        (f"heldout/{s}/loss", s) for s in SOURCES]:
+      t = paired(stats, a, REFERENCE, key)
+      if t is not None:
+        prow.append({"comparison": f"{a} - {REFERENCE}", "held-out loss":
+                     label, "paired difference [95% CI], p":
+                     sweep.fmt_paired_t(t, 4)})
+  if prow:
+    md += ["Paired over seeds (> 0: the arm is worse than curated):", "",
+           sweep.write_table(prow, list(prow[0]))]
+  frows = []
+  for a in arms:
+    r = {"arm": a}
+    for g in ("clean", "leaked"):
+      r[f"answer loss, {g}"] = sweep.fmt_mean_sd(
+          col(stats, a, f"facts/{g}/probe"))
+      r[f"MC acc, {g}"] = sweep.fmt_mean_sd(col(stats, a, f"facts/{g}/mc_acc"))
+    if all("fact_probe_accuracy" in stats[a][s] for s in stats[a]):
+      r["greedy probe acc"] = sweep.fmt_mean_sd(
+          col(stats, a, "fact_probe_accuracy"))
+    r["leaked questions in train"] = " / ".join(
+        f"{v:.0f}" for v in col(stats, a, "train/leaked_questions"))
+    frows.append(r)
+  s0 = stats[arms[0]][min(stats[arms[0]])]
+  md += ["## Fact questions and the eval inflation", "",
+         f"{s0['facts/clean/count']:.0f} clean and "
+         f"{s0['facts/leaked/count']:.0f} leaked questions (seed "
+         f"{min(stats[arms[0]])}); answer loss: nats per answer token given "
+         "\"Question: q\\nAnswer:\"; MC: 8-way choice among values of the "
+         f"same relation (chance {s0['facts/clean/mc_chance']:.3f} clean, "
+         f"{s0['facts/leaked/mc_chance']:.3f} leaked).", "",
+         sweep.write_table(frows, list(frows[0]))]
+  irows = []
+  for a in arms:
+    r = {"arm": a}
+    for key, label in (("gap/probe", "loss advantage (probe format)"),
+                       ("gap/verbatim", "loss advantage (leak's format)"),
+                       ("gap/mc", "MC acc advantage")):
+      r[label] = sweep.fmt_mean_sd(col(stats, a, key), 4)
+      if a != REFERENCE:
+        t = paired(stats, a, REFERENCE, key)
+        if t is not None:
+          r[f"inflation: {label}"] = sweep.fmt_paired_t(t, 4)
+    irows.append(r)
+  cols = list(dict.fromkeys(k for r in irows for k in r))
+  md += ["Leaked-vs-clean advantage per arm (clean answer loss - leaked; "
+         "leaked MC acc - clean) and the inflation: the arm's advantage "
+         "minus curated's, paired over seeds (> 0: inflated):", "",
+         sweep.write_table(irows, cols)]
+  _plot(stats, arms, os.path.join(out_dir, PLOT))
+  md += ["", f"![held-out loss and inflation]({PLOT})"]
+  return "\n".join(md) + "\n"
+
+
+def _plot(stats: Mapping[str, Any], arms: Sequence[str], path: str) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2),
+                                 gridspec_kw={"width_ratios": [2, 1]})
+  names = ("all",) + SOURCES
+  x = np.arange(len(names))
+  w = 0.8 / max(len(arms), 1)
+  colors = {"raw": "tab:red", "curated": "tab:blue",
+            "curated_no_decontam": "tab:orange"}
+  for i, a in enumerate(arms):
+    vals = np.array([col(stats, a, f"heldout/{n}/loss") for n in names])
+    ax1.bar(x + (i - (len(arms) - 1) / 2) * w, vals.mean(1), w,
+            yerr=vals.std(1, ddof=1) if vals.shape[1] > 1 else None,
+            color=colors.get(a), label=a, capsize=2)
+  ax1.set_xticks(x, names)
+  ax1.set_ylabel("held-out loss (nats / token)")
+  lo = min(np.mean(col(stats, a, f"heldout/{n}/loss"))
+           for a in arms for n in names)
+  ax1.set_ylim(bottom=max(0.0, lo - 0.5))
+  ax1.legend(fontsize=8)
+  ax1.set_title("Held-out loss by source (mean ± sd over seeds)")
+  for i, a in enumerate(arms):
+    for j, key in enumerate(("gap/probe", "gap/verbatim")):
+      v = col(stats, a, key)
+      ax2.scatter(np.full(len(v), i + (j - 0.5) * 0.25), v,
+                  color=colors.get(a), marker="o" if j == 0 else "s",
+                  label=("probe format" if j == 0 else "leak's format")
+                  if i == 0 else None)
+  ax2.axhline(0, color="k", lw=0.8)
+  ax2.set_xticks(range(len(arms)), arms, fontsize=8)
+  ax2.set_ylabel("clean - leaked answer loss (nats / token)")
+  ax2.set_title("Leaked-answer advantage, one point per seed")
+  ax2.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
