@@ -162,11 +162,13 @@ def _corpus_files(base: str, corpus: str, source: str) -> list[str]:
 
 
 def mix_weights(files_by_source: Mapping[str, Sequence[str]],
-                source_weights: Mapping[str, float]
+                source_weights: Mapping[str, float],
+                equal_shares: bool = False
                 ) -> tuple[list[str], list[float], dict[str, float]]:
   """Per-file document weights whose token shares are each source's natural
   word share times its weight (renormalized), as the lifecycle's
-  curriculum sets them; also {source: intended word share}."""
+  curriculum sets them, or (equal_shares) the same share for every source
+  times its weight; also {source: intended word share}."""
   unknown = sorted(set(source_weights) - set(files_by_source))
   if unknown:
     raise ValueError(f"source_weights: {unknown} are not sources "
@@ -184,7 +186,8 @@ def mix_weights(files_by_source: Mapping[str, Sequence[str]],
     if not docs:
       raise ValueError(f"no documents for source {s!r} in {list(paths)}")
     stats[s] = (docs, words)
-  raw = {s: source_weights.get(s, 1.0) * w for s, (_, w) in stats.items()}
+  raw = {s: source_weights.get(s, 1.0) * (1.0 if equal_shares else w)
+         for s, (_, w) in stats.items()}
   total = sum(raw.values())
   shares = {s: v / total for s, v in raw.items()}
   out_files, w = [], []
@@ -323,8 +326,8 @@ def evaluate_cell(run_dir: str, base: str, model: TransformerConfig,
     out[f"facts/{g}/count"] = float(len(qs))
     for fmt, make in formats.items():
       if qs:
-        out[f"facts/{g}/{fmt}"], _ = score.loss(_answer_rows(
-            tokenizer, [make(q) for q in qs], FACT_SEQ_LEN))
+        out[f"facts/{g}/{fmt}"], out[f"facts/{g}/{fmt}_tokens"] = score.loss(
+            _answer_rows(tokenizer, [make(q) for q in qs], FACT_SEQ_LEN))
   # Multiple choice: summed log-probability of each candidate's tokens.
   values: dict[str, list[str]] = {}
   for f in read_jsonl(os.path.join(world, "facts", "facts.jsonl")):
@@ -387,9 +390,14 @@ def curation_cell(root: str = gin.REQUIRED, seed: int = 0,
                   mesh: sharding.MeshConfig = sharding.MeshConfig(),
                   base_root: str | None = None, world_scale: float = 1.0,
                   holdout_every: int = HOLDOUT_EVERY,
-                  fact_probe: bool = True) -> dict[str, Any]:
+                  fact_probe: bool = True,
+                  equal_shares: bool = False) -> dict[str, Any]:
   """Ensures the seed's base, pretrains the arm into `root`/pretrain and
-  evaluates it (module docstring); returns the metrics."""
+  evaluates it (module docstring); returns the metrics.
+
+  source_weights: {source: weight} multiplying its share (1 for the
+  others); equal_shares: start from equal shares instead of the natural
+  word shares (the uniform mix)."""
   if corpus not in CORPORA:
     raise ValueError(f"curation_cell.corpus: {corpus!r} is not one of "
                      f"{CORPORA}")
@@ -399,7 +407,7 @@ def curation_cell(root: str = gin.REQUIRED, seed: int = 0,
                      model.vocab_size)
   train_files, weights, shares = mix_weights(
       {s: _corpus_files(base, corpus, s) for s in SOURCES},
-      dict(source_weights or {}))
+      dict(source_weights or {}), equal_shares)
   tokenizer_path = os.path.join(base, "tokenizer.model")
   run_dir = os.path.join(root, PRETRAIN_DIR)
   with gin.config_scope("pretrain"):
