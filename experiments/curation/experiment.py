@@ -172,9 +172,71 @@ def summarize(cells: list[sweep.Cell], out_dir: str, tiny: bool) -> str:
          "leaked MC acc - clean) and the inflation: the arm's advantage "
          "minus curated's, paired over seeds (> 0: inflated):", "",
          sweep.write_table(irows, cols)]
+  qrows = per_question_rows(cells)
+  if qrows:
+    md += ["Per question, pooled over seeds: the change of the true "
+           "answer's log-probability (probe format, summed over its tokens) "
+           "from curated to the arm on the same question and seed, leaked "
+           "vs clean questions (Welch t-test; > 0: the arm gained more on "
+           "the leaked questions), and multiple-choice flips against "
+           "curated (now right / now wrong; sign-test p):", "",
+           sweep.write_table(qrows, list(qrows[0]))]
   _plot(stats, arms, os.path.join(out_dir, PLOT))
   md += ["", f"![held-out loss and inflation]({PLOT})"]
   return "\n".join(md) + "\n"
+
+
+def question_deltas(cell: sweep.Cell, ref: sweep.Cell
+                    ) -> dict[str, list[tuple[float, int]]]:
+  """{group: [(true-answer log-prob change, MC flip)]} of `cell` against
+  `ref` (the same seed's curated cell), question by question; flip +1: now
+  right, -1: now wrong, 0: unchanged."""
+  a, b = cell.json("mc_probe.json"), ref.json("mc_probe.json")
+  if a is None or b is None:
+    raise ValueError(f"{cell.run_dir} or {ref.run_dir}: no mc_probe.json")
+  out: dict[str, list[tuple[float, int]]] = {}
+  for qid, qa in sorted(a.items()):
+    qb = b[qid]
+    right_a = qa["logp"][0] > max(qa["logp"][1:], default=math.inf)
+    right_b = qb["logp"][0] > max(qb["logp"][1:], default=math.inf)
+    out.setdefault(qa["group"], []).append(
+        (qa["logp"][0] - qb["logp"][0], int(right_a) - int(right_b)))
+  return out
+
+
+def per_question_rows(cells: Sequence[sweep.Cell]) -> list[dict[str, Any]]:
+  """One row per arm other than curated: leaked vs clean per-question
+  changes against curated, pooled over the seeds both ran."""
+  from scipy import stats as st  # pylint: disable=g-import-not-at-top
+  ref = {c.seed: c for c in cells if c.arm.name == REFERENCE}
+  rows = []
+  for arm in ARMS:
+    if arm == REFERENCE:
+      continue
+    pooled: dict[str, list[tuple[float, int]]] = {"leaked": [], "clean": []}
+    for c in cells:
+      if c.arm.name == arm and c.seed in ref:
+        for g, v in question_deltas(c, ref[c.seed]).items():
+          pooled[g] += v
+    if not pooled["leaked"] or not pooled["clean"]:
+      continue
+    dl = np.array([d for d, _ in pooled["leaked"]])
+    dc = np.array([d for d, _ in pooled["clean"]])
+    p = (st.ttest_ind(dl, dc, equal_var=False).pvalue
+         if len(dl) > 1 and len(dc) > 1 else math.nan)
+    row = {"arm vs curated": arm, "questions (leaked / clean)":
+           f"{len(dl)} / {len(dc)}",
+           "log-prob change, leaked": f"{dl.mean():+.3f}",
+           "log-prob change, clean": f"{dc.mean():+.3f}",
+           "leaked - clean, Welch p": f"{dl.mean() - dc.mean():+.3f}, "
+                                      f"p={p:.2g}"}
+    for g in ("leaked", "clean"):
+      up = sum(f > 0 for _, f in pooled[g])
+      down = sum(f < 0 for _, f in pooled[g])
+      sp = (st.binomtest(up, up + down).pvalue if up + down else math.nan)
+      row[f"MC flips, {g}"] = f"{up} / {down}, p={sp:.2g}"
+    rows.append(row)
+  return rows
 
 
 def _plot(stats: Mapping[str, Any], arms: Sequence[str], path: str) -> None:
