@@ -34,13 +34,26 @@ import numpy as np
 from lifejax import sweep
 
 SOURCES = ("wiki", "support_chat", "records", "mail", "web")
-ARMS = ("raw", "curated", "curated_no_decontam")
+# A second pair at LONG_STEPS (3x the budget, ~1.7 passes over the curated
+# web text instead of ~0.6) asks whether the inflation grows with exposure.
+LONG_STEPS = 450
+ARMS = ("raw", "curated", "curated_no_decontam", "curated_3x",
+        "curated_no_decontam_3x")
+CORPUS = {"raw": "raw", "curated": "curated",
+          "curated_no_decontam": "curated_no_decontam",
+          "curated_3x": "curated",
+          "curated_no_decontam_3x": "curated_no_decontam"}
+# Each arm's paired reference: the curated arm of the same budget.
+REFS = {"raw": "curated", "curated_no_decontam": "curated",
+        "curated_no_decontam_3x": "curated_3x"}
 REFERENCE = "curated"
 PLOT = "curation.png"
 
 SWEEP = sweep.Sweep(
-    arms=[sweep.Arm(name=a, gin_params=(f"curation_cell.corpus={a!r}",),
-                    labels={"corpus": a}) for a in ARMS],
+    arms=[sweep.Arm(name=a, gin_params=(
+        f"curation_cell.corpus={CORPUS[a]!r}",) + (
+            (f"NUM_STEPS={LONG_STEPS}",) if a.endswith("_3x") else ()),
+                    labels={"corpus": CORPUS[a]}) for a in ARMS],
     base_gin=("experiment.gin",),
     seeds=(0, 1, 2),
     root_param="curation_cell.root",
@@ -99,18 +112,20 @@ def summarize(cells: list[sweep.Cell], out_dir: str, tiny: bool) -> str:
   stats = by_arm(cells)
   arms = [a for a in ARMS if a in stats]
   seeds = sorted({c.seed for c in cells})
-  steps = cells[0].json("pretrain", "summary.json")["final_step"]
+  steps = {c.arm.name: c.json("pretrain", "summary.json")["final_step"]
+           for c in cells}
   md = ["# Curation: results", ""]
   if tiny:
     md += ["**Tiny configuration (tests only): the numbers mean nothing.**",
            ""]
-  md += [f"Seeds {seeds}; mean ± sd over seeds; {steps} pretraining steps "
-         "of the same batch shape in every arm. Losses in nats per token (one tokenizer per "
+  md += [f"Seeds {seeds}; mean ± sd over seeds; pretraining steps "
+         "(column `steps`) of the same batch shape, the same number in the "
+         "arms compared. Losses in nats per token (one tokenizer per "
          "seed, trained on the curated text, read every arm), on clean "
          "held-out documents of each source that no arm trains on.", ""]
   rows = []
   for a in arms:
-    r = {"arm": a, "held-out loss (all)": sweep.fmt_mean_sd(
+    r = {"arm": a, "steps": steps[a], "held-out loss (all)": sweep.fmt_mean_sd(
         col(stats, a, "heldout/all/loss")),
          "perplexity": f"{math.exp(np.mean(col(stats, a, 'heldout/all/loss'))):.1f}"}
     for s in SOURCES:
@@ -121,17 +136,18 @@ def summarize(cells: list[sweep.Cell], out_dir: str, tiny: bool) -> str:
   md += ["## Held-out loss", "", sweep.write_table(rows, list(rows[0]))]
   prow = []
   for a in arms:
-    if a == REFERENCE:
+    if a not in REFS:
       continue
     for key, label in [("heldout/all/loss", "held-out (all)")] + [
         (f"heldout/{s}/loss", s) for s in SOURCES]:
-      t = paired(stats, a, REFERENCE, key)
+      t = paired(stats, a, REFS[a], key)
       if t is not None:
-        prow.append({"comparison": f"{a} - {REFERENCE}", "held-out loss":
+        prow.append({"comparison": f"{a} - {REFS[a]}", "held-out loss":
                      label, "paired difference [95% CI], p":
                      sweep.fmt_paired_t(t, 4)})
   if prow:
-    md += ["Paired over seeds (> 0: the arm is worse than curated):", "",
+    md += ["Paired over seeds (> 0: the arm is worse than curated at the "
+           "same budget):", "",
            sweep.write_table(prow, list(prow[0]))]
   frows = []
   for a in arms:
@@ -162,24 +178,26 @@ def summarize(cells: list[sweep.Cell], out_dir: str, tiny: bool) -> str:
                        ("gap/verbatim", "loss advantage (leak's format)"),
                        ("gap/mc", "MC acc advantage")):
       r[label] = sweep.fmt_mean_sd(col(stats, a, key), 4)
-      if a != REFERENCE:
-        t = paired(stats, a, REFERENCE, key)
+      if a in REFS:
+        t = paired(stats, a, REFS[a], key)
         if t is not None:
           r[f"inflation: {label}"] = sweep.fmt_paired_t(t, 4)
     irows.append(r)
   cols = list(dict.fromkeys(k for r in irows for k in r))
   md += ["Leaked-vs-clean advantage per arm (clean answer loss - leaked; "
          "leaked MC acc - clean) and the inflation: the arm's advantage "
-         "minus curated's, paired over seeds (> 0: inflated):", "",
+         "minus that of curated at the same budget, paired over seeds "
+         "(> 0: inflated):", "",
          sweep.write_table(irows, cols)]
   qrows = per_question_rows(cells)
   if qrows:
     md += ["Per question, pooled over seeds: the change of the true "
            "answer's log-probability (probe format, summed over its tokens) "
-           "from curated to the arm on the same question and seed, leaked "
+           "from the reference (curated, same budget) to the arm on the "
+           "same question and seed, leaked "
            "vs clean questions (Welch t-test; > 0: the arm gained more on "
            "the leaked questions), and multiple-choice flips against "
-           "curated (now right / now wrong; sign-test p):", "",
+           "the reference (now right / now wrong; sign-test p):", "",
            sweep.write_table(qrows, list(qrows[0]))]
   _plot(stats, arms, os.path.join(out_dir, PLOT))
   md += ["", f"![held-out loss and inflation]({PLOT})"]
@@ -208,11 +226,11 @@ def per_question_rows(cells: Sequence[sweep.Cell]) -> list[dict[str, Any]]:
   """One row per arm other than curated: leaked vs clean per-question
   changes against curated, pooled over the seeds both ran."""
   from scipy import stats as st  # pylint: disable=g-import-not-at-top
-  ref = {c.seed: c for c in cells if c.arm.name == REFERENCE}
   rows = []
   for arm in ARMS:
-    if arm == REFERENCE:
+    if arm not in REFS:
       continue
+    ref = {c.seed: c for c in cells if c.arm.name == REFS[arm]}
     pooled: dict[str, list[tuple[float, int]]] = {"leaked": [], "clean": []}
     for c in cells:
       if c.arm.name == arm and c.seed in ref:
@@ -224,7 +242,8 @@ def per_question_rows(cells: Sequence[sweep.Cell]) -> list[dict[str, Any]]:
     dc = np.array([d for d, _ in pooled["clean"]])
     p = (st.ttest_ind(dl, dc, equal_var=False).pvalue
          if len(dl) > 1 and len(dc) > 1 else math.nan)
-    row = {"arm vs curated": arm, "questions (leaked / clean)":
+    row = {"arm vs reference": f"{arm} vs {REFS[arm]}",
+           "questions (leaked / clean)":
            f"{len(dl)} / {len(dc)}",
            "log-prob change, leaked": f"{dl.mean():+.3f}",
            "log-prob change, clean": f"{dc.mean():+.3f}",
@@ -249,7 +268,8 @@ def _plot(stats: Mapping[str, Any], arms: Sequence[str], path: str) -> None:
   x = np.arange(len(names))
   w = 0.8 / max(len(arms), 1)
   colors = {"raw": "tab:red", "curated": "tab:blue",
-            "curated_no_decontam": "tab:orange"}
+            "curated_no_decontam": "tab:orange", "curated_3x": "tab:cyan",
+            "curated_no_decontam_3x": "tab:olive"}
   for i, a in enumerate(arms):
     vals = np.array([col(stats, a, f"heldout/{n}/loss") for n in names])
     ax1.bar(x + (i - (len(arms) - 1) / 2) * w, vals.mean(1), w,
