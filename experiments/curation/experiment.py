@@ -282,17 +282,21 @@ def _plot(stats: Mapping[str, Any], arms: Sequence[str], path: str) -> None:
   ax1.set_ylim(bottom=max(0.0, lo - 0.5))
   ax1.legend(fontsize=8)
   ax1.set_title("Held-out loss by source (mean ± sd over seeds)")
-  for i, a in enumerate(arms):
+  infl = [a for a in arms if a in REFS and REFS[a] in stats]
+  for i, a in enumerate(infl):
+    seeds = sorted(set(stats[a]) & set(stats[REFS[a]]))
     for j, key in enumerate(("gap/probe", "gap/verbatim")):
-      v = col(stats, a, key)
+      v = [stats[a][s][key] - stats[REFS[a]][s][key] for s in seeds]
       ax2.scatter(np.full(len(v), i + (j - 0.5) * 0.25), v,
                   color=colors.get(a), marker="o" if j == 0 else "s",
                   label=("probe format" if j == 0 else "leak's format")
                   if i == 0 else None)
   ax2.axhline(0, color="k", lw=0.8)
-  ax2.set_xticks(range(len(arms)), arms, fontsize=8)
-  ax2.set_ylabel("clean - leaked answer loss (nats / token)")
-  ax2.set_title("Leaked-answer advantage, one point per seed")
+  ax2.set_xticks(range(len(infl)), [f"{a}\n- {REFS[a]}" for a in infl],
+                 fontsize=7)
+  ax2.set_ylabel("inflation (nats / answer token)")
+  ax2.set_title("Leaked-vs-clean advantage minus the reference's,\n"
+                "one point per seed", fontsize=10)
   ax2.legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
