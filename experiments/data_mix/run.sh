@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Data mix: five source mixes of the curated corpus, 3 seeds (experiment.py;
+# README.md). Resumable; extra arguments go to the sweep (e.g. --tiny,
+# --seeds=0, --only=uniform).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
+exec ${PY:-.venv/bin/python} -m lifejax.sweep experiments/data_mix "$@"
