@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The whole `make demo` lifecycle on 3 seeds, then the chain's table
+# (README.md). Each seed is one demo (~15-20 min on a quiet 2-core CPU);
+# a killed run resumes stage by stage when launched again.
+# Full run:  experiments/lifecycle_seeds/run.sh
+# Seeds:     SEEDS="0 1" experiments/lifecycle_seeds/run.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
+# The Makefile's glibc malloc tunables (CPU only), as `make demo` runs.
+export GLIBC_TUNABLES=${GLIBC_TUNABLES:-glibc.malloc.hugetlb=1:glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736}
+PY=${PY:-.venv/bin/python}
+ROOT=${ROOT:-runs/lifecycle_seeds}
+roots=()
+for seed in ${SEEDS:-0 1 2}; do
+  # One seed moves everything random: the world (its text, tokenizer, facts
+  # and splits), every stage's initialization and data order.
+  "$PY" -m lifejax.main --gin_file=lifecycle/default.gin \
+    --gin_param="lifecycle.root='$ROOT/seed$seed'" \
+    --gin_param="lifecycle.world_seed=$seed" \
+    --gin_param="pretrain.seed=$seed" --gin_param="sft.seed=$seed" \
+    --gin_param="reward.seed=$seed" --gin_param="dpo.seed=$seed" \
+    --gin_param="ppo.seed=$seed"
+  roots+=("$ROOT/seed$seed")
+done
+"$PY" experiments/lifecycle_seeds/summarize.py "${roots[@]}"
