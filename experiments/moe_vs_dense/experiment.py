@@ -130,6 +130,93 @@ def cell_stats(cell: sweep.Cell) -> dict[str, float]:
   return out
 
 
+def heldout_batch(cell: sweep.Cell, rows: int, seq: int
+                  ) -> dict[str, np.ndarray]:
+  """The first rows x seq tokens of the cell's held-out documents (each
+  with BOS, concatenated in file order), as an LM batch."""
+  import glob  # pylint: disable=g-import-not-at-top
+  import json  # pylint: disable=g-import-not-at-top
+  from lifejax.run import artifacts  # pylint: disable=g-import-not-at-top
+  tok = artifacts.load_tokenizer(cell.run_dir)
+  ids: list[int] = []
+  for path in sorted(glob.glob(os.path.join(cell.run_dir, "heldout",
+                                            "*.jsonl"))):
+    with open(path, encoding="utf-8") as f:
+      for line in f:
+        ids += tok.encode(json.loads(line)["text"], add_bos=True)
+        if len(ids) > rows * seq:
+          break
+    if len(ids) > rows * seq:
+      break
+  if len(ids) <= rows * seq:
+    raise ValueError(f"{cell.run_dir}/heldout: {len(ids)} tokens, need "
+                     f"{rows * seq + 1}")
+  a = np.asarray(ids[:rows * seq + 1], np.int32)
+  return {"tokens": a[:-1].reshape(rows, seq),
+          "targets": a[1:].reshape(rows, seq),
+          "loss_mask": np.ones((rows, seq), np.float32),
+          "segment_ids": np.ones((rows, seq), np.int32),
+          "positions": np.broadcast_to(np.arange(seq, dtype=np.int32),
+                                       (rows, seq)).copy()}
+
+
+def routing_stats(cell: sweep.Cell, rows: int = 8) -> dict[str, Any]:
+  """The final model of a MoE cell on held-out tokens: each layer's share
+  of the (token, choice) assignments per expert, and the gradient norm of
+  the cross-entropy alone (no aux losses) with respect to the routers
+  and, for scale, the experts' weights.
+
+  With top-1 and gates renormalised over the chosen experts (Mixtral's
+  convention, moe.route), a token's one gate is p / p = 1 whatever the
+  router says, so the LM loss cannot train the router: only the
+  load-balancing and z-losses move it."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from lifejax import sharding  # pylint: disable=g-import-not-at-top
+  from lifejax.losses.lm import make_lm_loss_fn  # pylint: disable=g-import-not-at-top
+  from lifejax.model import moe, transformer  # pylint: disable=g-import-not-at-top
+  from lifejax.run import artifacts  # pylint: disable=g-import-not-at-top
+  cfg = dataclasses.replace(model_config(cell), layer_loop="unroll")
+  mesh_cfg = sharding.MeshConfig(1, 1, 1)
+  mesh = sharding.make_mesh(mesh_cfg)
+  graphdef, params = artifacts.load_params(
+      cell.run_dir, transformer.Transformer, cfg, mesh, mesh_cfg.rules)
+  batch = heldout_batch(cell, rows, _seq_len(cell))
+  # The layers run unrolled and eagerly, so moe.route sees each layer's
+  # router logits as concrete arrays: record the experts it picks.
+  picked: list[np.ndarray] = []
+  route = moe.route
+
+  def recording_route(logits, k):
+    out = route(logits, k)
+    picked.append(np.asarray(out[1]))
+    return out
+
+  moe.route = recording_route
+  try:
+    with jax.set_mesh(mesh):
+      nnx.merge(graphdef, params)(batch["tokens"], batch["positions"],
+                                  batch["segment_ids"])
+  finally:
+    moe.route = route
+  share = [np.bincount(e.reshape(-1), minlength=cfg.num_experts) / e.size
+           for e in picked]
+  loss_fn = make_lm_loss_fn(graphdef, moe_losses=False)
+  with jax.set_mesh(mesh):
+    grads = jax.jit(jax.grad(lambda p: loss_fn(p, batch, None)[0]))(params)
+  norms: dict[str, float] = {}
+  for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
+    name = str(getattr(path[-1], "key", path[-1]))
+    if name.startswith("w_"):
+      norms[name] = norms.get(name, 0.0) + float(np.sum(np.square(g)))
+  return {"share": [s.tolist() for s in share],
+          "max_share": float(max(s.max() for s in share)),
+          "min_share": float(min(s.min() for s in share)),
+          "router_grad": math.sqrt(norms.get("w_router", 0.0)),
+          "expert_grad": math.sqrt(sum(norms.get(k, 0.0) for k in (
+              "w_gate", "w_up", "w_down")))}
+
+
 def _seq_len(cell: sweep.Cell) -> int:
   """The pretraining row length, from the run's operative gin config."""
   path = os.path.join(cell.run_dir, "operative_config.gin")
@@ -208,6 +295,25 @@ def summarize(cells: list[sweep.Cell], out_dir: str, tiny: bool) -> str:
   if prow:
     md += ["## Paired over seeds: arm − dense (held-out loss; negative = "
            "better than dense)", "", sweep.write_table(prow, list(prow[0]))]
+  rrows = []
+  for name in MOE_ARMS:
+    for c in by_arm.get(name, []):
+      r = routing_stats(c)
+      rrows.append({
+          "arm": name, "seed": c.seed,
+          "expert shares per layer": " / ".join(
+              ",".join(f"{v:.2f}" for v in layer) for layer in r["share"]),
+          "min-max share": f"{r['min_share']:.2f}-{r['max_share']:.2f}",
+          "LM-loss grad norm, routers": f"{r['router_grad']:.3g}",
+          "LM-loss grad norm, experts": f"{r['expert_grad']:.3g}"})
+  if rrows:
+    md += ["", "## Routing of the final models (held-out tokens)", "",
+           "Each layer's share of the (token, choice) assignments per "
+           "expert on the first 8 x seq_len held-out tokens (1/E each when "
+           "balanced), and the gradient norm of the cross-entropy alone (no "
+           "aux losses) with respect to all routers and all experts' "
+           "weights, on the same tokens.", "",
+           sweep.write_table(rrows, list(rrows[0]))]
   _plot(by_arm, stats, os.path.join(out_dir, PLOT))
   md += ["", f"![held-out loss vs FLOPs, training curves]({PLOT})"]
   return "\n".join(md) + "\n"
@@ -224,7 +330,7 @@ def _plot(by_arm: dict[str, list[sweep.Cell]], stats: dict[str, Any],
   for name, cs in by_arm.items():
     color = colors.get(name, "k")
     fl = [stats[c.run_dir]["flops_per_token"] * stats[c.run_dir]["tokens"]
-          for c in cs]
+          / 1e12 for c in cs]
     ev = [stats[c.run_dir]["eval_loss"] for c in cs]
     axes[0].plot(fl, ev, "o", color=color, label=name, alpha=0.8)
     for k, c in enumerate(cs):
@@ -237,13 +343,12 @@ def _plot(by_arm: dict[str, list[sweep.Cell]], stats: dict[str, Any],
         axes[2].plot([r["step"] for r in rows],
                      [r["moe_aux_loss"] for r in rows], color=color,
                      alpha=0.6, lw=1, label=name if k == 0 else None)
-  axes[0].set_xscale("log")
-  axes[0].set_xlabel("training FLOPs (flops.py per token x tokens)")
+  axes[0].set_xlabel("training TFLOPs (flops.py per token x tokens)")
   axes[0].set_ylabel("held-out loss (nats/token)")
   axes[0].set_title("final held-out loss, one point per seed")
   axes[1].set_xlabel("step")
   axes[1].set_ylabel("training cross-entropy")
-  axes[1].set_ylim(top=min(8.5, axes[1].get_ylim()[1]))
+  axes[1].set_yscale("log")
   axes[1].set_title("training curves, one line per seed")
   axes[2].set_xlabel("step")
   axes[2].set_ylabel("load-balancing statistic (k = balanced)")

@@ -24,8 +24,10 @@ AdamW with clipping, the non-finite guard, donated state) at one shape:
 * step time: all configurations compiled and resident in this process,
   `rounds` rounds, each running `steps` blocked steps of every
   configuration in turn (the order rotated every round); per round the
-  median step, and its ratio to the XLA formulation's `none` of the same
-  round; reported: median over rounds (ratios: median [min, max]);
+  median step (wall, and the process's CPU time over all threads, which a
+  loaded host inflates less), and its ratio to the XLA formulation's
+  `none` of the same round; reported: median over rounds (ratios: median
+  [min, max]);
 * matmul FLOPs of loss + gradient from the step's jaxpr
   (`flops.jaxpr_matmul_flops`, scan bodies counted per layer: the
   recomputed forward is in the gradient's jaxpr; XLA's cost analysis
@@ -47,6 +49,7 @@ import argparse
 import dataclasses
 import gc
 import importlib.util
+import itertools
 import json
 import os
 import shlex
@@ -147,13 +150,14 @@ class Runner:
                                 self.plan.batch_shardings)
     self.sds = sds
 
-  def step(self) -> float:
-    """One blocked step; seconds."""
+  def step(self) -> tuple[float, float]:
+    """One blocked step: (wall seconds, this process's CPU seconds, all
+    threads)."""
     import jax  # pylint: disable=g-import-not-at-top
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     self.state, metrics = self.compiled(self.state, self.batch)
     jax.block_until_ready((self.state, metrics))
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def matmul_flops(cfg: Any, sds: dict[str, Any]) -> int:
@@ -269,17 +273,21 @@ def _measure(tiny: bool, cache_dir: str, log) -> dict[str, Any]:
     log(f"[remat] {c.name}: compiled in {row['compile_s']:.1f} s, XLA "
         f"{row['xla']['total'] / MIB:.1f} MiB")
   times: dict[str, list[float]] = {c.name: [] for c in cs}
+  cpu: dict[str, list[float]] = {c.name: [] for c in cs}
   for rnd in range(shape["rounds"]):
     order = cs[rnd % len(cs):] + cs[:rnd % len(cs)]
     for c in order:
-      times[c.name].append(statistics.median(
-          runners[c.name].step() for _ in range(shape["steps"])))
+      steps = [runners[c.name].step() for _ in range(shape["steps"])]
+      times[c.name].append(statistics.median(w for w, _ in steps))
+      cpu[c.name].append(statistics.median(u for _, u in steps))
     log(f"[remat] round {rnd + 1}/{shape['rounds']}: " + ", ".join(
-        f"{n} {v[-1] * 1e3:.0f} ms" for n, v in times.items()))
+        f"{n} {v[-1] * 1e3:.0f} ms ({cpu[n][-1] * 1e3:.0f} CPU)"
+        for n, v in times.items()))
   del runners
   gc.collect()
   for c in cs:
     rows[c.name]["step_s"] = times[c.name]
+    rows[c.name]["step_cpu_s"] = cpu[c.name]
     rows[c.name]["rss"] = _run_worker(c, tiny, cache_dir)
     log(f"[remat] {c.name}: peak above idle "
         f"{(rows[c.name]['rss']['peak'] - rows[c.name]['rss']['idle']) / MIB:.1f}"
@@ -291,21 +299,23 @@ def _measure(tiny: bool, cache_dir: str, log) -> dict[str, Any]:
 # -- the summary ---------------------------------------------------------------
 
 
-def ratios(rows: dict[str, Any], name: str, ref: str = "xla_none"
-           ) -> list[float]:
-  """Per-round step-time ratios of `name` to `ref` (same rounds)."""
-  return [a / b for a, b in zip(rows[name]["step_s"], rows[ref]["step_s"])]
+def ratios(rows: dict[str, Any], name: str, ref: str = "xla_none",
+           key: str = "step_s") -> list[float]:
+  """Per-round step-time ratios of `name` to `ref` (same rounds); key
+  "step_s" (wall) or "step_cpu_s" (CPU time)."""
+  return [a / b for a, b in zip(rows[name][key], rows[ref][key])]
 
 
-def order_check(rows: dict[str, Any], formulation: str = "xla"
-                ) -> dict[str, Any]:
+def order_check(rows: dict[str, Any], formulation: str = "xla",
+                key: str = "step_s") -> dict[str, Any]:
   """The claim's ordering among one formulation's policies: sorted by
-  measured memory (peak above idle), does the step time fall as memory
-  rises? Returns the policies in memory order, and the pairs (less memory,
-  more memory) where the one using less memory is not slower."""
+  measured memory (peak above idle), does the step time (`key`, median
+  over rounds) fall as memory rises? Returns the policies in memory order,
+  and the pairs (less memory, more memory) where the one using less memory
+  is not slower."""
   names = [n for n, r in rows.items() if r["formulation"] == formulation]
   mem = {n: rows[n]["rss"]["peak"] - rows[n]["rss"]["idle"] for n in names}
-  med = {n: statistics.median(rows[n]["step_s"]) for n in names}
+  med = {n: statistics.median(rows[n][key]) for n in names}
   by_mem = sorted(names, key=mem.get)
   violations = [(a, b) for i, a in enumerate(by_mem) for b in by_mem[i + 1:]
                 if med[a] < med[b]]
@@ -321,6 +331,7 @@ def summarize(data: dict[str, Any], out_dir: str, tiny: bool,
   table = []
   for name, r in rows.items():
     rat = ratios(rows, name)
+    crat = ratios(rows, name, key="step_cpu_s")
     rss = r["rss"]
     table.append({
         "formulation": r["formulation"], "policy": r["policy"],
@@ -336,6 +347,9 @@ def summarize(data: dict[str, Any], out_dir: str, tiny: bool,
         "step ms": f"{statistics.median(r['step_s']) * 1e3:.0f}",
         "time / xla none": (f"{statistics.median(rat):.2f} "
                             f"[{min(rat):.2f}, {max(rat):.2f}]"),
+        "CPU ms": f"{statistics.median(r['step_cpu_s']) * 1e3:.0f}",
+        "CPU / xla none": (f"{statistics.median(crat):.2f} "
+                           f"[{min(crat):.2f}, {max(crat):.2f}]"),
         "matmul GFLOP": f"{r['matmul_flops'] / 1e9:.2f}",
         "recompute": f"{r['matmul_flops'] / none_flops - 1:+.1%}",
     })
@@ -355,23 +369,27 @@ def summarize(data: dict[str, Any], out_dir: str, tiny: bool,
       "RSS just before the timed steps (above ready: what the step "
       "allocates; compare XLA temp). Step time: median over "
       f"{shape['rounds']} round-robin rounds of the median of "
-      f"{shape['steps']} blocked steps; ratio to the xla `none` row of the "
-      "same round, median [min, max]. Matmul FLOPs of loss + gradient from "
+      f"{shape['steps']} blocked steps, wall and this process's CPU time "
+      "(all threads; less sensitive to other load on the host); ratio to "
+      "the xla `none` row of the same round, median [min, max]. Matmul FLOPs of loss + gradient from "
       "the jaxpr (recomputed forward included); recompute = over xla "
       "`none`.", "",
       _table(table), ""]
-  for form in sorted({r["formulation"] for r in rows.values()}):
-    oc = order_check(rows, form)
+  for form, key in itertools.product(
+      sorted({r["formulation"] for r in rows.values()}),
+      ("step_s", "step_cpu_s")):
+    oc = order_check(rows, form, key)
     if oc["pairs"]:
       md.append(
-          f"Order check ({form}): by measured memory "
+          f"Order check ({form}, {'wall' if key == 'step_s' else 'CPU'} "
+          "time): by measured memory "
           f"{' < '.join(n.split('_', 1)[1] for n in oc['by_memory'])}; "
           f"{len(oc['violations'])} of {oc['pairs']} pairs where the "
           "policy with less memory is not slower"
           + (": " + ", ".join(f"{a.split('_', 1)[1]} vs "
                               f"{b.split('_', 1)[1]}"
                               for a, b in oc["violations"])
-             if oc["violations"] else "") + ".")
+             if oc["violations"] else "") + ".\n")
   _plot(rows, os.path.join(out_dir, PLOT))
   md += ["", f"![memory vs step time]({PLOT})", "",
          f"Command: `{command}`"]
@@ -386,31 +404,35 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 
 def _plot(rows: dict[str, Any], path: str) -> None:
+  """Memory (measured, XLA, planner) against step time: CPU time (left),
+  wall time (right)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(8, 5.5))
+  fig, axes = plt.subplots(1, 2, figsize=(14, 5.5))
   colors = {"xla": "tab:blue", "cpu": "tab:red"}
-  for name, r in rows.items():
-    col = colors.get(r["formulation"], "k")
-    t = statistics.median(r["step_s"]) * 1e3
-    ax.plot(t, (r["rss"]["peak"] - r["rss"]["idle"]) / MIB, "o", color=col)
-    ax.plot(t, r["xla"]["total"] / MIB, "x", color=col)
-    if "planner" in r:
-      ax.plot(t, r["planner"] / MIB, "+", color=col, ms=10)
-    ax.annotate(f"{r['formulation']} {r['policy']}",
-                (t, (r["rss"]["peak"] - r["rss"]["idle"]) / MIB),
-                fontsize=7, xytext=(4, 3), textcoords="offset points")
-  for label, m in (("measured (peak RSS above idle)", "o"),
-                   ("XLA memory analysis", "x"), ("planner", "+")):
-    ax.plot([], [], m, color="gray", label=label)
-  for form, col in colors.items():
-    ax.plot([], [], "s", color=col, label=f"{form} formulation")
-  ax.set_xlabel("step time (ms, median over rounds)")
-  ax.set_ylabel("memory per device (MiB)")
-  ax.set_title("Remat policies: memory vs step time")
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
+  for ax, key, what in ((axes[0], "step_cpu_s", "CPU time, all threads"),
+                        (axes[1], "step_s", "wall time")):
+    for r in rows.values():
+      col = colors.get(r["formulation"], "k")
+      t = statistics.median(r[key]) * 1e3
+      measured = (r["rss"]["peak"] - r["rss"]["idle"]) / MIB
+      ax.plot(t, measured, "o", color=col)
+      ax.plot(t, r["xla"]["total"] / MIB, "x", color=col)
+      if "planner" in r:
+        ax.plot(t, r["planner"] / MIB, "+", color=col, ms=10)
+      ax.annotate(f"{r['formulation']} {r['policy']}", (t, measured),
+                  fontsize=7, xytext=(4, 3), textcoords="offset points")
+    for label, m in (("measured (peak RSS above idle)", "o"),
+                     ("XLA memory analysis", "x"), ("planner", "+")):
+      ax.plot([], [], m, color="gray", label=label)
+    for form, col in colors.items():
+      ax.plot([], [], "s", color=col, label=f"{form} formulation")
+    ax.set_xlabel(f"step {what} (ms, median over rounds)")
+    ax.set_ylabel("memory per device (MiB)")
+    ax.set_title(f"Remat policies: memory vs step {what}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
