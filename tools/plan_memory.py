@@ -142,12 +142,14 @@ def mesh_shape_of(gin_name: str, num_devices: int | None = None
   return cfg.shape(num_devices if -1 in sizes else math.prod(sizes))
 
 
-def xla_memory(cfg, mesh_shape: tuple[int, int, int], batch: int, seq: int,
-               microbatches: int = 1,
-               compiler_options: dict[str, Any] | None = None
-               ) -> dict[str, float]:
-  """Compiles the real train step on the (simulated) devices; XLA's memory
-  analysis per device and its FLOPs count."""
+def compile_train_step(cfg, mesh_shape: tuple[int, int, int], batch: int,
+                       seq: int, microbatches: int = 1,
+                       compiler_options: dict[str, Any] | None = None,
+                       optimizer_cfg: Any = None) -> tuple[Any, Any, Any]:
+  """The real train step (LM loss, AdamW, the guard, donated state) lowered
+  and compiled for `batch` rows of `seq` tokens on a (data, fsdp, model)
+  mesh of the (simulated) devices: (trainer.Plan, the compiled step, the
+  batch's ShapeDtypeStructs)."""
   import jax
   import jax.numpy as jnp
 
@@ -163,8 +165,8 @@ def xla_memory(cfg, mesh_shape: tuple[int, int, int], batch: int, seq: int,
                for k in ("tokens", "targets", "loss_mask", "segment_ids",
                          "positions")}
   p = plan_training(model_cfg=cfg, make_loss=make_lm_loss_fn,
-                    optimizer_cfg=OptimizerConfig(), mesh=mesh,
-                    rules=mesh_cfg.rules, example_batch=batch_sds,
+                    optimizer_cfg=optimizer_cfg or OptimizerConfig(),
+                    mesh=mesh, rules=mesh_cfg.rules, example_batch=batch_sds,
                     num_microbatches=microbatches)
   with_sh = lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)  # noqa: E731
   state = jax.tree.map(with_sh, p.abstract_state, p.state_shardings)
@@ -172,6 +174,13 @@ def xla_memory(cfg, mesh_shape: tuple[int, int, int], batch: int, seq: int,
   with jax.set_mesh(mesh):
     compiled = p.train_step.jitted.lower(state, data).compile(
         compiler_options)
+  return p, compiled, batch_sds
+
+
+def compiled_memory(compiled) -> dict[str, float]:
+  """XLA's memory analysis of a compiled step, per device, with "total" =
+  argument + output - alias + temp, and its FLOPs count ("flops"; XLA
+  counts a loop's body once, not once per trip)."""
   mem = compiled.memory_analysis()
   out = {k: float(getattr(mem, k)) for k in (
       "argument_size_in_bytes", "output_size_in_bytes",
@@ -182,6 +191,17 @@ def xla_memory(cfg, mesh_shape: tuple[int, int, int], batch: int, seq: int,
   cost = cost[0] if isinstance(cost, list) else cost
   out["flops"] = float((cost or {}).get("flops", float("nan")))
   return out
+
+
+def xla_memory(cfg, mesh_shape: tuple[int, int, int], batch: int, seq: int,
+               microbatches: int = 1,
+               compiler_options: dict[str, Any] | None = None
+               ) -> dict[str, float]:
+  """Compiles the real train step on the (simulated) devices; XLA's memory
+  analysis per device and its FLOPs count."""
+  _, compiled, _ = compile_train_step(cfg, mesh_shape, batch, seq,
+                                      microbatches, compiler_options)
+  return compiled_memory(compiled)
 
 
 def _describe(over: dict[str, Any]) -> str:

@@ -24,7 +24,12 @@ rematerialized step does more hardware FLOPs than this formula counts.
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 from lifejax.model.config import TransformerConfig
+
+_DOTS = ("dot_general", "ragged_dot_general")
 
 
 def matmul_params(cfg: TransformerConfig) -> int:
@@ -59,3 +64,35 @@ def mfu(tokens_per_second: float, flops_per_token: float,
   """Model FLOPs utilization: achieved model FLOP/s over the hardware peak
   (of all chips the tokens were processed on)."""
   return tokens_per_second * flops_per_token / peak_flops_per_second
+
+
+def jaxpr_matmul_flops(jaxpr: Any) -> int:
+  """FLOPs of every matmul a (closed or open) jaxpr runs: 2 x (lhs
+  elements) x (rhs extent outside the contracting, batch and group
+  dimensions) per `dot_general` / `ragged_dot_general` (each row of a
+  ragged operand meets one group), recursing into sub-jaxprs with a scan's
+  body counted once per trip. A brute count to check the formula against,
+  and to read what a remat policy recomputes (the rematerialized forward is
+  in the gradient's jaxpr)."""
+  jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+  total = 0
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    if name in _DOTS:
+      dn = eqn.params.get("dimension_numbers")
+      group: tuple[int, ...] = ()
+      if name == "ragged_dot_general":
+        rdn = eqn.params["ragged_dot_dimension_numbers"]
+        dn, group = rdn.dot_dimension_numbers, rdn.rhs_group_dimensions
+      (_, rhs_contract), (_, rhs_batch) = dn
+      lhs, rhs = eqn.invars[0].aval.shape, eqn.invars[1].aval.shape
+      skip = set(rhs_contract) | set(rhs_batch) | set(group)
+      total += 2 * math.prod(lhs) * math.prod(
+          n for i, n in enumerate(rhs) if i not in skip)
+    trips = eqn.params.get("length", 1) if name == "scan" else 1
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (tuple, list)) else (value,):
+        sub = getattr(sub, "jaxpr", sub)
+        if hasattr(sub, "eqns"):
+          total += trips * jaxpr_matmul_flops(sub)
+  return total

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
-
 import jax
 import jax.numpy as jnp
 import pytest
@@ -32,25 +30,6 @@ def _batch_sds():
                                   else jnp.int32) for k in KEYS}
 
 
-def _dot_flops(jaxpr) -> int:
-  """2 * (output elements) * (contracted extent) over every dot_general,
-  recursing into sub-jaxprs (a scan's body counted `length` times)."""
-  total = 0
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "dot_general":
-      (contract, _), _ = eqn.params["dimension_numbers"]
-      lhs = eqn.invars[0].aval.shape
-      total += 2 * math.prod(eqn.outvars[0].aval.shape) * math.prod(
-          lhs[i] for i in contract)
-    trips = eqn.params.get("length", 1) if eqn.primitive.name == "scan" else 1
-    for value in eqn.params.values():
-      for sub in value if isinstance(value, (tuple, list)) else (value,):
-        sub = getattr(sub, "jaxpr", sub)
-        if hasattr(sub, "eqns"):
-          total += trips * _dot_flops(sub)
-  return total
-
-
 @pytest.mark.parametrize("layer_loop", ["unroll", "scan"])
 def test_formula_equals_the_dots_autodiff_runs(layer_loop):
   """Every matmul of loss + gradient, counted from the jaxpr: exactly
@@ -61,8 +40,51 @@ def test_formula_equals_the_dots_autodiff_runs(layer_loop):
   loss_fn = make_lm_loss_fn(graphdef)
   jaxpr = jax.make_jaxpr(jax.grad(lambda p, b: loss_fn(p, b, None)[0]))(
       nnx.to_pure_dict(abstract), _batch_sds())
-  assert _dot_flops(jaxpr.jaxpr) == flops.train_flops_per_token(
+  assert flops.jaxpr_matmul_flops(jaxpr) == flops.train_flops_per_token(
       cfg, T, causal=False) * B * T
+
+
+def _grad_jaxpr(cfg):
+  graphdef, abstract = nnx.split(transformer.abstract_model(cfg), nnx.Param)
+  loss_fn = make_lm_loss_fn(graphdef)
+  return jax.make_jaxpr(jax.grad(lambda p, b: loss_fn(p, b, None)[0]))(
+      nnx.to_pure_dict(abstract), _batch_sds())
+
+
+@pytest.mark.parametrize("experts,k", [(4, 1), (4, 2), (8, 2)])
+def test_moe_formula_counts_active_experts_only(experts, k):
+  """A dropless mixture of experts (grouped matmuls, `ragged_dot`): the
+  matmuls of loss + gradient are the formula with the router and k of the
+  E experts per token, plus the gate-weighted sum of a token's k expert
+  outputs (a (k,) x (k, D) dot per token: 2kD forward, twice that
+  backward), which is not a weight matmul and so not model FLOPs. Counting
+  all E experts would be off by (E - k) x 18 L D F per token."""
+  cfg = dataclasses.replace(CFG, layer_loop="scan", num_experts=experts,
+                            experts_per_token=k, mlp_dim=256)
+  count = flops.jaxpr_matmul_flops(_grad_jaxpr(cfg))
+  gates = 6 * cfg.num_layers * k * cfg.d_model * B * T
+  assert count == flops.train_flops_per_token(cfg, T, causal=False) * B * T \
+      + gates
+  dense = dataclasses.replace(cfg, num_experts=0, mlp_dim=k * 256)
+  router = 6 * cfg.num_layers * cfg.d_model * experts
+  assert (flops.train_flops_per_token(cfg, T)
+          == flops.train_flops_per_token(dense, T) + router)
+
+
+def test_remat_recompute_is_in_the_gradient_jaxpr():
+  """Full remat reruns each layer's forward in the backward: the count
+  grows by the layers' forward matmuls (2 per weight, attention's 4 T H E
+  per token and layer) except the MLP's down projection, whose output
+  (the layer's output) is the next checkpoint's saved input and so is
+  never needed again. The model-FLOPs formula leaves recompute out by
+  design."""
+  base = flops.jaxpr_matmul_flops(_grad_jaxpr(CFG))
+  full = flops.jaxpr_matmul_flops(_grad_jaxpr(
+      dataclasses.replace(CFG, remat_policy="full", layer_loop="scan")))
+  layers = CFG.num_layers * (CFG.layer_matmul_params()
+                             - CFG.d_model * CFG.mlp_dim)
+  attn = 4 * CFG.num_layers * T * CFG.num_heads * CFG.resolved_head_dim
+  assert full - base == (2 * layers + attn) * B * T
 
 
 def test_formula_against_xla_cost_analysis():
