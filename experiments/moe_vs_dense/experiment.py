@@ -171,7 +171,6 @@ def routing_stats(cell: sweep.Cell, rows: int = 8) -> dict[str, Any]:
   router says, so the LM loss cannot train the router: only the
   load-balancing and z-losses move it."""
   import jax  # pylint: disable=g-import-not-at-top
-  from flax import nnx  # pylint: disable=g-import-not-at-top
   from lifejax import sharding  # pylint: disable=g-import-not-at-top
   from lifejax.losses.lm import make_lm_loss_fn  # pylint: disable=g-import-not-at-top
   from lifejax.model import moe, transformer  # pylint: disable=g-import-not-at-top
@@ -182,28 +181,30 @@ def routing_stats(cell: sweep.Cell, rows: int = 8) -> dict[str, Any]:
   graphdef, params = artifacts.load_params(
       cell.run_dir, transformer.Transformer, cfg, mesh, mesh_cfg.rules)
   batch = heldout_batch(cell, rows, _seq_len(cell))
-  # The layers run unrolled and eagerly, so moe.route sees each layer's
-  # router logits as concrete arrays: record the experts it picks.
-  picked: list[np.ndarray] = []
+  # The layers run unrolled, so moe.route is traced once per layer: record
+  # the experts it picks and return them from the traced gradient.
+  picked: list[jax.Array] = []
   route = moe.route
 
   def recording_route(logits, k):
     out = route(logits, k)
-    picked.append(np.asarray(out[1]))
+    picked.append(out[1])
     return out
+
+  loss_fn = make_lm_loss_fn(graphdef, moe_losses=False)
+
+  def loss_and_picks(p):
+    picked.clear()
+    return loss_fn(p, batch, None)[0], list(picked)
 
   moe.route = recording_route
   try:
     with jax.set_mesh(mesh):
-      nnx.merge(graphdef, params)(batch["tokens"], batch["positions"],
-                                  batch["segment_ids"])
+      grads, picks = jax.jit(jax.grad(loss_and_picks, has_aux=True))(params)
   finally:
     moe.route = route
-  share = [np.bincount(e.reshape(-1), minlength=cfg.num_experts) / e.size
-           for e in picked]
-  loss_fn = make_lm_loss_fn(graphdef, moe_losses=False)
-  with jax.set_mesh(mesh):
-    grads = jax.jit(jax.grad(lambda p: loss_fn(p, batch, None)[0]))(params)
+  share = [np.bincount(np.asarray(e).reshape(-1), minlength=cfg.num_experts)
+           / e.size for e in picks]
   norms: dict[str, float] = {}
   for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
     name = str(getattr(path[-1], "key", path[-1]))
