@@ -170,6 +170,13 @@ def world_seed(root: str) -> str:
     return os.path.basename(os.path.normpath(root))
 
 
+def code_fingerprint(root: str) -> str:
+  """The code fingerprint the root's ledger recorded (lifejax/ and the gin
+  configs, run/provenance.py), "unknown" when it has none."""
+  with open(LifecycleRoot(root).ledger, encoding="utf-8") as f:
+    return str((json.load(f).get("code") or {}).get("sha256", "unknown"))
+
+
 def _fmt(v: float | None, kind: str) -> str:
   if v is None or (isinstance(v, float) and math.isnan(v)):
     return "—"
@@ -249,6 +256,12 @@ def summarize(roots: Sequence[str], out_dir: str, command: str = "") -> str:
   lines += [f"Roots: {names} (world seeds {', '.join(seeds)}). Test split "
             "except the release choice (dev) and the pretraining probes.",
             ""]
+  codes = [code_fingerprint(r) for r in roots]
+  if len(set(codes)) == 1:
+    lines += [f"Every root ran the same code (fingerprint {codes[0]}).", ""]
+  else:
+    lines += ["**The roots ran different code** (fingerprints " + ", ".join(
+        codes) + "): seed-to-seed differences mix seeds and code.", ""]
   lines += sweep.write_table(rows, list(rows[0])).splitlines()
   held = [r for r in rows if r["met"] == "every seed"]
   lines += ["", f"Targets met in every seed: {len(held)} of "

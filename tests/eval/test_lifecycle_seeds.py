@@ -58,6 +58,7 @@ def test_the_chain_table_over_seeds(tiny_lifecycle, tmp_path):
   assert (tmp_path / "out" / ls.RESULTS).read_text() == md
   assert (tmp_path / "out" / ls.PLOT).read_bytes()[:8] == PNG_MAGIC
   assert "| seed 1 | seed 2 |" in md and "Command: `cmd`" in md
+  assert "Every root ran the same code" in md
 
   fmt = _row(md, "format (SFT)")
   mean, sd = np.mean([0.95, 0.85]), np.std([0.95, 0.85], ddof=1)
@@ -80,3 +81,17 @@ def test_the_chain_table_over_seeds(tiny_lifecycle, tmp_path):
 def test_a_root_that_is_not_a_lifecycle_is_named(tmp_path):
   with pytest.raises(FileNotFoundError, match="not a lifecycle root"):
     ls.read_root(str(tmp_path / "nothing"))
+
+
+def test_roots_from_different_code_are_flagged(tiny_lifecycle, tmp_path):
+  a = _seeded_copy(tiny_lifecycle, str(tmp_path / "s1"), 1)
+  b = _seeded_copy(tiny_lifecycle, str(tmp_path / "s2"), 2)
+  ledger = LifecycleRoot(b).ledger
+  with open(ledger) as f:
+    data = json.load(f)
+  data["code"] = dict(data.get("code") or {}, sha256="0000000000000000")
+  with open(ledger, "w") as f:
+    json.dump(data, f)
+  md = ls.summarize([a, b], str(tmp_path / "out"))
+  assert "**The roots ran different code**" in md
+  assert "0000000000000000" in md
