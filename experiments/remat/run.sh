@@ -2,7 +2,7 @@
 # Remat policies: memory vs step time vs the planner (remat.py; README.md).
 # Full run: experiments/remat/run.sh   (writes results.md, results.json,
 #   remat.png here)
-# Tiny run: experiments/remat/run.sh --tiny --out=/tmp/remat_tiny
+# Tiny run: experiments/remat/run.sh --tiny --out=runs/remat_tiny
 # The timing process runs with the Makefile's malloc tuning (as the sweep's
 # cells do); remat.py's memory workers set their own.
 set -euo pipefail
