@@ -297,8 +297,15 @@ def _launch(corpus_dir, out):
 
 
 def _newest_mtime(out) -> float:
-  times = [os.path.getmtime(os.path.join(d, f))
-           for d, _, fs in os.walk(out) for f in fs]
+  # The running launch renames its temporary files into place while this
+  # walks: a file listed a moment ago may be gone by the stat.
+  times = []
+  for d, _, fs in os.walk(out):
+    for f in fs:
+      try:
+        times.append(os.path.getmtime(os.path.join(d, f)))
+      except FileNotFoundError:
+        continue
   return max(times, default=0.0)
 
 
