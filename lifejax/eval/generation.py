@@ -7,8 +7,9 @@ chat template, and a SamplingConfig bound into one function.
   generate_ids                  token prompts -> (tokens, lengths), batched
   generate_responses            records -> answer texts (chat template)
 
-Prompts are left-padded to a fixed length and fed in fixed-size batches
-(`batching.map_padded`), so each sampler compiles once per shape.
+Prompts are left-padded and fed in fixed-size batches
+(`batching.map_padded`); evaluation batches are padded to a few bucketed
+widths (`generate_ids`), so each sampler compiles once per width.
 """
 
 from __future__ import annotations
@@ -84,15 +85,45 @@ def make_sampler(sample_fn: SampleFn, graphdef: Any, params: Any,
   return sample
 
 
+# Prompt widths are rounded up to a multiple of this (at most prompt_len).
+PROMPT_BUCKET = 64
+
+
 def generate_ids(generate: Generate, prompt_rows: Sequence[Sequence[int]],
-                 prompt_len: int, batch_size: int, pad_id: int
+                 prompt_len: int, batch_size: int, pad_id: int,
+                 bucket: int = PROMPT_BUCKET
                  ) -> tuple[np.ndarray, np.ndarray]:
-  """Host (tokens (N, max_new), lengths (N,)) for N token prompts, each
-  left-padded to `prompt_len`, in batches of `batch_size` (the last one
-  padded with copies of its first prompt, their outputs dropped)."""
-  ids, mask = prompts.left_pad(prompt_rows, prompt_len, pad_id)
-  return batching.map_padded(lambda c, _: generate(*c), (ids, mask),
-                             batch_size)
+  """Host (tokens (N, max_new), lengths (N,)) for N token prompts, in
+  batches of `batch_size` (the last one padded with copies of its first
+  prompt, their outputs dropped), returned in the prompts' order.
+
+  Prompts longer than `prompt_len` keep their last tokens. With `bucket`,
+  the prompts are batched shortest first and each batch is left-padded
+  only to its longest prompt rounded up to a multiple of `bucket` (at most
+  prompt_len): short prompts skip most of the padded prefill and the cache
+  is shorter, at one compilation per width used. The positions come from
+  the mask, so a prompt's answer does not depend on its padding (up to
+  float rounding). bucket 0: every batch padded to prompt_len."""
+  n = len(prompt_rows)
+  if not n:
+    raise ValueError("generate_ids needs at least one prompt")
+  size = batch_size or n
+  lens = [min(len(r), prompt_len) for r in prompt_rows]
+  order = (np.argsort(lens, kind="stable") if bucket
+           else np.arange(n))
+  toks, lengths = [None] * n, [None] * n
+  for start in range(0, n, size):
+    idx = order[start:start + size]
+    width = prompt_len
+    if bucket:
+      longest = max(max(lens[i] for i in idx), 1)
+      width = min(prompt_len, -(-longest // bucket) * bucket)
+    ids, mask = prompts.left_pad([prompt_rows[i] for i in idx], width,
+                                 pad_id)
+    t, ln = batching.map_padded(lambda c, _: generate(*c), (ids, mask), size)
+    for j, i in enumerate(idx):
+      toks[i], lengths[i] = t[j], ln[j]
+  return np.stack(toks), np.stack(lengths)
 
 
 def generate_responses(generate: Generate, tokenizer: chat_render.Tokenizer,

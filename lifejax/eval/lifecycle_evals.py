@@ -22,7 +22,8 @@ import numpy as np
 from lifejax import sharding
 from lifejax.data import chat, files
 from lifejax.data.batching import example_lm_batch
-from lifejax.eval import generation, instruct, policy_eval, stage_eval
+from lifejax.eval import generation, instruct, policy_eval, reward_eval
+from lifejax.eval import stage_eval
 from lifejax.losses.registry import get_loss
 from lifejax.model import transformer
 from lifejax.model.config import TransformerConfig
@@ -78,7 +79,8 @@ class LMEvaluator:
         heldout_sources=[files.source_from_path(p) for p in eval_files],
         seq_len=self.seq_len, batch_size=self.batch_size, template=template,
         instruction_records=instructions, fact_questions=facts, spec=spec,
-        baseline_records=baseline_records, baseline=baseline)
+        baseline_records=baseline_records, baseline=baseline,
+        details_dir=run_dir)
 
 
 class PolicyEval:
@@ -113,7 +115,8 @@ class PolicyEval:
           self.score_rows, template, tokenizer, self.records, self.seq_len)
     out = stage_eval.eval_policy(
         graphdef, sharding.fetch(params), sharding.fetch(ref), tokenizer,
-        template, self.records, self.spec, reward_fn, baseline=self.baseline)
+        template, self.records, self.spec, reward_fn, baseline=self.baseline,
+        details_dir=run_dir)
     out["eval_judge_is_training_reward"] = float(
         trained_on_eval_judge(run_dir))
     return out
@@ -166,13 +169,38 @@ def release_eval(candidate_run: str, model: TransformerConfig, mesh: Any,
       artifacts.load_template(sft_run), golden, spec)
 
 
-def reward_metrics(run_dir: str) -> dict[str, float]:
-  """Pairwise accuracy (overall and by flaw kind), ECE and mean margin from
-  the reward stage's reward_eval.json."""
+def reward_metrics(run_dir: str, test_pairs: Sequence[Record] = (),
+                   score_rows: ScoreRows | None = None,
+                   seq_len: int = 384, tokenizer_run: str | None = None
+                   ) -> dict[str, float]:
+  """Pairwise accuracy (overall and by flaw kind, with the pair counts),
+  ECE and mean margin.
+
+  With `test_pairs` and `score_rows` (the run's normalized scorer) they are
+  measured on those held-out test pairs, each prompt with its chosen and
+  its rejected answer rendered as the policy evaluations render answers
+  (policy_eval.response_reward_fn); the validation figures the stage wrote
+  (reward_eval.json, which the run's own evals chose nothing on but saw)
+  stay as dev_pair_accuracy. Without them, the stage's figures are
+  reported as they are. tokenizer_run: the run whose tokenizer and chat
+  template render the pairs (default: the reward run's own)."""
   with open(RunDir(run_dir).reward_eval, encoding="utf-8") as f:
     r = json.load(f)
-  out = {"pair_accuracy": r["accuracy"], "ece": r["ece"],
-         "mean_margin": r["mean_margin"]}
+  if test_pairs and score_rows is not None:
+    reward_fn = policy_eval.response_reward_fn(
+        score_rows, artifacts.load_template(tokenizer_run or run_dir),
+        artifacts.load_tokenizer(tokenizer_run or run_dir), test_pairs,
+        seq_len)
+    t = reward_eval.evaluate_pairs(
+        test_pairs, np.asarray(reward_fn([p["chosen"] for p in test_pairs])),
+        np.asarray(reward_fn([p["rejected"] for p in test_pairs])))
+    out = {"dev_pair_accuracy": r["accuracy"], "pair_split": "test"}
+  else:
+    t, out = r, {"pair_split": "validation"}
+  out.update({"pair_accuracy": t["accuracy"], "ece": t["ece"],
+              "mean_margin": t["mean_margin"],
+              "pairs": float(sum(t["count_by_flaw"].values()))})
   out.update({f"pair_accuracy/{k}": v
-              for k, v in r["accuracy_by_flaw"].items()})
+              for k, v in t["accuracy_by_flaw"].items()})
+  out.update({f"pairs/{k}": float(v) for k, v in t["count_by_flaw"].items()})
   return out

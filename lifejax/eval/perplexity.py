@@ -22,21 +22,27 @@ def perplexity_by_source(
     text_field: str = "text",
     max_batches: int = 0,
 ) -> dict[str, dict[str, float]]:
-  """{source name: {"loss", "perplexity", "tokens", "accuracy"}}.
+  """{source name: {"loss", "perplexity", "tokens", "accuracy", "batches"}}.
 
   Each source is evaluated in one ordered pass (the last batch padded with
   zero-weight rows), so the numbers are exact token-weighted means.
+  "batches" lists each batch's (summed loss, token weight) in that order:
+  the same file and tokenizer give the same batches, so two models'
+  batches pair up (a paired CI over batches, eval.chain).
   """
-  out: dict[str, dict[str, float]] = {}
+  out: dict[str, dict[str, Any]] = {}
   for src in sources:
     batches = iter(pipeline.lm_eval_dataset(
         src, tokenizer, seq_len=seq_len, batch_size=batch_size,
         text_field=text_field))
-    m = evaluate(eval_step, params, batches, batch_shardings, max_batches)
+    per_batch: list[tuple[float, float]] = []
+    m = evaluate(eval_step, params, batches, batch_shardings, max_batches,
+                 per_batch)
     out[src.name] = {
         "loss": m["eval/loss"], "perplexity": m["eval/perplexity"],
         "tokens": m["eval/tokens"],
         "accuracy": m.get("eval/accuracy", float("nan")),
+        "batches": per_batch,
     }
   return out
 

@@ -23,21 +23,9 @@ from flax import nnx
 
 from lifejax import checks
 from lifejax.data import chat, chat_render, prompts as prompts_lib
-from lifejax.eval import generation, instruct
+from lifejax.eval import generation, instruct, stats
+from lifejax.eval.stats import bootstrap_ci  # noqa: F401  (re-exported)
 from lifejax.world import judge as judge_lib
-
-
-def bootstrap_ci(values_NxK: np.ndarray, n_boot: int = 2000,
-                 alpha: float = 0.05, seed: int = 0) -> np.ndarray:
-  """Percentile bootstrap (1 - alpha) CIs of the means of each column of
-  `values_NxK` (N paired prompts, K statistics), resampling prompts with
-  replacement (the same resample for every column); returns (K, 2) [lo, hi].
-  Seeded, so a report is reproducible."""
-  v = np.asarray(values_NxK, np.float64)
-  n = v.shape[0]
-  idx_BxN = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-  means_BxK = v[idx_BxN].mean(axis=1)
-  return np.quantile(means_BxK, [alpha / 2, 1 - alpha / 2], axis=0).T
 
 
 def paired_stats(scores: Sequence[float], ref_scores: Sequence[float],
@@ -57,9 +45,7 @@ def paired_stats(scores: Sequence[float], ref_scores: Sequence[float],
   outcome = np.where(d > tol, 1.0, np.where(d < -tol, 0.0, 0.5))
   n = a.size
   wins, losses = int(np.sum(outcome == 1)), int(np.sum(outcome == 0))
-  k, m = min(wins, losses), wins + losses
-  p = (min(1.0, 2 * sum(math.comb(m, i) for i in range(k + 1)) / 2 ** m)
-       if m else 1.0)
+  p = stats.sign_test_p(wins, losses)
   se = lambda x: float(np.std(x, ddof=1) / math.sqrt(n)) if n > 1 else 0.0  # noqa: E731
   (win_lo, win_hi), (gain_lo, gain_hi) = bootstrap_ci(
       np.stack([outcome, d], axis=1))

@@ -17,6 +17,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from lifejax.eval import chain as chain_lib
 from lifejax.eval import report_plots
 from lifejax.eval import runs
 from lifejax.eval.runs import (
@@ -402,6 +403,12 @@ def write_report(root: str) -> str:
   md += ["", "## Failure → fix chain (as observed)", "",
          f"**{chain}**" if chain else MISSING, ""]
   md += [f"- {n}" for n in notes] + [""]
+  md += ["## The chain, link by link", "",
+         "Test prompts; paired by prompt where two stages answered the same "
+         "ones (exact McNemar / sign test, bootstrap CI over prompts); "
+         "shares against chance by the exact binomial test (Wilson CI).",
+         ""]
+  md += chain_lib.markdown(chain_lib.chain_links(stages, metrics)) + [""]
   md += curation_section(root)
   md += ["## Plots", ""]
   for title, path in plots.items():

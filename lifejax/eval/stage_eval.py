@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -22,6 +23,7 @@ import numpy as np
 
 from lifejax import sharding
 from lifejax.data import batching, chat, prompts
+from lifejax.data.jsonl import write_jsonl
 from lifejax.data import sources as sources_lib
 from lifejax.eval import copy_probe, generation, instruct, perplexity
 from lifejax.eval import policy_eval
@@ -35,6 +37,15 @@ def write_eval(run_dir: str, metrics: Mapping[str, Any]) -> str:
   path = RunDir(run_dir).eval
   with open(path, "w", encoding="utf-8") as f:
     json.dump(dict(metrics), f, indent=2, default=float)
+  return path
+
+
+def write_json(path: str, obj: Any) -> str:
+  """Replaces `path` with `obj` as JSON, atomically; returns the path."""
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(obj, f)
+  os.replace(tmp, path)
   return path
 
 
@@ -77,9 +88,16 @@ def eval_lm(
     spec: instruct.GenerationSpec = instruct.GenerationSpec(),
     baseline_records: Sequence[Mapping[str, Any]] = (),
     baseline: Mapping[str, float] | None = None,
+    details_dir: str | None = None,
 ) -> dict[str, float]:
   """Perplexity per held-out source, in-context copying (copy_probe), fact
   probe, instruction accuracy.
+
+  details_dir: a run directory to write the per-item data behind the
+  aggregates into, for paired comparisons across stages (eval.chain):
+  eval_answers.jsonl, one row per instruction prompt (instruct.answer_rows),
+  and eval_batches.json, each held-out source's per-batch (summed loss,
+  token weight).
 
   baseline_records: dev prompts whose answers set the judge baseline
   (`judge_baseline/<task>`: this model's mean judge total per task, the
@@ -92,6 +110,9 @@ def eval_lm(
       batch_size=batch_size, batch_shardings=batch_shardings)
   for name, m in per.items():
     out[f"perplexity/{name}"] = m["perplexity"]
+  if details_dir and per:
+    write_json(RunDir(details_dir).eval_batches,
+               {name: m["batches"] for name, m in per.items()})
   if per:
     out["perplexity"] = perplexity.summarize(per)["perplexity"]
   host = sharding.fetch(params)
@@ -101,6 +122,7 @@ def eval_lm(
         tokenizer, [tokenizer.eos_id], 12))
     out["fact_probe_accuracy"] = fact_probe(gen, tokenizer, fact_questions,
                                             spec)
+    out["fact_probe_questions"] = float(len(fact_questions))
   if instruction_records or baseline_records:
     gen = generation.make_generate(graphdef, host, generation.chat_config(
         template, tokenizer, spec.max_new_tokens))
@@ -120,6 +142,10 @@ def eval_lm(
     out["instruct/pii_leaks"] = float(sum(
         judge_lib.score(r, a).components["safety"] == 0.0
         for r, a in zip(instruction_records, answers)))
+    out["instruct/prompts"] = float(len(instruction_records))
+    if details_dir:
+      write_jsonl(RunDir(details_dir).eval_answers,
+                  instruct.answer_rows(instruction_records, answers))
   return out
 
 
@@ -128,15 +154,30 @@ def eval_policy(graphdef: Any, params: Any, ref_params: Any, tokenizer: Any,
                 records: Sequence[Mapping[str, Any]],
                 spec: instruct.GenerationSpec,
                 reward_fn=None,
-                baseline: Mapping[str, float] | None = None
+                baseline: Mapping[str, float] | None = None,
+                details_dir: str | None = None
                 ) -> dict[str, float]:
   """Win rate vs the reference (SFT), KL, verbosity, refusals; with a
   `reward_fn` (policy_eval.response_reward_fn) also the reward and the
-  reward-vs-judge hacking detector."""
+  reward-vs-judge hacking detector.
+
+  details_dir: a run directory to write eval_answers.jsonl into, one row
+  per prompt (instruct.answer_rows of the policy's answer, with the
+  reference's row under "sft"): the paired data behind the report's
+  flaw-rate comparison."""
   ev = policy_eval.PolicyEvaluator(graphdef, ref_params, tokenizer, template,
                                    records, spec, reward_fn=reward_fn,
                                    baseline=baseline)
-  return ev(sharding.fetch(params))
+  out = ev(sharding.fetch(params))
+  out["instruct/prompts"] = float(len(records))
+  if details_dir:
+    rows = instruct.answer_rows(records, ev.last_answers)
+    refs = instruct.answer_rows(records, ev.ref_answers)
+    write_jsonl(RunDir(details_dir).eval_answers, [
+        {**row, "sft": {k: v for k, v in ref.items()
+                        if k not in ("id", "task", "group")}}
+        for row, ref in zip(rows, refs)])
+  return out
 
 
 def eval_release(graphdef: Any, params: Any, cfg: TransformerConfig,

@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import gin
@@ -108,6 +108,9 @@ def lifecycle(
 
   source_weights: relative weights of some of `pretrain_sources` (1 for the
   others); a source that is not one of them is an error.
+  eval_records: the test prompts every stage is evaluated on and the dev
+  prompts the release is picked on, spread evenly over the tasks
+  (`balanced_subset`); the demo evaluates 216 of the world's 220.
   until: stop after this stage (and its evaluation), e.g. "pretrain" to
   measure what pretraining stores; None runs the whole lifecycle.
   lm_eval_tasks: local lm-eval tasks (YAML under `lm_eval_include_path`,
@@ -194,8 +197,10 @@ def lifecycle(
 
   train_files, weights = _curriculum(lr, curation, pretrain_sources,
                                      source_weights)
-  tests = read_jsonl(lr.world_instructions("test"))[:eval_records]
-  dev = read_jsonl(lr.world_instructions("validation"))[:eval_records]
+  tests = balanced_subset(read_jsonl(lr.world_instructions("test")),
+                          eval_records)
+  dev = balanced_subset(read_jsonl(lr.world_instructions("validation")),
+                        eval_records)
   facts = read_jsonl(lr.world_eval("fact_questions"))
   general = lr.world_eval("general_holdout")
   prefs_train = [lr.world_preferences("train")]
@@ -231,16 +236,9 @@ def lifecycle(
                  **_pool_flaws(lr)})
   if stopped_after("sft"):
     return results
-  stage("reward", "reward",
-        lambda: reward(run_dir=run_dir("reward"), model=model, mesh=mesh,
-                       init_from=sft_run, train_files=prefs_train,
-                       eval_file=prefs_eval),
-        lambda: lifecycle_evals.reward_metrics(run_dir("reward")))
-  if stopped_after("reward"):
-    return results
-
-  # One reward model for the DPO and PPO evals, loaded when first needed.
-  # Its scorer is RL's (rl.rollout), so it is wired here, above both.
+  # One reward model for its own test eval and the DPO and PPO evals,
+  # loaded when first needed. Its scorer is RL's (rl.rollout), so it is
+  # wired here, above them.
   @functools.cache
   def reward_scorer() -> rollout.RewardModelScorer:
     return rollout.load_reward_scorer(run_dir("reward"), jax_mesh,
@@ -249,6 +247,18 @@ def lifecycle(
   def score_rows(rows: dict[str, np.ndarray]) -> np.ndarray:
     scorer = reward_scorer()
     return (scorer.raw(rows) - scorer.mean) / scorer.std
+
+  # The reward model is trained on the train pairs and watched on the
+  # validation pairs; its reported accuracy comes from the test pairs.
+  stage("reward", "reward",
+        lambda: reward(run_dir=run_dir("reward"), model=model, mesh=mesh,
+                       init_from=sft_run, train_files=prefs_train,
+                       eval_file=prefs_eval),
+        lambda: lifecycle_evals.reward_metrics(
+            run_dir("reward"), read_jsonl(lr.world_preferences("test")),
+            score_rows, eval_seq_len, tokenizer_run=sft_run))
+  if stopped_after("reward"):
+    return results
 
   policy_eval = lifecycle_evals.PolicyEval(
       model, jax_mesh, mesh.rules, sft_run, tests, generation, score_rows,
@@ -311,6 +321,26 @@ def lifecycle(
   print(f"[lifecycle] finished in {_elapsed(t_start)}; report: {lr.report}",
         flush=True)
   return results
+
+
+def balanced_subset(records: Sequence[Mapping[str, Any]], n: int
+                    ) -> list[Mapping[str, Any]]:
+  """`n` records spread evenly over their tasks (round robin over the task
+  names in sorted order, each task's records in file order), returned in
+  file order: every task is evaluated once n reaches the number of tasks,
+  and no task's share depends on how the split happened to be shuffled."""
+  by_task: dict[str, list[int]] = {}
+  for i, r in enumerate(records):
+    by_task.setdefault(r["task"], []).append(i)
+  queues = [by_task[t] for t in sorted(by_task)]
+  picked: list[int] = []
+  depth = 0
+  while len(picked) < min(n, len(records)):
+    for q in queues:
+      if depth < len(q) and len(picked) < n:
+        picked.append(q[depth])
+    depth += 1
+  return [records[i] for i in sorted(picked)]
 
 
 def _check_stages(lr: LifecycleRoot, model: TransformerConfig,

@@ -25,14 +25,22 @@ EvalSets = (Callable[[], Iterator[dict]]
 
 def evaluate(eval_step: Callable[..., dict], params: Any,
              eval_batches: Iterator[dict], batch_shardings: Any,
-             max_batches: int = 0) -> dict[str, float]:
-  """Token-weighted held-out loss and perplexity over the eval batches."""
+             max_batches: int = 0,
+             per_batch: list[tuple[float, float]] | None = None
+             ) -> dict[str, float]:
+  """Token-weighted held-out loss and perplexity over the eval batches.
+
+  per_batch: if given, gets each batch's (summed loss, token weight), for
+  confidence intervals over batches (eval.chain)."""
   totals: dict[str, float] = {}
   n = 0
   for batch in eval_batches:
-    out = eval_step(params, sharding.put(batch, batch_shardings))
-    for k, v in sharding.fetch(out).items():
+    out = sharding.fetch(eval_step(params, sharding.put(batch,
+                                                        batch_shardings)))
+    for k, v in out.items():
       totals[k] = totals.get(k, 0.0) + float(v)
+    if per_batch is not None:
+      per_batch.append((float(out["loss"]), float(out["weight"])))
     n += 1
     if max_batches and n >= max_batches:
       break

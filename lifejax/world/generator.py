@@ -58,7 +58,9 @@ BASE_COUNTS = {
     "web_clean": 900,
     "exact_duplicate": 120, "near_duplicate": 150, "boilerplate": 100,
     "low_quality": 120, "pii": 80, "contamination": 40, "web_non_english": 30,
-    "instructions_per_task": 240, "preferences_per_task": 200,
+    # SFT instructions per task: training, and validation and test (each).
+    "train_instructions_per_task": 192, "eval_instructions_per_task": 44,
+    "preferences_per_task": 200,
     "general_holdout": 120, "general_instructions": 150,
 }
 
@@ -243,7 +245,8 @@ def _tasks(facts: wf.Facts, seed: int, scale: float, heldout: set[str],
            demo_flaw_share: float
            ) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
   buckets = wtask.task_items(facts, seed, heldout,
-                           _n("instructions_per_task", scale, 10),
+                           (_n("train_instructions_per_task", scale, 8),
+                            _n("eval_instructions_per_task", scale, 1)),
                            _n("preferences_per_task", scale, 10))
   rng = wt.stream(seed, "task_records")
   instructions, preferences = {}, {}

@@ -165,10 +165,19 @@ def _items(make: Callable[[Any, random.Random], wi.Item], units: list,
   return out
 
 
-def task_items(facts: wf.Facts, seed: int, heldout: set[str], n_instr: int,
-               n_pref: int) -> dict[str, dict[str, list[wi.Item]]]:
-  """Per bucket ("instr/train", ..., "pref/test") and task, the items."""
-  counts = {"instr": dict(zip(SPLITS, _shares(n_instr))),
+def task_items(facts: wf.Facts, seed: int, heldout: set[str],
+               n_instr: tuple[int, int], n_pref: int
+               ) -> dict[str, dict[str, list[wi.Item]]]:
+  """Per bucket ("instr/train", ..., "pref/test") and task, the items.
+
+  n_instr: (training instructions, validation and test instructions each)
+    per task. The evaluation splits are sized on their own so that every
+    judged comparison has enough test prompts (>= 200 over the tasks at
+    scale 1) without growing the SFT training set. n_pref: preference pairs
+    per task, split in SPLIT_SHARES.
+  """
+  n_train, n_eval = n_instr
+  counts = {"instr": dict(zip(SPLITS, (n_train, n_eval, n_eval))),
             "pref": dict(zip(SPLITS, _shares(n_pref)))}
   def fact_qa(fact: wf.Fact, rng: random.Random) -> wi.Item:
     return fact_qa_item(facts, fact, rng, heldout)

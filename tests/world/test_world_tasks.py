@@ -1,5 +1,6 @@
 """Instruction tasks, preference pairs and held-out sets of the world."""
 
+import os
 import re
 
 import pytest
@@ -238,3 +239,41 @@ def test_sft_demonstrations_are_a_mixed_quality_pool(world):
           == [r["messages"][1] for r in train])
   with pytest.raises(ValueError, match="demo_flaw_share"):
     generator.build_world(seed=0, scale=0.3, demo_flaw_share=1.5)
+
+
+def test_eval_splits_hold_enough_prompts_for_the_demo_comparisons():
+  """Every judged comparison of the demo sees >= 200 test prompts, and the
+  training split keeps its size (the evaluation splits are sized apart)."""
+  import collections
+
+  from lifejax.stages.lifecycle import balanced_subset
+  from lifejax.world import generator
+
+  w = generator.build_world(0)
+  counts = {s: collections.Counter(r["task"] for r in w.instructions[s])
+            for s in ("train", "validation", "test")}
+  assert set(counts["test"].values()) == {44}
+  assert set(counts["validation"].values()) == {44}
+  assert set(counts["train"].values()) == {192}
+  root = os.path.dirname(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))))
+  with open(os.path.join(root, "gin_configs", "lifecycle",
+                         "default.gin")) as f:
+    n = int(re.search(r"^lifecycle\.eval_records = (\d+)$", f.read(),
+                      re.M).group(1))
+  picked = balanced_subset(w.instructions["test"], n)
+  assert 200 <= len(picked) == n
+  per_task = collections.Counter(r["task"] for r in picked)
+  assert max(per_task.values()) - min(per_task.values()) <= 1
+  ids = [r["id"] for r in w.instructions["test"]]
+  assert [r["id"] for r in picked] == [i for i in ids
+                                       if i in {r["id"] for r in picked}]
+
+
+def test_balanced_subset_round_robins_over_sorted_tasks():
+  from lifejax.stages.lifecycle import balanced_subset
+
+  recs = [{"id": i, "task": t} for i, t in enumerate("bbbacca")]
+  assert [r["id"] for r in balanced_subset(recs, 3)] == [0, 3, 4]
+  assert [r["id"] for r in balanced_subset(recs, 5)] == [0, 1, 3, 4, 6]
+  assert balanced_subset(recs, 99) == recs
