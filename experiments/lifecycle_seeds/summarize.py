@@ -32,6 +32,7 @@ if _REPO not in sys.path:
   sys.path.insert(0, _REPO)
 
 from lifejax import sweep  # noqa: E402
+from lifejax.eval import chain, runs  # noqa: E402
 from lifejax.run.layout import LifecycleRoot  # noqa: E402
 
 PLOT = "lifecycle_seeds.png"
@@ -216,6 +217,52 @@ def table(per_seed: Sequence[Metrics], seeds: Sequence[str]
   return rows, raw
 
 
+def _cell(k: chain.Link) -> str:
+  """effect [CI], p of one link, in the link's own units."""
+  def num(v: float) -> str:
+    if v is None or math.isnan(v):
+      return "—"
+    if k.kind == "pct":
+      return f"{100 * v:.1f}%"
+    if k.kind == "pts":
+      return f"{100 * v:+.1f} pts"
+    return f"{v:.3g}"
+  out = num(k.effect)
+  if not math.isnan(k.ci[0]):
+    out += f" [{num(k.ci[0])}, {num(k.ci[1])}]"
+  if not math.isnan(k.p):
+    out += f", p {k.p:.2g}"
+  return out
+
+
+def chain_table(roots: Sequence[str], seeds: Sequence[str]
+                ) -> list[dict[str, str]]:
+  """One row per tested link of each root's chain (lifejax.eval.chain, as
+  its report.md shows it): per seed the effect, its 95% CI and p, and in
+  how many seeds the link holds (claimed direction, p < chain.ALPHA)."""
+  per_root = []
+  for root in roots:
+    stages = runs.read_stages(root)
+    metrics = {s.name: runs.stage_metrics(s.run_dir) for s in stages}
+    per_root.append({k.measure: k for k in chain.chain_links(stages,
+                                                             metrics)})
+  measures = list(dict.fromkeys(m for links in per_root for m in links))
+  rows = []
+  for measure in measures:
+    found = [links.get(measure) for links in per_root]
+    first = next(k for k in found if k is not None)
+    row = {"link": first.claim, "measure": measure}
+    for s, k in zip(seeds, found):
+      row[f"seed {s}"] = "—" if k is None else (
+          _cell(k) + ("" if k.holds is None else
+                           " ✓" if k.holds else " ✗"))
+    tested = [k for k in found if k is not None and k.holds is not None]
+    row["holds in"] = (f"{sum(k.holds for k in tested)} of {len(found)}"
+                       if tested else "—")
+    rows.append(row)
+  return rows
+
+
 def _plot(raw: Sequence[dict], seeds: Sequence[str], path: str) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
@@ -266,6 +313,21 @@ def summarize(roots: Sequence[str], out_dir: str, command: str = "") -> str:
   held = [r for r in rows if r["met"] == "every seed"]
   lines += ["", f"Targets met in every seed: {len(held)} of "
             f"{sum(r['target'] != '—' for r in rows)}."]
+  links = chain_table(roots, seeds)
+  lines += ["", "## Each link tested per seed", "",
+            "As each root's report.md computes it (lifejax/eval/chain.py): "
+            "effect [95% CI] and p on the test prompts, paired by prompt "
+            "where two stages answered the same ones; ✓ = the effect is in "
+            f"the claimed direction with p < {chain.ALPHA} (forgetting: the "
+            "CI of the perplexity ratio stays below "
+            f"{1 + chain.FORGETTING_MARGIN:g}), ✗ = it is not.", ""]
+  lines += sweep.write_table(links, list(links[0])).splitlines()
+  every = [r for r in links if r["holds in"] == f"{len(roots)} of "
+           f"{len(roots)}"]
+  lines += ["", f"Links that hold in every seed: {len(every)} of "
+            f"{sum(r['holds in'] != '—' for r in links)} tested"
+            + (": " + "; ".join(r["measure"] for r in every) if every
+               else "") + "."]
   md = "\n".join(lines) + "\n"
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, RESULTS), "w", encoding="utf-8") as f:

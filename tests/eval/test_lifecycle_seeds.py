@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from experiments.lifecycle_seeds import summarize as ls
+from lifejax.eval import chain, runs
 from lifejax.run.layout import LifecycleRoot
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -36,6 +37,10 @@ def _seeded_copy(src: str, dst: str, seed: int, **sft_updates: float) -> str:
         ev.update(sft_updates)
       with open(out.stage(stage).eval, "w") as f:
         json.dump(ev, f)
+      for name in ("eval_answers.jsonl", "eval_batches.json"):
+        if os.path.exists(os.path.join(lr.stage(stage).root, name)):
+          shutil.copy(os.path.join(lr.stage(stage).root, name),
+                      os.path.join(out.stage(stage).root, name))
   return dst
 
 
@@ -76,6 +81,23 @@ def test_the_chain_table_over_seeds(tiny_lifecycle, tmp_path):
   assert _row(md, "win rate vs SFT")[2] != "—"  # DPO ran
   ppo_rows = [ln for ln in md.splitlines() if ln.startswith("| PPO")]
   assert ppo_rows and all("| — | — | — |" in ln for ln in ppo_rows)
+
+  # Each link tested per seed: the roots' own chain (report.md's), with
+  # the number of seeds it holds in.
+  section = md.split("## Each link tested per seed", 1)[1]
+  want = {k.measure: k for k in chain.chain_links(
+      runs.read_stages(a), {s.name: runs.stage_metrics(s.run_dir)
+                            for s in runs.read_stages(a)})}
+  assert "format: SFT − base" in want and "flaws per answer: dpo / SFT" in want
+  for measure, k in want.items():
+    row = _row(section, measure)
+    if k.holds is None:
+      assert row[-1] == "—", row
+    else:
+      # Both copies share every per-prompt file: the same verdict twice.
+      assert row[-1] == f"{2 * int(k.holds)} of 2", row
+      assert row[2].endswith(" ✓" if k.holds else " ✗"), row
+  assert "Links that hold in every seed:" in section
 
 
 def test_a_root_that_is_not_a_lifecycle_is_named(tmp_path):
