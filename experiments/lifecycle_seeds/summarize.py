@@ -218,15 +218,9 @@ def table(per_seed: Sequence[Metrics], seeds: Sequence[str]
 
 
 def _cell(k: chain.Link) -> str:
-  """effect [CI], p of one link, in the link's own units."""
-  def num(v: float) -> str:
-    if v is None or math.isnan(v):
-      return "—"
-    if k.kind == "pct":
-      return f"{100 * v:.1f}%"
-    if k.kind == "pts":
-      return f"{100 * v:+.1f} pts"
-    return f"{v:.3g}"
+  """effect [CI], p of one link, in the link's own units (the report's
+  formatting, chain._num)."""
+  num = lambda v: chain._num(v, k.kind)  # noqa: E731  # pylint: disable=protected-access
   out = num(k.effect)
   if not math.isnan(k.ci[0]):
     out += f" [{num(k.ci[0])}, {num(k.ci[1])}]"
