@@ -12,8 +12,13 @@ and (for the supervised stages) the eval rows of metrics.jsonl. Per-step
 losses are read from every call of the one jitted train step
 (`train.step.jit_train_step`), so RL minibatch steps are covered too.
 
-Regenerate `losses.json` (only in a commit of its own that says why):
-  LIFEJAX_REGEN_GOLDENS=1 python -m pytest tests/goldens
+`losses.json` holds one record per host kind (hosts.py says why floats are
+bitwise only per CPU kind). Replace every record with this host's, after an
+intended behaviour change (only in a commit of its own that says why):
+  LIFEJAX_REGEN_GOLDENS=1 python -m pytest tests/goldens/test_goldens.py
+Add this host's record next to the others, refused unless its runs agree
+with every record within the cross-host tolerance:
+  LIFEJAX_ADD_GOLDEN_HOST=1 python -m pytest tests/goldens/test_goldens.py
 """
 
 from __future__ import annotations

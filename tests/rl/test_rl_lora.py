@@ -44,14 +44,17 @@ def _check_state(run, lm_params):
 # trunk change can lift the preferred mass above ~0.39 per position
 # (gradient ascent over u) from 0.24 at the start. Full fine-tuning moves
 # the head and gains > 0.08; LoRA must gain > 0.04, over a quarter of its
-# reachable range (it gets 0.06-0.08 here).
+# reachable range. GRPO gets 0.08 in 4 iterations; PPO gets 0.05 (shared)
+# and 0.038 (separate) in 4 on an AVX2-only host, too close to the bar for
+# a CPU's rounding, so PPO runs 6 (0.064 and 0.065 there).
 @pytest.mark.parametrize("algo,kind,lr", [
     ("grpo", "policy", 1e-1), ("ppo", "shared", 3e-2),
     ("ppo", "separate", 3e-2)])
 def test_lora_rl_raises_the_reward(toy, tmp_path, algo, kind, lr):
   algorithm = (grpo.GRPO(grpo.GRPOConfig(group_size=4, kl_coef=0.04))
                if algo == "grpo" else ppo.PPO(ppo.PPOConfig(kl_coef=0.0)))
-  _, run = toy.run_toy(tmp_path, algorithm, kind, iterations=4,
+  iterations = 4 if algo == "grpo" else 6
+  _, run = toy.run_toy(tmp_path, algorithm, kind, iterations=iterations,
                        prompts=4 if algo == "grpo" else 16, lr=lr,
                        lora_cfg=LCFG)
   _, lm_params = toy.random_lm()
@@ -60,7 +63,8 @@ def test_lora_rl_raises_the_reward(toy, tmp_path, algo, kind, lr):
   _, mass_before = toy.exact_stats(lm_params, eval_rows)
   kl, mass_after = toy.exact_stats(jax.device_get(run.policy_params()),
                                    eval_rows)
-  assert len(read_metrics(os.path.join(tmp_path, "metrics.jsonl"))) == 4
+  assert len(read_metrics(os.path.join(tmp_path, "metrics.jsonl"))) == (
+      iterations)
   assert n_train < 0.25 * n_total, (n_train, n_total)
   assert mass_after > mass_before + 0.04, (mass_before, mass_after)
   assert 0 < kl < 10
