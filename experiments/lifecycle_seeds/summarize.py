@@ -219,8 +219,8 @@ def table(per_seed: Sequence[Metrics], seeds: Sequence[str]
 
 def _cell(k: chain.Link) -> str:
   """effect [CI], p of one link, in the link's own units (the report's
-  formatting, chain._num)."""
-  num = lambda v: chain._num(v, k.kind)  # noqa: E731  # pylint: disable=protected-access
+  formatting, chain.format_value)."""
+  num = lambda v: chain.format_value(v, k.kind)  # noqa: E731
   out = num(k.effect)
   if not math.isnan(k.ci[0]):
     out += f" [{num(k.ci[0])}, {num(k.ci[1])}]"

@@ -19,6 +19,7 @@ carried through packing unchanged (grain's packer pads it with 0).
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -211,6 +212,7 @@ def sft_dataset(
     messages_field: str = "messages",
     num_packing_bins: int | None = None,
     num_threads: int = 2,
+    drop_remainder: bool = True,
 ) -> grain.IterDataset:
   """Packed SFT batches: dicts of (B, T) arrays, packing.LM_KEYS contract.
 
@@ -219,8 +221,11 @@ def sft_dataset(
   last). Records are screened first (`screen_conversations`); with
   `skip_bad` bad ones are skipped and their counts per reason logged.
   Sharding, per-epoch shuffling and `num_epochs` work as in
-  `pipeline.lm_dataset`; a last partial batch is dropped. `iter()` of the
-  result has get_state/set_state (JSON-compatible state).
+  `pipeline.lm_dataset`; a last partial batch is dropped, unless
+  `drop_remainder` is False (evaluation: it is padded with all-zero rows,
+  loss_mask 0, so every conversation is scored, as in
+  `pipeline.lm_eval_dataset`). `iter()` of the result has
+  get_state/set_state (JSON-compatible state).
   """
   template = chat.get_template(template)
   chat_render.check_tokenizer(template, tokenizer)
@@ -261,7 +266,10 @@ def sft_dataset(
       examples, seq_len=seq_len,
       num_packing_bins=num_packing_bins or max(4 * batch_size, 16),
       seed=seed, shuffle_bins=shuffle)
-  return rows.batch(batch_size, drop_remainder=True)
+  if drop_remainder:
+    return rows.batch(batch_size, drop_remainder=True)
+  return rows.batch(batch_size, batch_fn=functools.partial(
+      grain.experimental.batch_and_pad, batch_size=batch_size, pad_value=0))
 
 
 class ChatRender:

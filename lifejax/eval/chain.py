@@ -167,10 +167,10 @@ def chain_links(stages: Sequence[Stage],
 
 
 def _forgetting(base: Stage, sft: Stage) -> Link | None:
-  """General-text perplexity SFT / base on the batches both evaluated (the
-  general holdout): holds when the CI's upper end stays below
+  """General-text perplexity SFT / base on the packed rows both evaluated
+  (the general holdout; a paired bootstrap over rows): holds when the CI's upper end stays below
   1 + FORGETTING_MARGIN (non-inferiority)."""
-  a, b = (read_json(RunDir(s.run_dir).eval_batches, {}) for s in (sft, base))
+  a, b = (read_json(RunDir(s.run_dir).eval_rows, {}) for s in (sft, base))
   shared = sorted(k for k in a if k in b and k.startswith("general"))
   if not shared:
     return None
@@ -182,7 +182,7 @@ def _forgetting(base: Stage, sft: Stage) -> Link | None:
       int(r["n"]), kind="ratio",
       detail=f"{r['before']:.1f} → {r['after']:.1f}; holds if the CI stays "
              f"below {1 + FORGETTING_MARGIN:g}; loss rose on "
-             f"{int(r['rose'])} of {int(r['n'])} batches")
+             f"{int(r['rose'])} of {int(r['n'])} rows")
 
 
 def _policy_win(s: Stage, m: Mapping[str, float]) -> Link:
@@ -202,7 +202,10 @@ def _policy_win(s: Stage, m: Mapping[str, float]) -> Link:
              + ("; circular: trained on this judge" if circular else ""))
 
 
-def _num(v: float, kind: str) -> str:
+def format_value(v: float | None, kind: str) -> str:
+  """A link's effect (or CI end) as the report prints it: "pct" as a
+  percentage, "pts" as signed percentage points, anything else to 3
+  significant digits; None or NaN as "—"."""
   if v is None or (isinstance(v, float) and math.isnan(v)):
     return "—"
   if kind == "pct":
@@ -228,10 +231,11 @@ def markdown(links: Sequence[Link]) -> list[str]:
   for k in links:
     lo, hi = k.ci
     ci = ("—" if math.isnan(lo) else
-          f"[{_num(lo, k.kind)}, {_num(hi, k.kind)}]")
+          f"[{format_value(lo, k.kind)}, {format_value(hi, k.kind)}]")
     holds = {True: "yes", False: "**no**", None: "—"}[k.holds]
-    out.append(f"| {k.claim} | {k.measure} | {_num(k.effect, k.kind)} | {ci} "
-               f"| {_p(k.p)} | {k.n or '—'} | {holds} | {k.detail} |")
+    out.append(f"| {k.claim} | {k.measure} | "
+               f"{format_value(k.effect, k.kind)} | {ci} | {_p(k.p)} "
+               f"| {k.n or '—'} | {holds} | {k.detail} |")
   failed = [k.claim for k in links if k.holds is False]
   tested = [k for k in links if k.holds is not None]
   out += ["", f"Holds (effect in the claimed direction, p < {ALPHA}): "

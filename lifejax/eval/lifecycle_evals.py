@@ -12,6 +12,7 @@ computes the metrics.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -22,6 +23,7 @@ import numpy as np
 from lifejax import sharding
 from lifejax.data import chat, files
 from lifejax.data.batching import example_lm_batch
+from lifejax.data.jsonl import read_jsonl
 from lifejax.eval import generation, instruct, policy_eval, reward_eval
 from lifejax.eval import stage_eval
 from lifejax.losses.registry import get_loss
@@ -57,8 +59,11 @@ class LMEvaluator:
                rules: sharding.Rules, seq_len: int, batch_size: int):
     self.model, self.mesh, self.rules = model, mesh, rules
     self.seq_len, self.batch_size = seq_len, batch_size
+    # Its loss also emits per-row sums: eval_rows.json, the rows the
+    # forgetting link's paired CI resamples.
     self.plan = plan_training(
-        model_cfg=model, make_loss=get_loss("lm", kind="lm"),
+        model_cfg=model, make_loss=functools.partial(
+            get_loss("lm", kind="lm"), per_row=True),
         optimizer_cfg=OptimizerConfig(), mesh=mesh, rules=rules,
         example_batch=example_lm_batch(batch_size, seq_len))
 
@@ -116,10 +121,27 @@ class PolicyEval:
     out = stage_eval.eval_policy(
         graphdef, sharding.fetch(params), sharding.fetch(ref), tokenizer,
         template, self.records, self.spec, reward_fn, baseline=self.baseline,
-        details_dir=run_dir)
+        details_dir=run_dir, ref_answers=sft_answers(self.sft_run,
+                                                     self.records))
     out["eval_judge_is_training_reward"] = float(
         trained_on_eval_judge(run_dir))
     return out
+
+
+def sft_answers(sft_run: str, records: Sequence[Record]
+                ) -> list[str] | None:
+  """SFT's answers to `records` from its own evaluation (eval_answers.jsonl,
+  written with the same generation spec, template and parameters the
+  policy evaluation uses), in `records` order; None when that file is
+  missing or does not cover exactly these prompts (they are then
+  generated again)."""
+  path = RunDir(sft_run).eval_answers
+  if not os.path.exists(path):
+    return None
+  rows = read_jsonl(path)
+  if [r.get("id") for r in rows] != [r.get("id") for r in records]:
+    return None
+  return [r["answer"] for r in rows]
 
 
 def trained_on_eval_judge(run_dir: str) -> bool:
@@ -176,7 +198,8 @@ def reward_metrics(run_dir: str, test_pairs: Sequence[Record] = (),
   """Pairwise accuracy (overall and by flaw kind, with the pair counts),
   ECE and mean margin.
 
-  With `test_pairs` and `score_rows` (the run's normalized scorer) they are
+  With `test_pairs` and `score_rows` (the run's raw Bradley-Terry score:
+  ECE and the margin are on its scale, not on a normalized one) they are
   measured on those held-out test pairs, each prompt with its chosen and
   its rejected answer rendered as the policy evaluations render answers
   (policy_eval.response_reward_fn); the validation figures the stage wrote

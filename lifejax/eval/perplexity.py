@@ -21,14 +21,18 @@ def perplexity_by_source(
     batch_shardings: Any,
     text_field: str = "text",
     max_batches: int = 0,
+    per_row: bool = False,
 ) -> dict[str, dict[str, float]]:
-  """{source name: {"loss", "perplexity", "tokens", "accuracy", "batches"}}.
+  """{source name: {"loss", "perplexity", "tokens", "accuracy", "batches"
+  (, "rows")}}.
 
   Each source is evaluated in one ordered pass (the last batch padded with
   zero-weight rows), so the numbers are exact token-weighted means.
-  "batches" lists each batch's (summed loss, token weight) in that order:
-  the same file and tokenizer give the same batches, so two models'
-  batches pair up (a paired CI over batches, eval.chain).
+  "batches" lists each batch's (summed loss, token weight) in that order;
+  with `per_row` (the eval step's loss emitting per-row metrics,
+  losses.lm.lm_loss(per_row=True)) "rows" lists each packed row's. The
+  same file and tokenizer give the same rows, so two models' rows pair up
+  (a paired CI over rows, eval.chain).
   """
   out: dict[str, dict[str, Any]] = {}
   for src in sources:
@@ -36,14 +40,17 @@ def perplexity_by_source(
         src, tokenizer, seq_len=seq_len, batch_size=batch_size,
         text_field=text_field))
     per_batch: list[tuple[float, float]] = []
+    rows: list[tuple[float, float]] | None = [] if per_row else None
     m = evaluate(eval_step, params, batches, batch_shardings, max_batches,
-                 per_batch)
+                 per_batch, rows)
     out[src.name] = {
         "loss": m["eval/loss"], "perplexity": m["eval/perplexity"],
         "tokens": m["eval/tokens"],
         "accuracy": m.get("eval/accuracy", float("nan")),
         "batches": per_batch,
     }
+    if rows is not None:
+      out[src.name]["rows"] = rows
   return out
 
 

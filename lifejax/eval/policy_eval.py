@@ -90,9 +90,13 @@ class PolicyEvaluator:
                judge_config: judge_lib.JudgeConfig = judge_lib.DEFAULT,
                reward_fn: Callable[[Sequence[str]], np.ndarray] | None = None,
                baseline: Mapping[str, float] | None = None,
-               kl_batch: int = 0):
+               kl_batch: int = 0,
+               ref_answers: Sequence[str] | None = None):
     """baseline: the base model's per-task dev judge totals; with it the
     instruct metrics add the calibrated judge (instruct.calibrate).
+    ref_answers: the reference's greedy answers to `records` (in order),
+    when they were already generated with this spec (the SFT stage's own
+    evaluation): then they are not generated again.
     kl_batch: prompts per forward pass of the exact KL to the reference (0:
     all at once). The exact KL holds both models' full-vocabulary
     log-probabilities at every position (prompts x positions x vocab
@@ -107,7 +111,13 @@ class PolicyEvaluator:
     self.kl_batch = kl_batch
     self.sampling = generation.chat_config(template, tokenizer,
                                            spec.max_new_tokens)
-    self.ref_answers = self._answers(ref_params)
+    if ref_answers is not None:
+      if len(ref_answers) != len(self.records):
+        raise ValueError(f"ref_answers: {len(ref_answers)} answers for "
+                         f"{len(self.records)} prompts")
+      self.ref_answers = list(ref_answers)
+    else:
+      self.ref_answers = self._answers(ref_params)
     self._ref_reward: float | None = None
 
   def _answers(self, params) -> list[str]:

@@ -96,8 +96,9 @@ def eval_lm(
   details_dir: a run directory to write the per-item data behind the
   aggregates into, for paired comparisons across stages (eval.chain):
   eval_answers.jsonl, one row per instruction prompt (instruct.answer_rows),
-  and eval_batches.json, each held-out source's per-batch (summed loss,
-  token weight).
+  and eval_rows.json, each held-out source's per-row (summed loss, token
+  weight) of its packed rows (the eval step's loss must emit per-row
+  metrics: losses.lm.lm_loss(per_row=True)).
 
   baseline_records: dev prompts whose answers set the judge baseline
   (`judge_baseline/<task>`: this model's mean judge total per task, the
@@ -107,12 +108,13 @@ def eval_lm(
   out: dict[str, float] = {}
   per = perplexity.perplexity_by_source(
       eval_step, params, heldout_sources, tokenizer, seq_len=seq_len,
-      batch_size=batch_size, batch_shardings=batch_shardings)
+      batch_size=batch_size, batch_shardings=batch_shardings,
+      per_row=bool(details_dir))
   for name, m in per.items():
     out[f"perplexity/{name}"] = m["perplexity"]
   if details_dir and per:
-    write_json(RunDir(details_dir).eval_batches,
-               {name: m["batches"] for name, m in per.items()})
+    write_json(RunDir(details_dir).eval_rows,
+               {name: m["rows"] for name, m in per.items()})
   if per:
     out["perplexity"] = perplexity.summarize(per)["perplexity"]
   host = sharding.fetch(params)
@@ -155,11 +157,13 @@ def eval_policy(graphdef: Any, params: Any, ref_params: Any, tokenizer: Any,
                 spec: instruct.GenerationSpec,
                 reward_fn=None,
                 baseline: Mapping[str, float] | None = None,
-                details_dir: str | None = None
+                details_dir: str | None = None,
+                ref_answers: Sequence[str] | None = None
                 ) -> dict[str, float]:
   """Win rate vs the reference (SFT), KL, verbosity, refusals; with a
   `reward_fn` (policy_eval.response_reward_fn) also the reward and the
-  reward-vs-judge hacking detector.
+  reward-vs-judge hacking detector. ref_answers: the reference's answers
+  to `records`, if already generated (else they are generated here).
 
   details_dir: a run directory to write eval_answers.jsonl into, one row
   per prompt (instruct.answer_rows of the policy's answer, with the
@@ -167,7 +171,7 @@ def eval_policy(graphdef: Any, params: Any, ref_params: Any, tokenizer: Any,
   flaw-rate comparison."""
   ev = policy_eval.PolicyEvaluator(graphdef, ref_params, tokenizer, template,
                                    records, spec, reward_fn=reward_fn,
-                                   baseline=baseline)
+                                   baseline=baseline, ref_answers=ref_answers)
   out = ev(sharding.fetch(params))
   out["instruct/prompts"] = float(len(records))
   if details_dir:

@@ -112,19 +112,19 @@ def paired_ratio(after: Sequence[float], before: Sequence[float]
 def paired_perplexity_ratio(after: Sequence[tuple[float, float]],
                             before: Sequence[tuple[float, float]]
                             ) -> dict[str, float]:
-  """Perplexity after / before on the same held-out batches: each batch's
-  (summed loss, token weight) under two models. The ratio is
-  exp(mean loss after - mean loss before), token-weighted; its 95% CI
-  resamples batches (paired); p is the sign test of the batches whose mean
+  """Perplexity after / before on the same held-out units (packed rows, or
+  batches): each unit's (summed loss, token weight) under two models. The
+  ratio is exp(mean loss after - mean loss before), token-weighted; its 95%
+  CI resamples units (paired); p is the sign test of the units whose mean
   loss rose against those where it fell."""
   a = np.asarray(after, np.float64).reshape(-1, 2)
   b = np.asarray(before, np.float64).reshape(-1, 2)
   if a.shape != b.shape or not a.shape[0]:
     raise ValueError(f"paired_perplexity_ratio needs the same non-empty "
-                     f"batches, got {a.shape[0]} and {b.shape[0]}")
+                     f"units, got {a.shape[0]} and {b.shape[0]}")
   if not np.allclose(a[:, 1], b[:, 1]):
-    raise ValueError("paired_perplexity_ratio: the batches' token weights "
-                     "differ (not the same batches)")
+    raise ValueError("paired_perplexity_ratio: the units' token weights "
+                     "differ (not the same rows or batches)")
   w = np.maximum(a[:, 1], 1e-12)
   ratio = lambda la, lb, ww: np.exp((la.sum(-1) - lb.sum(-1))  # noqa: E731
                                     / ww.sum(-1))

@@ -23,13 +23,22 @@ def token_cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array
   return lse - target_logit, lse
 
 
+# Metrics under this prefix are per-row vectors (B,), not weighted means:
+# the eval step passes them through unweighted (train.step.build_eval_step).
+ROW_PREFIX = "rows/"
+
+
 def lm_loss(logits_BxTxV: jax.Array, targets_BxT: jax.Array,
-            loss_mask_BxT: jax.Array, z_loss: float = 0.0
+            loss_mask_BxT: jax.Array, z_loss: float = 0.0,
+            per_row: bool = False
             ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Weighted mean token loss = sum(w * nll) / sum(w) (+ z-loss).
 
   Returns (loss, metrics); metrics["weight"] is sum(w), which the train step
   uses to combine microbatches into exactly the full-batch per-token mean.
+  per_row: metrics also hold each row's summed cross-entropy and weight,
+  "rows/loss_sum" and "rows/weight" (B,) (evaluation: paired confidence
+  intervals over rows, eval.stats.paired_perplexity_ratio).
   """
   w = loss_mask_BxT.astype(jnp.float32)
   nll, lse = token_cross_entropy(logits_BxTxV, targets_BxT)
@@ -40,6 +49,9 @@ def lm_loss(logits_BxTxV: jax.Array, targets_BxT: jax.Array,
   acc = jnp.sum(correct * w) / denom
   metrics = {"cross_entropy": ce, "z_loss": zl, "accuracy": acc,
              "weight": jnp.sum(w)}
+  if per_row:
+    metrics[ROW_PREFIX + "loss_sum"] = jnp.sum(nll * w, axis=-1)
+    metrics[ROW_PREFIX + "weight"] = jnp.sum(w, axis=-1)
   return ce + zl, metrics
 
 
@@ -91,7 +103,8 @@ def _pipelined_lm_loss(model: Any, batch: dict[str, jax.Array],
 
 
 def make_lm_loss_fn(graphdef: nnx.GraphDef, z_loss: float = 0.0,
-                    moe_losses: bool = True) -> LossFn:
+                    moe_losses: bool = True, per_row: bool = False
+                    ) -> LossFn:
   """A pure `loss_fn(params, batch, rng)` for next-token LM training.
 
   With a mixture-of-experts model the loss adds its weighted aux losses
@@ -99,7 +112,8 @@ def make_lm_loss_fn(graphdef: nnx.GraphDef, z_loss: float = 0.0,
   and z-loss alone, so perplexity = exp(loss)); their values are logged
   either way. A dense model whose `pipeline_schedule` is "1f1b" computes
   it through `Transformer.pipelined_loss` (the same loss; see
-  pipeline.py)."""
+  pipeline.py). per_row: see `lm_loss` (not on the 1f1b path, whose loss
+  is summed per microbatch)."""
 
   def loss_fn(params, batch, rng):
     del rng  # the decoder has no dropout
@@ -111,7 +125,7 @@ def make_lm_loss_fn(graphdef: nnx.GraphDef, z_loss: float = 0.0,
     logits, aux = model.logits_and_aux(batch["tokens"], batch.get("positions"),
                                        batch.get("segment_ids"))
     loss, metrics = lm_loss(logits, batch["targets"], batch["loss_mask"],
-                            z_loss)
+                            z_loss, per_row)
     return add_moe_losses(loss, metrics, aux, model.cfg, moe_losses)
 
   return loss_fn

@@ -34,7 +34,7 @@ EVAL = "eval.json"
 # One row per evaluation prompt: the answer and its scores (paired analysis).
 EVAL_ANSWERS = "eval_answers.jsonl"
 # Each held-out source's per-batch (summed loss, token weight).
-EVAL_BATCHES = "eval_batches.json"
+EVAL_ROWS = "eval_rows.json"
 SIDE_BY_SIDE = "side_by_side.md"
 REWARD_STATS = "reward_stats.json"
 REWARD_EVAL = "reward_eval.json"
@@ -118,7 +118,7 @@ class RunDir:
   chat_template = property(lambda self: self._p(CHAT_TEMPLATE))
   eval = property(lambda self: self._p(EVAL))
   eval_answers = property(lambda self: self._p(EVAL_ANSWERS))
-  eval_batches = property(lambda self: self._p(EVAL_BATCHES))
+  eval_rows = property(lambda self: self._p(EVAL_ROWS))
   side_by_side = property(lambda self: self._p(SIDE_BY_SIDE))
   reward_stats = property(lambda self: self._p(REWARD_STATS))
   reward_eval = property(lambda self: self._p(REWARD_EVAL))

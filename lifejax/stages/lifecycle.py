@@ -248,6 +248,12 @@ def lifecycle(
     scorer = reward_scorer()
     return (scorer.raw(rows) - scorer.mean) / scorer.std
 
+  # Pair accuracy is the same under either; calibration (ECE of
+  # sigmoid(chosen - rejected)) and the mean margin are the Bradley-Terry
+  # model's own only on the raw scores, as the stage's dev figures are.
+  def raw_score_rows(rows: dict[str, np.ndarray]) -> np.ndarray:
+    return reward_scorer().raw(rows)
+
   # The reward model is trained on the train pairs and watched on the
   # validation pairs; its reported accuracy comes from the test pairs.
   stage("reward", "reward",
@@ -256,7 +262,7 @@ def lifecycle(
                        eval_file=prefs_eval),
         lambda: lifecycle_evals.reward_metrics(
             run_dir("reward"), read_jsonl(lr.world_preferences("test")),
-            score_rows, eval_seq_len, tokenizer_run=sft_run))
+            raw_score_rows, eval_seq_len, tokenizer_run=sft_run))
   if stopped_after("reward"):
     return results
 

@@ -152,7 +152,8 @@ def sft(
       src = conv_source([p], eval_records)
       sets[f"sft_{src.name}"] = (
           lambda s=src: iter(conversations(ctx, s, seed=0, shuffle=False,
-                                           num_epochs=1, skip_bad=True)))
+                                           num_epochs=1, skip_bad=True,
+                                           drop_remainder=False)))
     for p in general_eval_files:
       src = inputs.watch(files.source_from_path(p, policy=bad_eval_records),
                          kind="documents", policy=bad_eval_records)

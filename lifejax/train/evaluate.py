@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from lifejax import sharding
+from lifejax.losses.lm import ROW_PREFIX
 from lifejax.train.state import TrainState
 from lifejax.train.step import loss_params
 
@@ -26,21 +27,32 @@ EvalSets = (Callable[[], Iterator[dict]]
 def evaluate(eval_step: Callable[..., dict], params: Any,
              eval_batches: Iterator[dict], batch_shardings: Any,
              max_batches: int = 0,
-             per_batch: list[tuple[float, float]] | None = None
+             per_batch: list[tuple[float, float]] | None = None,
+             per_row: list[tuple[float, float]] | None = None
              ) -> dict[str, float]:
   """Token-weighted held-out loss and perplexity over the eval batches.
 
-  per_batch: if given, gets each batch's (summed loss, token weight), for
-  confidence intervals over batches (eval.chain)."""
+  per_batch: if given, gets each batch's (summed loss, token weight).
+  per_row: if given, gets each row's (summed cross-entropy, token weight),
+  rows of zero weight (padding) left out, for confidence intervals over
+  rows (eval.chain); the eval step's loss must emit per-row metrics
+  (losses.lm.lm_loss(per_row=True))."""
   totals: dict[str, float] = {}
   n = 0
   for batch in eval_batches:
     out = sharding.fetch(eval_step(params, sharding.put(batch,
                                                         batch_shardings)))
+    rows = {k: out.pop(k) for k in list(out) if k.startswith(ROW_PREFIX)}
     for k, v in out.items():
       totals[k] = totals.get(k, 0.0) + float(v)
     if per_batch is not None:
       per_batch.append((float(out["loss"]), float(out["weight"])))
+    if per_row is not None:
+      if not rows:
+        raise ValueError("evaluate(per_row=...): the eval step's loss emits "
+                         f"no per-row metrics ({ROW_PREFIX}loss_sum)")
+      per_row.extend((float(s), float(w)) for s, w in zip(
+          rows[ROW_PREFIX + "loss_sum"], rows[ROW_PREFIX + "weight"]) if w > 0)
     n += 1
     if max_batches and n >= max_batches:
       break

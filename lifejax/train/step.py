@@ -21,7 +21,7 @@ import optax
 from jax.sharding import Mesh
 
 from lifejax import sharding
-from lifejax.losses.lm import LossFn
+from lifejax.losses.lm import ROW_PREFIX, LossFn
 from lifejax.train.state import LossScaleConfig, TrainState
 
 Batch = dict[str, Any]
@@ -181,13 +181,16 @@ def build_eval_step(loss_fn: LossFn, param_shardings: Any,
                     rules: sharding.Rules) -> Callable[..., dict[str, jax.Array]]:
   """jitted `eval_step(params, batch) -> metrics` (weighted sums; the caller
   divides by the summed weight over all eval batches). `params` is what the
-  loss_fn takes (see `loss_params`), placed like `param_shardings`."""
+  loss_fn takes (see `loss_params`), placed like `param_shardings`.
+  Per-row metrics (names under losses.lm.ROW_PREFIX) pass through as they
+  are."""
 
   def traced(params, batch):
     with sharding.activation_sharding(mesh, rules):
       loss, metrics = loss_fn(params, batch, jax.random.PRNGKey(0))
     w = metrics.get("weight", jnp.float32(1.0))
-    out = {k: v * w for k, v in metrics.items() if k != "weight"}
+    out = {k: v if k.startswith(ROW_PREFIX) else v * w
+           for k, v in metrics.items() if k != "weight"}
     out["loss"] = loss * w
     out["weight"] = w
     return out

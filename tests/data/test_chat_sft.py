@@ -75,6 +75,28 @@ def test_sft_batches_carry_assistant_only_masks(source, tokenizer):
   assert seen >= len(RECORDS) - 2  # at most the dropped last batch missing
 
 
+def test_sft_eval_pass_scores_every_conversation(source, tokenizer):
+  """drop_remainder=False (evaluation): every conversation appears exactly
+  once; the last batch is padded with all-zero rows, so the summed
+  loss_mask equals the assistant tokens of the whole set, which the
+  training default (a dropped partial batch) misses here."""
+  want = sum(float(chat_render.render_conversation(
+      chat.LIFEJAX, tokenizer, r["messages"])[1][1:].sum()) for r in RECORDS)
+  seen = {}
+  for drop in (True, False):
+    batches = list(sft.sft_dataset(
+        source, tokenizer, "lifejax", seq_len=T, batch_size=3, seed=0,
+        shuffle=False, num_epochs=1, num_packing_bins=1,
+        drop_remainder=drop, **ONE_SHARD))
+    assert all(b["tokens"].shape == (3, T) for b in batches)
+    seen[drop] = sum(float(b["loss_mask"].sum()) for b in batches)
+    rows = np.concatenate([b["segment_ids"].max(1) > 0 for b in batches])
+    if not drop:  # whole padding rows only at the very end
+      assert rows[:rows.sum()].all() and not rows.all()
+  assert seen[False] == want
+  assert seen[True] < want
+
+
 def test_sft_iterator_state_resumes_exactly(source, tokenizer):
   ds = sft.sft_dataset(source, tokenizer, chat.PLAIN, seq_len=T,
                        batch_size=2, seed=3, **ONE_SHARD)

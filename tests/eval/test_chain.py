@@ -9,8 +9,12 @@ import os
 import numpy as np
 import pytest
 
+from lifejax import sharding
 from lifejax.data.jsonl import read_jsonl
-from lifejax.eval import chain, runs, stats
+from lifejax.eval import chain, policy_eval, reward_eval, runs, stats
+from lifejax.eval.lifecycle_evals import sft_answers
+from lifejax.rl import rollout
+from lifejax.run import artifacts
 from lifejax.run.layout import LifecycleRoot, RunDir
 from lifejax.stages.lifecycle import balanced_subset
 
@@ -32,6 +36,7 @@ def test_every_answer_stage_writes_rows_that_match_its_metrics(
   names = [s.name for s in runs.read_stages(tiny_lifecycle)
            if s.name in ("pretrain", "sft", "dpo", "ppo")]
   assert names[:3] == ["pretrain", "sft", "dpo"]  # the tiny run has no PPO
+  sft_rows = read_jsonl(RunDir(lr.stage("sft").root).eval_answers)
   for name in names:
     run = lr.stage(name).root
     ev = _eval(run)
@@ -51,6 +56,10 @@ def test_every_answer_stage_writes_rows_that_match_its_metrics(
     if name in ("dpo", "ppo"):  # each row carries SFT's answer's scores
       assert all(set(r["sft"]) >= {"answer", "correct", "format", "flaws"}
                  for r in rows)
+      # SFT's answers are its own evaluation's (not generated again).
+      assert [r["sft"]["answer"] for r in rows] == [
+          r["answer"] for r in sft_rows]
+      assert sft_answers(lr.stage("sft").root, tests[:1]) is None
 
 
 def test_reward_accuracy_is_measured_on_the_test_pairs(tiny_lifecycle):
@@ -60,6 +69,31 @@ def test_reward_accuracy_is_measured_on_the_test_pairs(tiny_lifecycle):
   assert ev["pair_split"] == "test" and ev["pairs"] == len(pairs)
   assert sum(v for k, v in ev.items() if k.startswith("pairs/")) == len(pairs)
   assert 0.0 <= ev["pair_accuracy"] <= 1.0 and "dev_pair_accuracy" in ev
+
+
+def test_reward_calibration_is_on_the_raw_bradley_terry_scale(
+    tiny_lifecycle):
+  """ECE and the mean margin come from sigmoid(raw chosen - raw rejected),
+  recomputed here from the reward checkpoint, not from the normalized
+  scores RL and the policy evals use (those divide the margin by the
+  reward std, which moves ECE)."""
+  lr = LifecycleRoot(tiny_lifecycle)
+  reward_run, sft_run = lr.stage("reward").root, lr.stage("sft").root
+  ev = _eval(reward_run)
+  pairs = read_jsonl(lr.world_preferences("test"))
+  scorer = rollout.load_reward_scorer(
+      reward_run, sharding.make_mesh(sharding.MeshConfig(1, 1, 1)),
+      sharding.DEFAULT_RULES)
+  assert abs(scorer.std - 1.0) > 1e-3  # the scales differ, so this tests
+  fn = policy_eval.response_reward_fn(
+      scorer.raw, artifacts.load_template(sft_run),
+      artifacts.load_tokenizer(sft_run), pairs, 384)
+  diff = (np.asarray(fn([p["chosen"] for p in pairs]), np.float64)
+          - np.asarray(fn([p["rejected"] for p in pairs]), np.float64))
+  assert ev["mean_margin"] == pytest.approx(diff.mean(), rel=1e-4, abs=1e-5)
+  ece, _ = reward_eval.calibration(1 / (1 + np.exp(-diff)))
+  assert ev["ece"] == pytest.approx(ece, rel=1e-4, abs=1e-5)
+  assert ev["pair_accuracy"] == pytest.approx(np.mean(diff > 0))
 
 
 def test_chain_links_equal_a_recomputation_from_the_rows(tiny_lifecycle):
@@ -77,11 +111,15 @@ def test_chain_links_equal_a_recomputation_from_the_rows(tiny_lifecycle):
   gained, lost = int(np.sum(a > b)), int(np.sum(a < b))
   assert fmt.p == pytest.approx(stats.sign_test_p(gained, lost))
   assert fmt.holds == (a.mean() > b.mean() and fmt.p < chain.ALPHA)
-  with open(RunDir(lr.stage("sft").root).eval_batches) as f:
+  with open(RunDir(lr.stage("sft").root).eval_rows) as f:
     after = json.load(f)["general_holdout"]
-  with open(RunDir(lr.stage("pretrain").root).eval_batches) as f:
+  with open(RunDir(lr.stage("pretrain").root).eval_rows) as f:
     before = json.load(f)["general_holdout"]
   forget = links["perplexity on general_holdout: sft / pretrain"]
+  # One unit per packed row with tokens (the CI resamples rows, not the
+  # few batches).
+  assert forget.n == len(after) == len(before) > 8
+  assert all(w > 0 for _, w in after)
   la, lb = (sum(x for x, _ in v) for v in (after, before))
   w = sum(y for _, y in after)
   assert forget.effect == pytest.approx(np.exp((la - lb) / w))
@@ -114,3 +152,11 @@ def test_report_tells_the_chain_link_by_link(tiny_lifecycle):
                 "the KL term keeps DPO near SFT"):
     assert f"| {claim} |" in section, claim
   assert "tested links." in section
+
+
+def test_format_value_prints_each_kind_in_its_units():
+  assert chain.format_value(0.2184, "pct") == "21.8%"
+  assert chain.format_value(-0.031, "pts") == "-3.1 pts"
+  assert chain.format_value(0.8912, "ratio") == "0.891"
+  assert chain.format_value(None, "pct") == "—"
+  assert chain.format_value(float("nan"), "ratio") == "—"

@@ -37,7 +37,7 @@ def _seeded_copy(src: str, dst: str, seed: int, **sft_updates: float) -> str:
         ev.update(sft_updates)
       with open(out.stage(stage).eval, "w") as f:
         json.dump(ev, f)
-      for name in ("eval_answers.jsonl", "eval_batches.json"):
+      for name in ("eval_answers.jsonl", "eval_rows.json"):
         if os.path.exists(os.path.join(lr.stage(stage).root, name)):
           shutil.copy(os.path.join(lr.stage(stage).root, name),
                       os.path.join(out.stage(stage).root, name))

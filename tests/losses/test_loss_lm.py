@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lifejax.losses.lm import lm_loss, token_cross_entropy
+from lifejax.losses.lm import ROW_PREFIX, lm_loss, token_cross_entropy
 
 
 def _case(seed: int = 0):
@@ -79,3 +79,55 @@ def test_all_masked_batch_gives_zero_not_nan():
   loss, metrics = lm_loss(jnp.asarray(logits), jnp.asarray(targets),
                           jnp.zeros_like(jnp.asarray(mask)), z_loss=1e-2)
   assert float(loss) == 0.0 and float(metrics["weight"]) == 0.0
+
+
+def test_per_row_sums_match_numpy_and_leave_the_loss_alone():
+  logits, targets, mask = _case()
+  _, _, _, nll, _ = _numpy_reference(logits, targets, mask, 0.0)
+  args = (jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(mask))
+  loss, metrics = lm_loss(*args, per_row=True)
+  plain_loss, plain = lm_loss(*args)
+  np.testing.assert_allclose(np.asarray(metrics[ROW_PREFIX + "loss_sum"]),
+                             (nll * mask).sum(-1), rtol=1e-6, atol=1e-7)
+  np.testing.assert_array_equal(np.asarray(metrics[ROW_PREFIX + "weight"]),
+                                mask.sum(-1))
+  assert float(loss) == float(plain_loss)
+  assert set(metrics) - set(plain) == {ROW_PREFIX + "loss_sum",
+                                       ROW_PREFIX + "weight"}
+
+
+def test_eval_step_passes_rows_through_and_evaluate_collects_them():
+  """build_eval_step weights the scalar metrics and leaves the per-row ones
+  as they are; evaluate(per_row=) gets every row of weight > 0 across
+  batches, whose sums make the token-weighted loss."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from lifejax import sharding  # pylint: disable=g-import-not-at-top
+  from lifejax.train import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
+  from lifejax.train import step as step_lib  # pylint: disable=g-import-not-at-top
+
+  logits, targets, mask = _case()
+
+  def loss_fn(params, batch, rng):
+    del rng
+    return lm_loss(params["scale"] * batch["logits"], batch["targets"],
+                   batch["loss_mask"], per_row=True)
+
+  mesh = sharding.make_mesh(sharding.MeshConfig(1, 1, 1))
+  rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  batch_sh = {"logits": rep, "targets": rep, "loss_mask": rep}
+  step = step_lib.build_eval_step(loss_fn, {"scale": rep}, batch_sh, mesh,
+                                  sharding.DEFAULT_RULES)
+  batches = [{"logits": logits, "targets": targets, "loss_mask": mask},
+             {"logits": logits[::-1], "targets": targets[::-1],
+              "loss_mask": mask[::-1] * 2}]
+  rows: list = []
+  res = evaluate_lib.evaluate(step, {"scale": jnp.float32(1.0)},
+                              iter(batches), batch_sh, per_row=rows)
+  _, _, _, nll, _ = _numpy_reference(logits, targets, mask, 0.0)
+  want = [((nll * mask).sum(-1)[i], mask.sum(-1)[i]) for i in (0, 1)]
+  want += [(2 * (nll * mask).sum(-1)[i], 2 * mask.sum(-1)[i]) for i in (1, 0)]
+  assert len(rows) == 4  # the empty row (weight 0) of each batch left out
+  np.testing.assert_allclose(np.asarray(rows), np.asarray(want), rtol=1e-6)
+  np.testing.assert_allclose(
+      res["eval/loss"], sum(s for s, _ in rows) / sum(w for _, w in rows),
+      rtol=1e-6)
