@@ -21,6 +21,7 @@ ON_DISK = {
     "rlaif_report": "rlaif_report.json", "loss_curve": "loss_curve.png",
     "rl_curves": "rl_curves.png", "tensorboard": "tensorboard",
     "model_card": "model_card.yaml", "hf_export": "hf_export",
+    "eval_answers": "eval_answers.jsonl", "eval_rows": "eval_rows.json",
 }
 
 
