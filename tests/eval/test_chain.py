@@ -84,7 +84,9 @@ def test_reward_calibration_is_on_the_raw_bradley_terry_scale(
   scorer = rollout.load_reward_scorer(
       reward_run, sharding.make_mesh(sharding.MeshConfig(1, 1, 1)),
       sharding.DEFAULT_RULES)
-  assert abs(scorer.std - 1.0) > 1e-3  # the scales differ, so this tests
+  # The raw and normalized scales differ, so the checks below tell them
+  # apart.
+  assert abs(scorer.std - 1.0) > 1e-3
   fn = policy_eval.response_reward_fn(
       scorer.raw, artifacts.load_template(sft_run),
       artifacts.load_tokenizer(sft_run), pairs, 384)

@@ -11,11 +11,12 @@ warning says so. See conftest.py for how to regenerate or add a host.
 import importlib.util
 import json
 import os
-import subprocess
 import warnings
 
 import numpy as np
 import pytest
+
+from lifejax.run import provenance
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 _spec = importlib.util.spec_from_file_location(
@@ -26,15 +27,6 @@ GOLDEN = os.path.join(HERE, "losses.json")
 STAGES = ("pretrain", "sft", "reward", "dpo", "ppo", "grpo")
 
 
-def _commit() -> str:
-  try:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE,
-                          capture_output=True, text=True, check=True,
-                          timeout=10).stdout.strip()
-  except (OSError, subprocess.SubprocessError):
-    return "unknown"
-
-
 def _write(records: list) -> None:
   with open(GOLDEN, "w", encoding="utf-8") as f:
     json.dump({"records": records}, f, indent=1)
@@ -43,7 +35,7 @@ def _write(records: list) -> None:
 def _update(golden_runs: dict, records: list, host: dict) -> list:
   """Applies LIFEJAX_REGEN_GOLDENS / LIFEJAX_ADD_GOLDEN_HOST; returns the
   records now on disk."""
-  note = f"recorded at {_commit()}"
+  note = f"recorded at {provenance.git_commit() or 'unknown'}"
   if os.environ.get("LIFEJAX_REGEN_GOLDENS"):
     records = [{"host": host, "note": note, "stages": golden_runs}]
     _write(records)
