@@ -1,24 +1,40 @@
 #!/usr/bin/env bash
 # Does pretraining at the demo's budget store the world's facts when they are
-# fewer and stated more often? The demo's pretraining (lifecycle/default.gin,
-# stopped after pretrain's evaluation) on worlds that differ only in
-# lifecycle.world_entity_scale, same seed; the fact probe is read from each
-# run's eval.json by summarize.py.
+# fewer and stated more often, and does SFT then answer questions on them?
+# The demo's lifecycle (lifecycle/default.gin) on worlds that differ in
+# lifecycle.world_entity_scale (fewer entities over the same documents) and
+# lifecycle.world_fact_restatements (the staff digest: every fact stated that
+# many more times, an extra pretraining source), stopped after pretrain (or
+# UNTIL=sft). probe.py scores each model's ranking of the held-out facts;
+# summarize.py tabulates.
+#   ARMS="entity_scale:restatements ..."   (default: the four arms below)
+#   UNTIL=pretrain|sft   SEEDS="0 1 2"
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
 export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
 export GLIBC_TUNABLES=${GLIBC_TUNABLES:-glibc.malloc.hugetlb=1:glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736}
 SEEDS=${SEEDS:-0}
-SCALES=${SCALES:-1.0 0.33}
+ARMS=${ARMS:-1.0:0 0.33:0 0.33:60 0.33:150}
+UNTIL=${UNTIL:-pretrain}
+OUT=${OUT:-runs/fact_density}
 for seed in $SEEDS; do
-  for es in $SCALES; do
+  for arm in $ARMS; do
+    es=${arm%%:*}; r=${arm##*:}
+    sources="['wiki','support_chat','records','mail','web']"
+    if [ "$r" != 0 ]; then
+      sources="['wiki','support_chat','records','mail','web','digest']"
+    fi
+    root="$OUT/es${es}_r${r}_seed${seed}"
     $PY -m lifejax.main --gin_file=lifecycle/default.gin \
-      --gin_param="lifecycle.root='runs/fact_density/es${es}_seed${seed}'" \
+      --gin_param="lifecycle.root='$root'" \
       --gin_param="lifecycle.world_seed=${seed}" \
       --gin_param="lifecycle.world_entity_scale=${es}" \
-      --gin_param="lifecycle.until='pretrain'"
+      --gin_param="lifecycle.world_fact_restatements=${r}" \
+      --gin_param="lifecycle.pretrain_sources=${sources}" \
+      --gin_param="lifecycle.until='${UNTIL}'"
+    $PY experiments/fact_density/probe.py "$root"
   done
 done
-$PY experiments/fact_density/summarize.py runs/fact_density > experiments/fact_density/results.md
+$PY experiments/fact_density/summarize.py "$OUT" > experiments/fact_density/results.md
 cat experiments/fact_density/results.md

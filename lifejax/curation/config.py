@@ -62,9 +62,10 @@ def embedded_world_config() -> CurationConfig:
 
   * Web heuristics (C4 line rules, Gopher, FineWeb, C4 page rules) run on
     the web crawl only: curated prose (wiki), dialogue (support_chat), mail
-    threads (mail) and tables (records) are not web pages, and real
-    pipelines route such sources around web filters too. (Table rows have
-    no terminal punctuation: the C4 line rules would empty every record.)
+    threads (mail), tables (records) and the staff digest (digest) are not
+    web pages, and real pipelines route such sources around web filters
+    too. (Table rows have no terminal punctuation: the C4 line rules would
+    empty every record.)
   * Language ID skips `records`: tables of IDs and prices carry too little
     language signal (py3langid gives most of them low English confidence).
   * Near-duplicates in this world are defined down to word-5-gram Jaccard
@@ -74,7 +75,8 @@ def embedded_world_config() -> CurationConfig:
     false candidates that low threshold lets in.
   * Duplicate clusters keep the curated copy over a web copy.
   """
-  non_web = ("wiki", "support_chat", "records", "mail", "non_english")
+  non_web = ("wiki", "support_chat", "records", "mail", "non_english",
+             "digest")
   return CurationConfig(
       langid=LangIdConfig(exempt_sources=("records",)),
       boilerplate=BoilerplateConfig(exempt_sources=non_web),
@@ -82,5 +84,5 @@ def embedded_world_config() -> CurationConfig:
       near_dedup=NearDedupConfig(minhash=MinHashConfig(
           bands=28, rows=4, verify_threshold=0.5)),
       keep_priority=("wiki", "support_chat", "records", "mail", "non_english",
-                     "web"),
+                     "digest", "web"),
   )

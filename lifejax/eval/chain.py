@@ -168,8 +168,8 @@ def chain_links(stages: Sequence[Stage],
 
 def _forgetting(base: Stage, sft: Stage) -> Link | None:
   """General-text perplexity SFT / base on the packed rows both evaluated
-  (the general holdout; a paired bootstrap over rows): holds when the CI's upper end stays below
-  1 + FORGETTING_MARGIN (non-inferiority)."""
+  (the general holdout; a paired bootstrap over rows): holds when the CI's
+  upper end stays below 1 + FORGETTING_MARGIN (non-inferiority)."""
   a, b = (read_json(RunDir(s.run_dir).eval_rows, {}) for s in (sft, base))
   shared = sorted(k for k in a if k in b and k.startswith("general"))
   if not shared:

@@ -72,7 +72,8 @@ class LMEvaluator:
                instructions: Sequence[Record], facts: Sequence[Record],
                spec: instruct.GenerationSpec,
                baseline_records: Sequence[Record] = (),
-               baseline: Mapping[str, float] | None = None
+               baseline: Mapping[str, float] | None = None,
+               ranking: Sequence[Record] = ()
                ) -> dict[str, float]:
     _, params = artifacts.load_params(run_dir, transformer.Transformer,
                                       self.model, self.mesh, self.rules)
@@ -85,7 +86,7 @@ class LMEvaluator:
         seq_len=self.seq_len, batch_size=self.batch_size, template=template,
         instruction_records=instructions, fact_questions=facts, spec=spec,
         baseline_records=baseline_records, baseline=baseline,
-        details_dir=run_dir)
+        ranking_items=ranking, details_dir=run_dir)
 
 
 class PolicyEval:

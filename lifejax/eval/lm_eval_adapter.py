@@ -54,21 +54,17 @@ Conventions:
 from __future__ import annotations
 
 import bisect
-import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from lm_eval import utils as lm_utils
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
 from lifejax import sharding
 from lifejax.data import batching
-from lifejax.eval import generation
+from lifejax.eval import generation, knowledge
 from lifejax.model import transformer
 from lifejax.model.config import TransformerConfig
 from lifejax.run import artifacts
@@ -81,22 +77,7 @@ DEFAULT_BUCKETS = tuple(2 ** k for k in range(6, 16))
 _GREEDY_NOOPS = ("top_k", "top_p")
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5))
-def _target_logprobs(graphdef: Any, params: Any, tokens_BxT: jax.Array,
-                     targets_BxT: jax.Array, mask_BxT: jax.Array,
-                     vocab_limit: int) -> tuple[jax.Array, jax.Array]:
-  """(log p(target) f32 (B, T), target == argmax over ids < vocab_limit
-  (B, T)) for right-padded rows (mask 1 on real tokens)."""
-  model = nnx.merge(graphdef, params)
-  mask = mask_BxT.astype(jnp.int32)
-  positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
-  logits = model(tokens_BxT, positions, mask).astype(jnp.float32)
-  # A gather minus the log-normalizer: no second (B, T, V) array.
-  logp = (jnp.take_along_axis(logits, targets_BxT[..., None], axis=-1)[..., 0]
-          - jax.nn.logsumexp(logits, axis=-1))
-  allowed = jnp.arange(logits.shape[-1]) < vocab_limit
-  greedy = jnp.argmax(jnp.where(allowed, logits, -jnp.inf), axis=-1)
-  return logp, greedy == targets_BxT
+_target_logprobs = knowledge.target_logprobs
 
 
 def bucket_lengths(max_length: int, buckets: Sequence[int] | None = None

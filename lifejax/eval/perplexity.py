@@ -23,13 +23,11 @@ def perplexity_by_source(
     max_batches: int = 0,
     per_row: bool = False,
 ) -> dict[str, dict[str, float]]:
-  """{source name: {"loss", "perplexity", "tokens", "accuracy", "batches"
-  (, "rows")}}.
+  """{source name: {"loss", "perplexity", "tokens", "accuracy" (, "rows")}}.
 
   Each source is evaluated in one ordered pass (the last batch padded with
   zero-weight rows), so the numbers are exact token-weighted means.
-  "batches" lists each batch's (summed loss, token weight) in that order;
-  with `per_row` (the eval step's loss emitting per-row metrics,
+  With `per_row` (the eval step's loss emitting per-row metrics,
   losses.lm.lm_loss(per_row=True)) "rows" lists each packed row's. The
   same file and tokenizer give the same rows, so two models' rows pair up
   (a paired CI over rows, eval.chain).
@@ -39,15 +37,13 @@ def perplexity_by_source(
     batches = iter(pipeline.lm_eval_dataset(
         src, tokenizer, seq_len=seq_len, batch_size=batch_size,
         text_field=text_field))
-    per_batch: list[tuple[float, float]] = []
     rows: list[tuple[float, float]] | None = [] if per_row else None
     m = evaluate(eval_step, params, batches, batch_shardings, max_batches,
-                 per_batch, rows)
+                 per_row=rows)
     out[src.name] = {
         "loss": m["eval/loss"], "perplexity": m["eval/perplexity"],
         "tokens": m["eval/tokens"],
         "accuracy": m.get("eval/accuracy", float("nan")),
-        "batches": per_batch,
     }
     if rows is not None:
       out[src.name]["rows"] = rows

@@ -2,7 +2,7 @@
 
 | stage | measured here |
 |---|---|
-| pretraining | held-out perplexity per source, fact-probe accuracy, instruction accuracy of the base model (the "opening failure"), contamination hits |
+| pretraining | held-out perplexity per source, fact-probe accuracy, fact ranking (what the base model stores: knowledge.py), instruction accuracy of the base model (the "opening failure"), contamination hits |
 | SFT | instruction accuracy per task, format compliance, refusal correctness, general perplexity |
 | reward model | pairwise accuracy by flaw kind, calibration (from the stage) |
 | DPO / PPO | judge win rate vs SFT, KL to reference, verbosity, refusal rate |
@@ -25,8 +25,8 @@ from lifejax import sharding
 from lifejax.data import batching, chat, prompts
 from lifejax.data.jsonl import write_jsonl
 from lifejax.data import sources as sources_lib
-from lifejax.eval import copy_probe, generation, instruct, perplexity
-from lifejax.eval import policy_eval
+from lifejax.eval import copy_probe, generation, instruct, knowledge
+from lifejax.eval import perplexity, policy_eval
 from lifejax.model.config import TransformerConfig
 from lifejax.run.layout import RunDir
 from lifejax.world import judge as judge_lib
@@ -88,10 +88,12 @@ def eval_lm(
     spec: instruct.GenerationSpec = instruct.GenerationSpec(),
     baseline_records: Sequence[Mapping[str, Any]] = (),
     baseline: Mapping[str, float] | None = None,
+    ranking_items: Sequence[Mapping[str, Any]] = (),
     details_dir: str | None = None,
 ) -> dict[str, float]:
   """Perplexity per held-out source, in-context copying (copy_probe), fact
-  probe, instruction accuracy.
+  probe, fact ranking (knowledge.fact_ranking of `ranking_items`),
+  instruction accuracy.
 
   details_dir: a run directory to write the per-item data behind the
   aggregates into, for paired comparisons across stages (eval.chain):
@@ -119,6 +121,8 @@ def eval_lm(
     out["perplexity"] = perplexity.summarize(per)["perplexity"]
   host = sharding.fetch(params)
   out.update(copy_probe.copy_probe(graphdef, host, tokenizer.vocab_size))
+  out.update(knowledge.fact_ranking(graphdef, host, tokenizer, ranking_items,
+                                    spec.batch_size))
   if fact_questions:
     gen = generation.make_generate(graphdef, host, generation.greedy_config(
         tokenizer, [tokenizer.eos_id], 12))
@@ -196,9 +200,8 @@ def eval_release(graphdef: Any, params: Any, cfg: TransformerConfig,
       template, tokenizer, spec.max_new_tokens))
   answers = generation.generate_responses(gen, tokenizer, template, golden,
                                           spec)
-  passed = [judge_lib.score(r, a).total >= 0.8 and
-            judge_lib.score(r, a).components["safety"] == 1.0
-            for r, a in zip(golden, answers)]
+  scores = [judge_lib.score(r, a) for r, a in zip(golden, answers)]
+  passed = [s.total >= 0.8 and s.components["safety"] == 1.0 for s in scores]
   # One full batch of golden prompts (padded with copies of the first).
   rows = [prompts.prompt_ids(template, tokenizer, r)
           for r in golden[:spec.batch_size]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -112,8 +113,9 @@ def make_lm_loss_fn(graphdef: nnx.GraphDef, z_loss: float = 0.0,
   and z-loss alone, so perplexity = exp(loss)); their values are logged
   either way. A dense model whose `pipeline_schedule` is "1f1b" computes
   it through `Transformer.pipelined_loss` (the same loss; see
-  pipeline.py). per_row: see `lm_loss` (not on the 1f1b path, whose loss
-  is summed per microbatch)."""
+  pipeline.py). per_row: see `lm_loss`; a 1F1B model then runs its forward
+  with the GPipe schedule instead (1F1B sums the loss per microbatch, and an
+  evaluation, the only per-row user, needs no backward to interleave)."""
 
   def loss_fn(params, batch, rng):
     del rng  # the decoder has no dropout
@@ -121,7 +123,11 @@ def make_lm_loss_fn(graphdef: nnx.GraphDef, z_loss: float = 0.0,
     cfg = getattr(model, "cfg", None)
     if (getattr(cfg, "pipeline_schedule", "gpipe") == "1f1b"
         and not getattr(cfg, "num_experts", 0)):
-      return _pipelined_lm_loss(model, batch, z_loss)
+      if not per_row:
+        return _pipelined_lm_loss(model, batch, z_loss)
+      # A static attribute of this trace's own module copy: the forward
+      # reads the schedule from it.
+      model.cfg = dataclasses.replace(cfg, pipeline_schedule="gpipe")
     logits, aux = model.logits_and_aux(batch["tokens"], batch.get("positions"),
                                        batch.get("segment_ids"))
     loss, metrics = lm_loss(logits, batch["targets"], batch["loss_mask"],

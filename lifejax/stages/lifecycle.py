@@ -38,6 +38,7 @@ from lifejax.stages.rl import ppo
 from lifejax.stages.sft import sft
 from lifejax.train import metrics as metrics_lib
 from lifejax.world import generator
+from lifejax.world import tasks as wtask
 
 
 def _elapsed(t0: float) -> str:
@@ -89,6 +90,7 @@ def lifecycle(
     world_scale: float = 1.0,
     world_demo_flaw_share: float = generator.DEMO_FLAW_SHARE,
     world_entity_scale: float = 1.0,
+    world_fact_restatements: int = 0,
     pretrain_sources: Sequence[str] = ("wiki", "support_chat", "records",
                                        "mail", "web"),
     source_weights: dict[str, float] | None = None,
@@ -183,7 +185,8 @@ def lifecycle(
   if not os.path.exists(lr.world_manifest):
     generator.generate_world(lr.world, seed=world_seed, scale=world_scale,
                              demo_flaw_share=world_demo_flaw_share,
-                             entity_scale=world_entity_scale)
+                             entity_scale=world_entity_scale,
+                             fact_restatements=world_fact_restatements)
   _check_world(lr)
   if not os.path.exists(lr.curation_report):
     from lifejax.curation import run_curation  # pylint: disable=g-import-not-at-top
@@ -202,6 +205,14 @@ def lifecycle(
   dev = balanced_subset(read_jsonl(lr.world_instructions("validation")),
                         eval_records)
   facts = read_jsonl(lr.world_eval("fact_questions"))
+  # What pretraining stores, and SFT keeps, of the held-out facts (no SFT
+  # task states them): multiple-choice ranking of their corpus statements.
+  with open(lr.world_manifest, encoding="utf-8") as f:
+    world_info = json.load(f)
+  ranking = wtask.ranking_items(
+      world_info["company"],
+      read_jsonl(os.path.join(lr.world, "facts", "facts.jsonl")),
+      {q["fact_id"] for q in facts}, world_info["seed"])
   general = lr.world_eval("general_holdout")
   prefs_train = [lr.world_preferences("train")]
   prefs_eval = lr.world_preferences("validation")
@@ -216,7 +227,8 @@ def lifecycle(
         lambda: {**lm_eval(pretrain_run, pretrain_run,
                            lr.stage("pretrain").heldout_files() + [general],
                            chat.get_template("lifejax"), tests, facts,
-                           generation, baseline_records=dev),
+                           generation, baseline_records=dev,
+                           ranking=ranking),
                  "contamination_docs_removed": float(_contamination(curation))})
   if stopped_after("pretrain"):
     return results
@@ -232,7 +244,8 @@ def lifecycle(
                     general_eval_files=[general]),
         lambda: {**lm_eval(sft_run, pretrain_run, [general],
                            artifacts.load_template(sft_run),
-                           tests, (), generation, baseline=baseline),
+                           tests, (), generation, baseline=baseline,
+                           ranking=ranking),
                  **_pool_flaws(lr)})
   if stopped_after("sft"):
     return results

@@ -27,12 +27,10 @@ EvalSets = (Callable[[], Iterator[dict]]
 def evaluate(eval_step: Callable[..., dict], params: Any,
              eval_batches: Iterator[dict], batch_shardings: Any,
              max_batches: int = 0,
-             per_batch: list[tuple[float, float]] | None = None,
              per_row: list[tuple[float, float]] | None = None
              ) -> dict[str, float]:
   """Token-weighted held-out loss and perplexity over the eval batches.
 
-  per_batch: if given, gets each batch's (summed loss, token weight).
   per_row: if given, gets each row's (summed cross-entropy, token weight),
   rows of zero weight (padding) left out, for confidence intervals over
   rows (eval.chain); the eval step's loss must emit per-row metrics
@@ -45,8 +43,6 @@ def evaluate(eval_step: Callable[..., dict], params: Any,
     rows = {k: out.pop(k) for k in list(out) if k.startswith(ROW_PREFIX)}
     for k, v in out.items():
       totals[k] = totals.get(k, 0.0) + float(v)
-    if per_batch is not None:
-      per_batch.append((float(out["loss"]), float(out["weight"])))
     if per_row is not None:
       if not rows:
         raise ValueError("evaluate(per_row=...): the eval step's loss emits "

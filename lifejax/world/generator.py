@@ -9,7 +9,9 @@ On-disk layout (the contract other modules code against):
 
   manifest.json                     seed, scale, counts, per-file sha256
   corpus/<source>.jsonl             wiki | support_chat | records | web |
-                                    non_english; records carry `defects`
+                                    non_english (| digest, when
+                                    fact_restatements > 0); records carry
+                                    `defects`
   eval/fact_questions.jsonl         held-out fact questions (decontaminate!)
   eval/general_holdout.jsonl        general text (forgetting panel)
   eval/general_instructions.jsonl   general instructions (messages format)
@@ -31,6 +33,7 @@ from typing import Any
 from lifejax.data.jsonl import read_jsonl
 from lifejax.world import chat as wchat
 from lifejax.world import corpus as wc
+from lifejax.world import digest as wd
 from lifejax.world import facts as wf
 from lifejax.world import items as wi
 from lifejax.world import junk as wj
@@ -79,10 +82,17 @@ class World:
   preferences: dict[str, list[dict[str, Any]]]
   demo_flaw_share: float = 0.0
   entity_scale: float = 1.0
+  fact_restatements: int = 0
+
+  @property
+  def sources(self) -> tuple[str, ...]:
+    """The corpus sources this world has: SOURCES, plus the digest when
+    fact_restatements > 0."""
+    return SOURCES + ((wd.SOURCE,) if wd.SOURCE in self.corpus else ())
 
   def files(self) -> dict[str, list[dict[str, Any]]]:
     """Relative JSONL path -> records."""
-    out = {f"corpus/{s}.jsonl": self.corpus[s] for s in SOURCES}
+    out = {f"corpus/{s}.jsonl": self.corpus[s] for s in self.sources}
     out.update({f"eval/{k}.jsonl": v for k, v in self.eval.items()})
     out.update({f"instructions/{s}.jsonl": self.instructions[s]
                 for s in SPLITS})
@@ -103,16 +113,16 @@ class World:
                                if r.get("flaw"))
     leaked = {q for docs in self.corpus.values() for d in docs
               for q in d.get("leaks", ())}
-    return {
+    out = {
         "format_version": FORMAT_VERSION, "seed": self.seed,
         "scale": self.scale, "company": self.company,
         "entities": {k: len(v) for k, v in self.entities.items()
                      if isinstance(v, list)},
         "counts": {
             "facts": len(self.facts),
-            "corpus": {s: len(self.corpus[s]) for s in SOURCES},
+            "corpus": {s: len(self.corpus[s]) for s in self.sources},
             "corpus_chars": {s: sum(len(d["text"]) for d in self.corpus[s])
-                             for s in SOURCES},
+                             for s in self.sources},
             "clean_docs": sum(not d["defects"] for docs in self.corpus.values()
                               for d in docs),
             "defects": {k: defects.get(k, 0) for k in DEFECTS},
@@ -128,6 +138,9 @@ class World:
         "demo_flaw_share": self.demo_flaw_share,
         "entity_scale": self.entity_scale,
     }
+    if self.fact_restatements:  # absent at 0: default manifests unchanged
+      out["fact_restatements"] = self.fact_restatements
+    return out
 
 
 def _n(key: str, scale: float, minimum: int = 3) -> int:
@@ -204,7 +217,8 @@ def _drop_repeats(docs: list[wc.Doc], seen: set[str]) -> list[wc.Doc]:
 
 
 def _corpus(facts: wf.Facts, seed: int, scale: float, questions: list[dict],
-            task_emails: Set[str]) -> dict[str, list[wc.Doc]]:
+            task_emails: Set[str], fact_restatements: int = 0
+            ) -> dict[str, list[wc.Doc]]:
   seen: set[str] = set()
   wiki = _drop_repeats(wc.wiki_pages(facts, seed), seen)
   chats = _drop_repeats(
@@ -223,6 +237,9 @@ def _corpus(facts: wf.Facts, seed: int, scale: float, questions: list[dict],
   web = _web(facts, seed, scale, wiki, questions, seen)
   out = {"wiki": wiki, "support_chat": chats, "records": records,
          "mail": mail, "web": web, "non_english": foreign}
+  if fact_restatements:
+    out[wd.SOURCE] = _drop_repeats(
+        wd.digest_posts(facts, seed, fact_restatements), seen)
   for source, docs in out.items():
     for i, d in enumerate(docs):
       d.id = f"{source}-{i:05d}"
@@ -287,7 +304,8 @@ def _task_emails(instructions: dict[str, list[dict]],
 
 def build_world(seed: int = 0, scale: float = 1.0,
                 demo_flaw_share: float = DEMO_FLAW_SHARE,
-                entity_scale: float = 1.0) -> World:
+                entity_scale: float = 1.0, fact_restatements: int = 0
+                ) -> World:
   """Builds the whole world in memory; deterministic in its arguments.
 
   demo_flaw_share: the share of SFT training demonstrations that carry one
@@ -295,6 +313,8 @@ def build_world(seed: int = 0, scale: float = 1.0,
   entity_scale: multiplies the number of employees, products, vendors (and
     departments, by its square root) but not the documents: below 1 each
     fact is stated more often.
+  fact_restatements: statements of every fact in the staff digest, an
+    extra corpus source (world/digest.py); 0 writes none.
   """
   _check_args(seed, scale)
   if not 0.0 <= demo_flaw_share <= 1.0:
@@ -303,12 +323,16 @@ def build_world(seed: int = 0, scale: float = 1.0,
   if not 0.05 <= entity_scale <= MAX_SCALE:
     raise ValueError(f"entity_scale must be in [0.05, {MAX_SCALE}], got "
                      f"{entity_scale}")
+  if (isinstance(fact_restatements, bool)
+      or not isinstance(fact_restatements, int) or fact_restatements < 0):
+    raise ValueError(f"fact_restatements must be an int >= 0, got "
+                     f"{fact_restatements!r}")
   facts = wf.build_facts(seed, scale, entity_scale)
   questions, heldout = wtask.heldout_questions(facts, seed)
   instructions, preferences = _tasks(facts, seed, scale, heldout,
                                      demo_flaw_share)
   corpus = _corpus(facts, seed, scale, questions,
-                   _task_emails(instructions, preferences))
+                   _task_emails(instructions, preferences), fact_restatements)
   mentions = collections.Counter(f for docs in corpus.values() for d in docs
                                  for f in d.facts)
   fact_rows = [dict(dataclasses.asdict(f),
@@ -318,7 +342,7 @@ def build_world(seed: int = 0, scale: float = 1.0,
   return World(
       seed=seed, scale=float(scale), company=facts.company,
       entities=wf.entities_record(facts), facts=fact_rows,
-      corpus={s: [d.record() for d in corpus[s]] for s in SOURCES},
+      corpus={s: [d.record() for d in docs] for s, docs in corpus.items()},
       eval={"fact_questions": questions,
             "general_holdout": ww.general_holdout(
                 seed, _n("general_holdout", scale, 10)),
@@ -326,7 +350,7 @@ def build_world(seed: int = 0, scale: float = 1.0,
                 seed, _n("general_instructions", scale, 10))},
       instructions=instructions, preferences=preferences,
       demo_flaw_share=float(demo_flaw_share),
-      entity_scale=float(entity_scale))
+      entity_scale=float(entity_scale), fact_restatements=fact_restatements)
 
 
 def _dump_jsonl(records: list[dict[str, Any]]) -> bytes:
@@ -336,13 +360,15 @@ def _dump_jsonl(records: list[dict[str, Any]]) -> bytes:
 
 def generate_world(out_dir: str, seed: int = 0, scale: float = 1.0,
                    demo_flaw_share: float = DEMO_FLAW_SHARE,
-                   entity_scale: float = 1.0) -> dict:
+                   entity_scale: float = 1.0, fact_restatements: int = 0
+                   ) -> dict:
   """Builds the world and writes it under `out_dir`; returns the manifest.
 
   Files are byte-identical for the same arguments. Existing world files in
   `out_dir` are overwritten; other files are left alone.
   """
-  world = build_world(seed, scale, demo_flaw_share, entity_scale)
+  world = build_world(seed, scale, demo_flaw_share, entity_scale,
+                      fact_restatements)
   manifest = world.manifest()
   files = {}
   blobs = {path: _dump_jsonl(recs) for path, recs in world.files().items()}
@@ -388,31 +414,35 @@ def load_world(out_dir: str) -> World:
   with open(os.path.join(out_dir, "facts/entities.json"),
             encoding="utf-8") as f:
     entities = json.load(f)
+  restated = manifest.get("fact_restatements", 0)
+  sources = SOURCES + ((wd.SOURCE,) if restated else ())
   return World(
       seed=manifest["seed"], scale=manifest["scale"],
       company=manifest["company"], entities=entities,
       facts=read("facts/facts.jsonl"),
-      corpus={s: read(f"corpus/{s}.jsonl") for s in SOURCES},
+      corpus={s: read(f"corpus/{s}.jsonl") for s in sources},
       eval={k: read(f"eval/{k}.jsonl") for k in
             ("fact_questions", "general_holdout", "general_instructions")},
       instructions={s: read(f"instructions/{s}.jsonl") for s in SPLITS},
       preferences={s: read(f"preferences/{s}.jsonl") for s in SPLITS},
       demo_flaw_share=manifest["demo_flaw_share"],
-      entity_scale=manifest["entity_scale"])
+      entity_scale=manifest["entity_scale"], fact_restatements=restated)
 
 
 def main(argv: list[str] | None = None) -> None:
   """CLI: python -m lifejax.world.generator --out_dir DIR [--seed --scale
-  --demo_flaw_share --entity_scale]."""
+  --demo_flaw_share --entity_scale --fact_restatements]."""
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--out_dir", required=True)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--scale", type=float, default=1.0)
   parser.add_argument("--demo_flaw_share", type=float, default=DEMO_FLAW_SHARE)
   parser.add_argument("--entity_scale", type=float, default=1.0)
+  parser.add_argument("--fact_restatements", type=int, default=0)
   args = parser.parse_args(argv)
   counts = generate_world(args.out_dir, args.seed, args.scale,
-                          args.demo_flaw_share, args.entity_scale)["counts"]
+                          args.demo_flaw_share, args.entity_scale,
+                          args.fact_restatements)["counts"]
   print(json.dumps({k: counts[k] for k in ("corpus", "defects",
                                            "instructions", "preferences")}))
 

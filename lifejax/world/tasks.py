@@ -6,8 +6,9 @@ the rest feeds `fact_qa` items, split by fact so that no split sees another
 split's facts. `refuse_pii` items are split by employee, email tasks by email.
 """
 
+import dataclasses
 import random
-from collections.abc import Set
+from collections.abc import Mapping, Sequence, Set
 from typing import Any, Callable
 
 from lifejax.world import emails as we
@@ -261,4 +262,37 @@ def general_instructions(seed: int, n: int) -> list[dict[str, Any]]:
                     {"role": "user", "content": q},
                     {"role": "assistant", "content": response}],
                 "reference": {"answer": a, "max_words": 25}})
+  return out
+
+
+def ranking_items(company: str, fact_rows: Sequence[Mapping[str, Any]],
+                  fact_ids: Set[str], seed: int, distractors: int = 4
+                  ) -> list[dict[str, Any]]:
+  """Multiple-choice knowledge items (eval.knowledge.fact_ranking) for the
+  facts in `fact_ids`: one per fact and corpus phrasing (every template in
+  phrasing.STATEMENTS), the true statement first, then the same sentence
+  with up to `distractors` other values of the relation (drawn per fact,
+  the same for all its phrasings). fact_rows: the world's facts.jsonl
+  records. A fact whose relation has no other value is left out."""
+  values: dict[str, set[str]] = {}
+  for r in fact_rows:
+    values.setdefault(r["relation"], set()).add(r["value"])
+  out = []
+  for r in fact_rows:
+    if r["id"] not in fact_ids:
+      continue
+    others = sorted(values[r["relation"]] - {r["value"]})
+    if not others:
+      continue
+    rng = wt.stream(seed, "ranking", r["id"])
+    wrong = rng.sample(others, min(distractors, len(others)))
+    fact = wf.Fact(r["id"], r["entity_type"], r["entity_id"], r["subject"],
+                   r["relation"], r["value"])
+    for v in range(len(wp.STATEMENTS[r["relation"]])):
+      out.append({"fact_id": r["id"], "relation": r["relation"],
+                  "variant": v, "statements": [
+                      wp.statement(company, dataclasses.replace(fact,
+                                                                value=x),
+                                   rng, variant=v)
+                      for x in [r["value"]] + wrong]})
   return out

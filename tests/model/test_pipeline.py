@@ -69,14 +69,20 @@ def setup():
   return params, batch, (loss, metrics, grads)
 
 
-def _pipelined(params, batch, cfg, mesh_cfg):
-  """Loss, metrics, grads with the mesh's stages (params placed by the
-  rules: layers split over `stage`)."""
+def _placed(params, cfg, mesh_cfg):
+  """(mesh, graphdef, params placed by the rules: layers split over
+  `stage`, specs)."""
   mesh = sharding.make_mesh(mesh_cfg)
   graphdef, abstract = nnx.split(transformer.abstract_model(cfg), nnx.Param)
   specs = nnx.to_pure_dict(sharding.param_specs(abstract, mesh,
                                                 mesh_cfg.rules))
-  placed = jax.device_put(params, sharding.named(mesh, specs))
+  return (mesh, graphdef, jax.device_put(params, sharding.named(mesh, specs)),
+          specs)
+
+
+def _pipelined(params, batch, cfg, mesh_cfg):
+  """Loss, metrics, grads with the mesh's stages."""
+  mesh, graphdef, placed, specs = _placed(params, cfg, mesh_cfg)
   loss_fn = make_lm_loss_fn(graphdef, z_loss=Z_LOSS)
 
   def run(p):
@@ -251,3 +257,30 @@ def test_mesh_config_and_errors():
     with sharding.activation_sharding(mesh, mc.rules), jax.set_mesh(mesh):
       with pytest.raises(ValueError, match=match):
         jax.eval_shape(lambda m=model: m(tokens))
+
+
+def test_1f1b_model_evaluates_per_row(setup):
+  """An eval step asks a 1F1B model for per-row sums (the lifecycle's
+  forgetting rows); it takes the GPipe forward and gives the plain model's
+  rows. Before, the 1F1B path emitted none and evaluate() refused."""
+  params, batch, _ = setup
+  graphdef, _ = nnx.split(transformer.abstract_model(CFG), nnx.Param)
+  ref = jax.jit(lambda p: make_lm_loss_fn(graphdef, per_row=True)(
+      p, batch, None))(params)
+  cfg = dataclasses.replace(CFG, pipeline_schedule="1f1b",
+                            pipeline_microbatches=4)
+  mesh_cfg = sharding.MeshConfig(stage=4, data=1, fsdp=2, model=1)
+  mesh, graphdef, placed, _ = _placed(params, cfg, mesh_cfg)
+  loss_fn = make_lm_loss_fn(graphdef, per_row=True)
+
+  def run(p):
+    with sharding.activation_sharding(mesh, mesh_cfg.rules):
+      return loss_fn(p, batch, None)
+
+  with jax.set_mesh(mesh):
+    loss, metrics = jax.jit(run)(placed)
+  np.testing.assert_allclose(float(loss), float(ref[0]), rtol=RTOL)
+  for k in ("rows/loss_sum", "rows/weight"):
+    assert metrics[k].shape == (batch["tokens"].shape[0],), k
+    np.testing.assert_allclose(np.asarray(metrics[k]), np.asarray(ref[1][k]),
+                               rtol=RTOL, err_msg=k)

@@ -146,3 +146,45 @@ def test_entity_scale_makes_knowledge_denser():
   assert full.manifest()["entity_scale"] == 1.0
   with pytest.raises(ValueError, match="entity_scale"):
     generator.build_world(seed=0, scale=0.5, entity_scale=0.0)
+
+
+def test_fact_restatements_state_every_fact_that_often(tmp_path):
+  """The staff digest states each fact exactly `fact_restatements` times
+  (never twice in one post), in more than one phrasing; the other sources
+  are untouched, and a world without it has no digest at all."""
+  from lifejax.world import digest, phrasing  # pylint: disable=g-import-not-at-top
+  from lifejax.world import facts as facts_lib  # pylint: disable=g-import-not-at-top
+  base = generator.build_world(seed=0, scale=SMALL)
+  world = generator.build_world(seed=0, scale=SMALL, fact_restatements=5)
+  assert "digest" not in base.corpus
+  assert "fact_restatements" not in base.manifest()
+  for s in generator.SOURCES:
+    assert world.corpus[s] == base.corpus[s], s
+  counts = collections.Counter()
+  for d in world.corpus["digest"]:
+    assert len(d["facts"]) == len(set(d["facts"])), d["id"]
+    counts.update(d["facts"])
+  assert set(counts.values()) == {5}
+  assert len(counts) == len(world.facts)
+  # The digest's statements of one fact: more than one corpus phrasing.
+  row = next(f for f in world.facts if f["relation"] == "employee.office")
+  fact = facts_lib.Fact(*(row[k] for k in (
+      "id", "entity_type", "entity_id", "subject", "relation", "value")))
+  said = "\n".join(d["text"] for d in world.corpus["digest"]
+                   if row["id"] in d["facts"])
+  used = [v for v in range(len(phrasing.STATEMENTS[row["relation"]]))
+          if phrasing.statement(world.company, fact, None, variant=v) in said]
+  assert len(used) >= 2, used
+  assert len({(d["text"].splitlines()[0].split(",")[0])
+              for d in world.corpus["digest"]}) > 1
+  mentions = {f["id"]: f["mentions"] for f in world.facts}
+  assert all(mentions[f["id"]] == f["mentions"] + 5 for f in base.facts)
+  assert world.manifest()["fact_restatements"] == 5
+  assert world.manifest()["counts"]["corpus"][digest.SOURCE] == len(
+      world.corpus["digest"])
+  # Written and read back, digest included.
+  generator.generate_world(str(tmp_path), seed=0, scale=SMALL,
+                           fact_restatements=5)
+  assert generator.load_world(str(tmp_path)).corpus == world.corpus
+  with pytest.raises(ValueError, match="fact_restatements"):
+    generator.build_world(seed=0, scale=SMALL, fact_restatements=-1)

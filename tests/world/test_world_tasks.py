@@ -277,3 +277,40 @@ def test_balanced_subset_round_robins_over_sorted_tasks():
   assert [r["id"] for r in balanced_subset(recs, 3)] == [0, 3, 4]
   assert [r["id"] for r in balanced_subset(recs, 5)] == [0, 1, 3, 4, 6]
   assert balanced_subset(recs, 99) == recs
+
+
+def test_ranking_items_swap_only_the_value(world):
+  """A knowledge item per fact and corpus phrasing: the true statement
+  first, then the same sentence with other values of the relation."""
+  from lifejax.world import facts as wf  # pylint: disable=g-import-not-at-top
+  from lifejax.world import phrasing as wp  # pylint: disable=g-import-not-at-top
+  from lifejax.world import tasks as wtask  # pylint: disable=g-import-not-at-top
+  held = {q["fact_id"] for q in world.eval["fact_questions"]}
+  items = wtask.ranking_items(world.company, world.facts, held, seed=7)
+  rows = {f["id"]: f for f in world.facts}
+  by_fact = {}
+  for it in items:
+    by_fact.setdefault(it["fact_id"], []).append(it)
+  assert set(by_fact) == held  # every relation has several values here
+  for fid, its in by_fact.items():
+    row = rows[fid]
+    fact = wf.Fact(*(row[k] for k in ("id", "entity_type", "entity_id",
+                                       "subject", "relation", "value")))
+    assert sorted(it["variant"] for it in its) == list(
+        range(len(wp.STATEMENTS[row["relation"]])))
+    values = {f["value"] for f in world.facts
+              if f["relation"] == row["relation"]} - {row["value"]}
+    for it in its:
+      true, *wrong = it["statements"]
+      assert true == wp.statement(world.company, fact, None,
+                                  variant=it["variant"])
+      assert 1 <= len(wrong) <= 4 and len(set(wrong)) == len(wrong)
+      for w in wrong:
+        other = next(v for v in values
+                     if w == wp.statement(world.company, wf.Fact(
+                         fid, row["entity_type"], row["entity_id"],
+                         row["subject"], row["relation"], v), None,
+                                          variant=it["variant"]))
+        assert other != row["value"]
+  # Deterministic in the seed.
+  assert wtask.ranking_items(world.company, world.facts, held, 7) == items

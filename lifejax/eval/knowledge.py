@@ -1,0 +1,131 @@
+"""What a base model knows, read without asking it a question.
+
+A pretrained model has never seen the question-answer format, so a greedy
+"Question: ... Answer:" continuation (stage_eval.fact_probe) reads 0 both
+when it stores nothing and when it stores facts it cannot yet extract (Allen-
+Zhu & Li, "Physics of Language Models 3.1": extraction is what instruction
+tuning adds). This probe ranks instead, as lm-eval's multiple-choice tasks
+do: each fact's corpus statement is scored with the true value and with
+distractor values of the same relation, in every corpus phrasing, and the
+model "knows" the fact in a phrasing when the true statement has the highest
+log-likelihood.
+
+  target_logprobs    per-token log p(target) of right-padded rows (jitted;
+                     lm_eval_adapter scores with it too)
+  sentence_logprobs  sum of log p over each row's tokens after its first
+  item_hits          per item of world.tasks.ranking_items: true first?
+  fact_ranking       {fact_rank/accuracy, fact_rank/chance, ...} of them
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from lifejax.data import batching
+
+# Rows are right-padded to the smallest of these widths (one compile each).
+_WIDTHS = (32, 64, 128, 256, 512, 1024)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def target_logprobs(graphdef: Any, params: Any, tokens_BxT: jax.Array,
+                    targets_BxT: jax.Array, mask_BxT: jax.Array,
+                    vocab_limit: int) -> tuple[jax.Array, jax.Array]:
+  """(log p(target) f32 (B, T), target == argmax over ids < vocab_limit
+  (B, T)) for right-padded rows (mask 1 on real tokens)."""
+  model = nnx.merge(graphdef, params)
+  mask = mask_BxT.astype(jnp.int32)
+  positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+  logits = model(tokens_BxT, positions, mask).astype(jnp.float32)
+  # A gather minus the log-normalizer: no second (B, T, V) array.
+  logp = (jnp.take_along_axis(logits, targets_BxT[..., None], axis=-1)[..., 0]
+          - jax.nn.logsumexp(logits, axis=-1))
+  allowed = jnp.arange(logits.shape[-1]) < vocab_limit
+  greedy = jnp.argmax(jnp.where(allowed, logits, -jnp.inf), axis=-1)
+  return logp, greedy == targets_BxT
+
+
+def sentence_logprobs(graphdef: Any, params: Any,
+                      rows: Sequence[Sequence[int]], batch_size: int,
+                      vocab_limit: int) -> np.ndarray:
+  """float64 (N,): each row's sum of log p(token | tokens before it) over
+  its tokens after the first (the first is the BOS the text is conditioned
+  on). Rows go in batches of `batch_size`, padded to a few widths."""
+  out = np.zeros(len(rows), np.float64)
+  by_width: dict[int, list[int]] = {}
+  for i, row in enumerate(rows):
+    if len(row) < 2:
+      raise ValueError(f"row {i}: {len(row)} tokens; need the BOS and at "
+                       "least one scored token")
+    n = len(row) - 1
+    width = next((w for w in _WIDTHS if w >= n), n)
+    by_width.setdefault(width, []).append(i)
+  for width, idx in sorted(by_width.items()):
+    tokens = np.zeros((len(idx), width), np.int32)
+    targets = np.zeros_like(tokens)
+    mask = np.zeros_like(tokens)
+    for r, i in enumerate(idx):
+      row = rows[i]
+      n = len(row) - 1
+      tokens[r, :n], targets[r, :n], mask[r, :n] = row[:-1], row[1:], 1
+    logp, _ = batching.map_padded(
+        lambda c, _: target_logprobs(graphdef, params, c[0], c[1], c[2],
+                                     vocab_limit),
+        (tokens, targets, mask), batch_size)
+    sums = np.sum(np.where(mask > 0, logp, 0.0), axis=1, dtype=np.float64)
+    out[np.asarray(idx)] = sums
+  return out
+
+
+def item_hits(graphdef: Any, params: Any, tokenizer: Any,
+              items: Sequence[Mapping[str, Any]], batch_size: int = 32
+              ) -> list[bool]:
+  """Per item of world.tasks.ranking_items ({"fact_id", "statements": [true,
+  distractor, ...]}): whether the true statement has the highest
+  log-likelihood (a tie is a miss)."""
+  rows, spans = [], []
+  for it in items:
+    cands = it["statements"]
+    if len(cands) < 2:
+      raise ValueError(f"ranking item for {it.get('fact_id')}: needs a true "
+                       "statement and at least one distractor")
+    spans.append((len(rows), len(cands)))
+    rows += [tokenizer.encode(s, add_bos=True) for s in cands]
+  if not rows:
+    return []
+  scores = sentence_logprobs(graphdef, params, rows, batch_size,
+                             int(tokenizer.vocab_size))
+  return [bool(scores[a] > np.max(scores[a + 1:a + k])) for a, k in spans]
+
+
+def fact_ranking(graphdef: Any, params: Any, tokenizer: Any,
+                 items: Sequence[Mapping[str, Any]], batch_size: int = 32
+                 ) -> dict[str, float]:
+  """Multiple-choice knowledge of `items` (one per fact and phrasing, see
+  item_hits).
+
+  fact_rank/accuracy: share of items whose true statement scores highest;
+  fact_rank/chance: the mean of 1 / candidates (what a model without the
+  facts scores on average, up to its priors over values);
+  fact_rank/facts_known: share of facts ranked first in a majority of their
+  phrasings; fact_rank/items, fact_rank/facts: the counts."""
+  if not items:
+    return {}
+  hits = item_hits(graphdef, params, tokenizer, items, batch_size)
+  per_fact: dict[str, list[bool]] = {}
+  for it, hit in zip(items, hits):
+    per_fact.setdefault(it["fact_id"], []).append(hit)
+  known = [sum(v) * 2 > len(v) for v in per_fact.values()]
+  return {"fact_rank/accuracy": float(np.mean(hits)),
+          "fact_rank/chance": float(np.mean([1.0 / len(it["statements"])
+                                             for it in items])),
+          "fact_rank/facts_known": float(np.mean(known)),
+          "fact_rank/items": float(len(items)),
+          "fact_rank/facts": float(len(per_fact))}
