@@ -2,13 +2,11 @@
 
   python experiments/fact_density/probe.py ROOT [ROOT ...]
 
-For each root, the held-out facts' ranking items (world.tasks.ranking_items,
-the lifecycle's own `fact_rank/*` eval) are scored by `pretrain/` (and `sft/`
-when it exists) and written per fact to `<root>/<stage>/fact_rank.json`:
-{"facts": {fact_id: {"hits": [...], "candidates": k, "mentions": n}}}. The
-lifecycle computes the same aggregates in its evaluation; this script adds
-the per-fact rows the significance test needs, and serves roots recorded
-before the ranking eval existed.
+For each root, the held-out facts' ranking items (world.tasks.ranking_items)
+are scored by `pretrain/` (and `sft/` when it exists) and written per fact to
+`<root>/<stage>/fact_rank.json`, as the lifecycle's own evaluation writes
+them (knowledge.per_fact): for roots recorded before that evaluation
+existed.
 """
 
 from __future__ import annotations
@@ -24,6 +22,7 @@ from lifejax.data.jsonl import read_jsonl  # noqa: E402
 from lifejax.eval import knowledge  # noqa: E402
 from lifejax.model import transformer  # noqa: E402
 from lifejax.run import artifacts  # noqa: E402
+from lifejax.run.layout import RunDir  # noqa: E402
 from lifejax.world import tasks as wtask  # noqa: E402
 
 
@@ -42,18 +41,11 @@ def probe(root: str, stage: str) -> str | None:
   graphdef, params = artifacts.load_params(
       run, transformer.Transformer, cfg, sharding.make_mesh(mesh_cfg),
       mesh_cfg.rules)
-  hits = knowledge.item_hits(graphdef, sharding.fetch(params),
-                             artifacts.load_tokenizer(run), items)
-  mentions = {f["id"]: f["mentions"] for f in facts}
-  out: dict[str, dict] = {}
-  for it, hit in zip(items, hits):
-    row = out.setdefault(it["fact_id"], {
-        "hits": [], "candidates": len(it["statements"]),
-        "relation": it["relation"], "mentions": mentions[it["fact_id"]]})
-    row["hits"].append(hit)
-  path = os.path.join(run, "fact_rank.json")
+  _, facts = knowledge.fact_ranking(graphdef, sharding.fetch(params),
+                                     artifacts.load_tokenizer(run), items)
+  path = RunDir(run).fact_rank
   with open(path, "w") as f:
-    json.dump({"facts": out}, f)
+    json.dump({"facts": facts}, f)
   return path
 
 

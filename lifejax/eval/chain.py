@@ -20,6 +20,8 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from lifejax.data.jsonl import read_jsonl
 from lifejax.eval import stats
 from lifejax.eval.runs import POLICY_KINDS, Stage, read_json
@@ -103,7 +105,10 @@ def chain_links(stages: Sequence[Stage],
   sft_rows = answers(sft.run_dir) if sft else None
   if base is not None:
     m = metrics[base.name]
-    if "fact_probe_accuracy" in m and m.get("fact_probe_questions"):
+    knows = _knowledge_link(base)
+    if knows is not None:
+      out.append(knows)
+    elif "fact_probe_accuracy" in m and m.get("fact_probe_questions"):
       n = int(m["fact_probe_questions"])
       out.append(_share_link(
           "pretraining stores the world's knowledge",
@@ -164,6 +169,34 @@ def chain_links(stages: Sequence[Stage],
                         f"KL to SFT (nats per answer, {s.name})", kl,
                         kind="num"))
   return out
+
+
+def _knowledge_link(base: Stage) -> Link | None:
+  """Multiple-choice fact ranking of the base model (fact_rank.json, one row
+  per held-out fact): per fact, the share of its phrasings that rank the
+  true value first minus 1 / candidates; the mean with a bootstrap CI over
+  facts, and the exact sign test of facts above vs below chance (phrasings
+  of one fact are not independent, facts are). Holds when it is above
+  chance at ALPHA."""
+  facts = read_json(RunDir(base.run_dir).fact_rank, {}).get("facts")
+  if not facts:
+    return None
+  excess = np.array([np.mean(r["hits"]) - 1.0 / r["candidates"]
+                     for r in facts.values()])
+  lo, hi = stats.bootstrap_ci(excess[:, None])[0]
+  above, below = int(np.sum(excess > 0)), int(np.sum(excess < 0))
+  p = stats.sign_test_p(above, below)
+  hits = [h for r in facts.values() for h in r["hits"]]
+  chance = np.mean([1.0 / r["candidates"] for r in facts.values()
+                    for _ in r["hits"]])
+  return Link("pretraining stores the world's knowledge",
+              f"fact ranking − chance ({base.name}, held-out facts)",
+              float(excess.mean()), (float(lo), float(hi)), p,
+              bool(excess.mean() > 0 and p < ALPHA), len(excess), kind="pts",
+              detail=f"true value ranked first in {100 * np.mean(hits):.1f}% "
+                     f"of {len(hits)} (fact, phrasing) items, chance "
+                     f"{100 * chance:.1f}%; {above} facts above chance, "
+                     f"{below} below")
 
 
 def _forgetting(base: Stage, sft: Stage) -> Link | None:

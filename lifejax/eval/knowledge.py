@@ -14,7 +14,9 @@ log-likelihood.
                      lm_eval_adapter scores with it too)
   sentence_logprobs  sum of log p over each row's tokens after its first
   item_hits          per item of world.tasks.ranking_items: true first?
-  fact_ranking       {fact_rank/accuracy, fact_rank/chance, ...} of them
+  per_fact, ranking_metrics   those hits per fact; {fact_rank/accuracy,
+                     fact_rank/chance, ...} of them
+  fact_ranking       both, from a model
 """
 
 from __future__ import annotations
@@ -105,27 +107,49 @@ def item_hits(graphdef: Any, params: Any, tokenizer: Any,
   return [bool(scores[a] > np.max(scores[a + 1:a + k])) for a, k in spans]
 
 
+def per_fact(items: Sequence[Mapping[str, Any]], hits: Sequence[bool]
+             ) -> dict[str, dict[str, Any]]:
+  """{fact_id: {"relation", "candidates", "hits": [per phrasing]}} (what a
+  run's fact_rank.json holds; eval.chain tests it against chance)."""
+  out: dict[str, dict[str, Any]] = {}
+  for it, hit in zip(items, hits):
+    row = out.setdefault(it["fact_id"], {
+        "relation": it.get("relation"), "candidates": len(it["statements"]),
+        "hits": []})
+    if row["candidates"] != len(it["statements"]):
+      raise ValueError(f"ranking items for {it['fact_id']}: "
+                       f"{row['candidates']} and {len(it['statements'])} "
+                       "candidates; every phrasing of a fact ranks the same "
+                       "values")
+    row["hits"].append(bool(hit))
+  return out
+
+
+def ranking_metrics(facts: Mapping[str, Mapping[str, Any]]
+                    ) -> dict[str, float]:
+  """fact_rank/accuracy: share of (fact, phrasing) items whose true
+  statement scores highest; fact_rank/chance: the mean of 1 / candidates
+  over them (what a model without the facts scores on average, up to its
+  priors over values); fact_rank/facts_known: share of facts ranked first
+  in a majority of their phrasings; fact_rank/items, fact_rank/facts: the
+  counts."""
+  if not facts:
+    return {}
+  hits = [h for r in facts.values() for h in r["hits"]]
+  chance = [1.0 / r["candidates"] for r in facts.values() for _ in r["hits"]]
+  known = [sum(r["hits"]) * 2 > len(r["hits"]) for r in facts.values()]
+  return {"fact_rank/accuracy": float(np.mean(hits)),
+          "fact_rank/chance": float(np.mean(chance)),
+          "fact_rank/facts_known": float(np.mean(known)),
+          "fact_rank/items": float(len(hits)),
+          "fact_rank/facts": float(len(facts))}
+
+
 def fact_ranking(graphdef: Any, params: Any, tokenizer: Any,
                  items: Sequence[Mapping[str, Any]], batch_size: int = 32
-                 ) -> dict[str, float]:
-  """Multiple-choice knowledge of `items` (one per fact and phrasing, see
-  item_hits).
-
-  fact_rank/accuracy: share of items whose true statement scores highest;
-  fact_rank/chance: the mean of 1 / candidates (what a model without the
-  facts scores on average, up to its priors over values);
-  fact_rank/facts_known: share of facts ranked first in a majority of their
-  phrasings; fact_rank/items, fact_rank/facts: the counts."""
-  if not items:
-    return {}
-  hits = item_hits(graphdef, params, tokenizer, items, batch_size)
-  per_fact: dict[str, list[bool]] = {}
-  for it, hit in zip(items, hits):
-    per_fact.setdefault(it["fact_id"], []).append(hit)
-  known = [sum(v) * 2 > len(v) for v in per_fact.values()]
-  return {"fact_rank/accuracy": float(np.mean(hits)),
-          "fact_rank/chance": float(np.mean([1.0 / len(it["statements"])
-                                             for it in items])),
-          "fact_rank/facts_known": float(np.mean(known)),
-          "fact_rank/items": float(len(items)),
-          "fact_rank/facts": float(len(per_fact))}
+                 ) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
+  """(ranking_metrics, per_fact) of `items` (one per fact and phrasing,
+  see item_hits)."""
+  facts = per_fact(items, item_hits(graphdef, params, tokenizer, items,
+                                     batch_size))
+  return ranking_metrics(facts), facts

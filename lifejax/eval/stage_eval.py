@@ -100,7 +100,8 @@ def eval_lm(
   eval_answers.jsonl, one row per instruction prompt (instruct.answer_rows),
   and eval_rows.json, each held-out source's per-row (summed loss, token
   weight) of its packed rows (the eval step's loss must emit per-row
-  metrics: losses.lm.lm_loss(per_row=True)).
+  metrics: losses.lm.lm_loss(per_row=True)), and fact_rank.json, the
+  ranking's per-fact hits (knowledge.per_fact).
 
   baseline_records: dev prompts whose answers set the judge baseline
   (`judge_baseline/<task>`: this model's mean judge total per task, the
@@ -121,8 +122,12 @@ def eval_lm(
     out["perplexity"] = perplexity.summarize(per)["perplexity"]
   host = sharding.fetch(params)
   out.update(copy_probe.copy_probe(graphdef, host, tokenizer.vocab_size))
-  out.update(knowledge.fact_ranking(graphdef, host, tokenizer, ranking_items,
-                                    spec.batch_size))
+  if ranking_items:
+    ranking, facts = knowledge.fact_ranking(graphdef, host, tokenizer,
+                                            ranking_items, spec.batch_size)
+    out.update(ranking)
+    if details_dir:
+      write_json(RunDir(details_dir).fact_rank, {"facts": facts})
   if fact_questions:
     gen = generation.make_generate(graphdef, host, generation.greedy_config(
         tokenizer, [tokenizer.eos_id], 12))

@@ -33,8 +33,10 @@ HELDOUT = "heldout"
 EVAL = "eval.json"
 # One row per evaluation prompt: the answer and its scores (paired analysis).
 EVAL_ANSWERS = "eval_answers.jsonl"
-# Each held-out source's per-batch (summed loss, token weight).
+# Each held-out source's per-row (summed loss, token weight).
 EVAL_ROWS = "eval_rows.json"
+# Per held-out fact: whether each phrasing ranked the true value first.
+FACT_RANK = "fact_rank.json"
 SIDE_BY_SIDE = "side_by_side.md"
 REWARD_STATS = "reward_stats.json"
 REWARD_EVAL = "reward_eval.json"
@@ -119,6 +121,7 @@ class RunDir:
   eval = property(lambda self: self._p(EVAL))
   eval_answers = property(lambda self: self._p(EVAL_ANSWERS))
   eval_rows = property(lambda self: self._p(EVAL_ROWS))
+  fact_rank = property(lambda self: self._p(FACT_RANK))
   side_by_side = property(lambda self: self._p(SIDE_BY_SIDE))
   reward_stats = property(lambda self: self._p(REWARD_STATS))
   reward_eval = property(lambda self: self._p(REWARD_EVAL))

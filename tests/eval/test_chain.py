@@ -130,6 +130,22 @@ def test_chain_links_equal_a_recomputation_from_the_rows(tiny_lifecycle):
       / _eval(lr.stage("pretrain").root)["perplexity/general_holdout"],
       rel=1e-5)
   assert forget.holds == (forget.ci[1] < 1 + chain.FORGETTING_MARGIN)
+  # Knowledge: the pretrained model's per-fact ranking (fact_rank.json),
+  # consistent with its eval.json, tested against chance over facts.
+  with open(RunDir(lr.stage("pretrain").root).fact_rank) as f:
+    facts = json.load(f)["facts"]
+  ev = _eval(lr.stage("pretrain").root)
+  hits = [h for r in facts.values() for h in r["hits"]]
+  assert np.mean(hits) == pytest.approx(ev["fact_rank/accuracy"])
+  assert len(facts) == ev["fact_rank/facts"] == ev["fact_probe_questions"]
+  excess = np.array([np.mean(r["hits"]) - 1 / r["candidates"]
+                     for r in facts.values()])
+  knows = links["fact ranking − chance (pretrain, held-out facts)"]
+  assert knows.effect == pytest.approx(excess.mean())
+  assert knows.ci[0] <= excess.mean() <= knows.ci[1]
+  assert knows.p == pytest.approx(stats.sign_test_p(
+      int(np.sum(excess > 0)), int(np.sum(excess < 0))))
+  assert knows.holds == (excess.mean() > 0 and knows.p < chain.ALPHA)
   rm = _eval(lr.stage("reward").root)
   pair = links["pair accuracy (held-out pairs)"]
   k = round(rm["pair_accuracy"] * rm["pairs"])

@@ -76,12 +76,14 @@ def test_fact_ranking_reads_the_argmax(model):
   statements = [["Ada works in Sales.", "Ada works in Legal.",
                  "Ada works in Design."],
                 ["Bo is based in Oslo.", "Bo is based in Rome."],
-                ["Bo lives in Oslo.", "Bo lives in Rome.",
-                 "Bo lives in Lima.", "Bo lives in Kyiv."],
-                ["Cy sells lamps.", "Cy sells lamps."]]  # a tie: a miss
+                ["Bo lives in Oslo.", "Bo lives in Rome."],
+                ["Cy sells lamps.", "Cy sells lamps."],  # a tie: a miss
+                ["Di came in 2011.", "Di came in 2012.", "Di came in 2019.",
+                 "Di came in 2020."]]
   items = [{"fact_id": f, "relation": "r", "statements": s}
-           for f, s in zip(("a", "b", "b", "c"), statements)]
-  out = knowledge.fact_ranking(graphdef, params, tok, items, batch_size=4)
+           for f, s in zip(("a", "b", "b", "c", "d"), statements)]
+  out, facts = knowledge.fact_ranking(graphdef, params, tok, items,
+                                      batch_size=4)
   flat = _reference(graphdef, params, [tok.encode(x, add_bos=True)
                                        for s in statements for x in s])
   scores, i = [], 0
@@ -92,18 +94,25 @@ def test_fact_ranking_reads_the_argmax(model):
   assert hits[3] is False or hits[3] == np.False_
   assert out["fact_rank/accuracy"] == pytest.approx(np.mean(hits))
   assert out["fact_rank/chance"] == pytest.approx(
-      np.mean([1 / 3, 1 / 2, 1 / 4, 1 / 2]))
-  known = [hits[0], hits[1] and hits[2], hits[3]]  # a majority per fact
+      np.mean([1 / 3, 1 / 2, 1 / 2, 1 / 2, 1 / 4]))
+  known = [hits[0], hits[1] and hits[2], hits[3], hits[4]]  # a majority
   assert out["fact_rank/facts_known"] == pytest.approx(np.mean(known))
-  assert (out["fact_rank/items"], out["fact_rank/facts"]) == (4.0, 3.0)
+  assert (out["fact_rank/items"], out["fact_rank/facts"]) == (5.0, 4.0)
+  assert facts["b"] == {"relation": "r", "candidates": 2,
+                        "hits": [bool(hits[1]), bool(hits[2])]}
+  assert facts["c"]["hits"] == [False]
   # Put each item's best statement first: every item is a hit but the tie.
   best = [[s[i] for i in [int(np.argmax(sc))] + [
       j for j in range(len(s)) if j != int(np.argmax(sc))]]
           for s, sc in zip(statements, scores)]
-  out = knowledge.fact_ranking(graphdef, params, tok, [
+  out, _ = knowledge.fact_ranking(graphdef, params, tok, [
       {**it, "statements": b} for it, b in zip(items, best)], batch_size=4)
-  assert out["fact_rank/accuracy"] == pytest.approx(0.75)
-  assert knowledge.fact_ranking(graphdef, params, tok, []) == {}
+  assert out["fact_rank/accuracy"] == pytest.approx(0.8)
+  assert knowledge.fact_ranking(graphdef, params, tok, []) == ({}, {})
   with pytest.raises(ValueError, match="at least one distractor"):
     knowledge.fact_ranking(graphdef, params, tok, [
         {"fact_id": "x", "statements": ["only one"]}])
+  with pytest.raises(ValueError, match="the same values"):
+    knowledge.per_fact([{"fact_id": "x", "statements": ["a", "b"]},
+                        {"fact_id": "x", "statements": ["a", "b", "c"]}],
+                       [True, False])
