@@ -4,10 +4,12 @@
 # The demo's lifecycle (lifecycle/default.gin) on worlds that differ in
 # lifecycle.world_entity_scale (fewer entities over the same documents) and
 # lifecycle.world_fact_restatements (the staff digest: every fact stated that
-# many more times, an extra pretraining source), stopped after pretrain (or
-# UNTIL=sft). probe.py scores each model's ranking of the held-out facts;
-# summarize.py tabulates.
-#   ARMS="entity_scale:restatements ..."   (default: the four arms below)
+# many more times, an extra pretraining source) and in pretraining steps
+# (the demo's 300, or more, with the cosine schedule stretched to match),
+# stopped after pretrain (or UNTIL=sft). probe.py scores each model's
+# ranking of the held-out facts; summarize.py tabulates.
+#   ARMS="entity_scale:restatements:steps ..."   (default: the arms below;
+#        1.0:0:300 is the demo's own pretraining)
 #   UNTIL=pretrain|sft   SEEDS="0 1 2"
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -15,23 +17,26 @@ PY=${PY:-.venv/bin/python}
 export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
 export GLIBC_TUNABLES=${GLIBC_TUNABLES:-glibc.malloc.hugetlb=1:glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736}
 SEEDS=${SEEDS:-0}
-ARMS=${ARMS:-1.0:0 0.33:0 0.33:60 0.33:150}
+ARMS=${ARMS:-1.0:0:300 0.33:60:300 0.33:150:300 0.33:150:900}
 UNTIL=${UNTIL:-pretrain}
 OUT=${OUT:-runs/fact_density}
 for seed in $SEEDS; do
   for arm in $ARMS; do
-    es=${arm%%:*}; r=${arm##*:}
+    IFS=: read -r es r steps <<< "$arm"
     sources="['wiki','support_chat','records','mail','web']"
     if [ "$r" != 0 ]; then
       sources="['wiki','support_chat','records','mail','web','digest']"
     fi
-    root="$OUT/es${es}_r${r}_seed${seed}"
+    root="$OUT/es${es}_r${r}_s${steps}_seed${seed}"
     $PY -m lifejax.main --gin_file=lifecycle/default.gin \
       --gin_param="lifecycle.root='$root'" \
       --gin_param="lifecycle.world_seed=${seed}" \
       --gin_param="lifecycle.world_entity_scale=${es}" \
       --gin_param="lifecycle.world_fact_restatements=${r}" \
       --gin_param="lifecycle.pretrain_sources=${sources}" \
+      --gin_param="pretrain/LoopConfig.num_steps=${steps}" \
+      --gin_param="pretrain/OptimizerConfig.total_steps=${steps}" \
+      --gin_param="pretrain/LoopConfig.eval_every=$((steps / 2))" \
       --gin_param="lifecycle.until='${UNTIL}'"
     $PY experiments/fact_density/probe.py "$root"
   done

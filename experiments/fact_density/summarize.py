@@ -16,6 +16,9 @@ import sys
 import numpy as np
 from scipy import stats
 
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
+from lifejax.eval import runs  # noqa: E402
+
 
 def _read(path, default=None):
   if not os.path.exists(path):
@@ -65,11 +68,16 @@ def main(root: str) -> None:
   print("Command: `experiments/fact_density/run.sh` (the demo's pretraining, "
         "`lifecycle/default.gin`, stopped after pretrain or SFT; "
         "`probe.py` for the per-fact ranking; this 2-core CPU).\n")
-  print("| entity_scale | restatements | seed | facts | mentions mean | "
-        "median | held-out facts | pretrain rank acc | excess over chance "
-        "[95% CI], p | greedy probe | SFT rank acc | SFT test fact_qa |")
-  print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-  for d in sorted(glob.glob(os.path.join(root, "es*"))):
+  print("| entity_scale | restatements | pretrain steps | seed | facts | "
+        "mentions mean | median | held-out facts | pretrain rank acc | "
+        "excess over chance [95% CI], p | greedy probe | SFT rank acc | "
+        "SFT test fact_qa |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+  roots = sorted(glob.glob(os.path.join(root, "es*")), key=lambda d: (
+      _read(os.path.join(d, "world", "manifest.json"), {}).get(
+          "entity_scale", 0), runs.final_step(os.path.join(d, "pretrain"))
+      or 0, d))
+  for d in roots:
     man = _read(os.path.join(d, "world", "manifest.json"))
     ev = _read(os.path.join(d, "pretrain", "eval.json"), {})
     if man is None:
@@ -84,8 +92,9 @@ def main(root: str) -> None:
     sft_acc, _ = _rank_cell(sft)
     probe = ev.get("fact_probe/accuracy", ev.get("fact_probe_accuracy"))
     qa_s = "—" if qa is None else f"{qa[0]}/{qa[1]} ({100 * qa[0] / qa[1]:.0f}%)"
+    steps = runs.final_step(os.path.join(d, "pretrain"))
     print(f"| {man['entity_scale']} | {man.get('fact_restatements', 0)} | "
-          f"{man['seed']} | {len(facts)} | "
+          f"{steps} | {man['seed']} | {len(facts)} | "
           f"{sum(mentions) / len(mentions):.1f} | "
           f"{mentions[len(mentions) // 2]} | {pre[5] if pre else '—'} | {acc} "
           f"| {ex} | {_pct(probe)} | {sft_acc} | {qa_s} |")
