@@ -41,5 +41,6 @@ for seed in $SEEDS; do
     $PY experiments/fact_density/probe.py "$root"
   done
 done
-$PY experiments/fact_density/summarize.py "$OUT" > experiments/fact_density/results.md
+$PY experiments/fact_density/summarize.py "$OUT" \
+  experiments/fact_density/fact_density.png > experiments/fact_density/results.md
 cat experiments/fact_density/results.md

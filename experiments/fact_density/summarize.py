@@ -1,4 +1,5 @@
-"""Table of the fact-density runs: python summarize.py runs/fact_density
+"""Table (stdout) and plot of the fact-density runs:
+python summarize.py runs/fact_density [PLOT.png]
 
 One row per run root (`es<entity_scale>_r<restatements>_seed<seed>`):
 the world's facts and mentions, the pretrained model's fact ranking on the
@@ -64,7 +65,37 @@ def _rank_cell(r):
           f", p {p:.1g}")
 
 
-def main(root: str) -> None:
+def _plot(points, path: str) -> None:
+  """Rank accuracy (with its per-fact 95% CI) against chance, per arm."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(7.5, 0.55 * len(points) + 1.4))
+  labelled = set()
+  for i, (label, stage_ranks) in enumerate(points[::-1]):
+    for j, (stage, r) in enumerate(stage_ranks):
+      if r is None:
+        continue
+      acc, chance, ex, half, _, _ = r
+      y = i + (0.15 if j else -0.15)
+      ax.errorbar(acc, y, xerr=half, fmt="o", color=f"C{j}", capsize=3,
+                  label=None if stage in labelled else stage)
+      ax.plot(chance, y, "|", color="k", markersize=12,
+              label=None if "chance" in labelled else "chance")
+      labelled |= {stage, "chance"}
+  ax.set_yticks(range(len(points)), [p[0] for p in points[::-1]], fontsize=8)
+  ax.set_xlim(0, 1)
+  ax.set_xlabel("held-out facts: true value ranked first (share of items;"
+                "\nbars: 95% CI of the excess over chance, across facts)",
+                fontsize=8)
+  ax.legend(fontsize=8, loc="lower right")
+  ax.set_title("What the demo's 10M model stores", fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def main(root: str, plot: str | None = None) -> None:
   print("Command: `experiments/fact_density/run.sh` (the demo's pretraining, "
         "`lifecycle/default.gin`, stopped after pretrain or SFT; "
         "`probe.py` for the per-fact ranking; this 2-core CPU).\n")
@@ -73,10 +104,14 @@ def main(root: str) -> None:
         "excess over chance [95% CI], p | greedy probe | SFT rank acc | "
         "SFT test fact_qa |")
   print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-  roots = sorted(glob.glob(os.path.join(root, "es*")), key=lambda d: (
-      _read(os.path.join(d, "world", "manifest.json"), {}).get(
-          "entity_scale", 0), runs.final_step(os.path.join(d, "pretrain"))
-      or 0, d))
+  def order(d):
+    man = _read(os.path.join(d, "world", "manifest.json"), {})
+    return (man.get("entity_scale", 0),
+            runs.final_step(os.path.join(d, "pretrain")) or 0,
+            man.get("fact_restatements", 0), d)
+
+  roots = sorted(glob.glob(os.path.join(root, "es*")), key=order)
+  points = []
   for d in roots:
     man = _read(os.path.join(d, "world", "manifest.json"))
     ev = _read(os.path.join(d, "pretrain", "eval.json"), {})
@@ -92,13 +127,19 @@ def main(root: str) -> None:
     sft_acc, _ = _rank_cell(sft)
     probe = ev.get("fact_probe/accuracy", ev.get("fact_probe_accuracy"))
     qa_s = "—" if qa is None else f"{qa[0]}/{qa[1]} ({100 * qa[0] / qa[1]:.0f}%)"
+    points.append((f"entity_scale {man['entity_scale']}, restatements "
+                   f"{man.get('fact_restatements', 0)}, "
+                   f"{runs.final_step(os.path.join(d, 'pretrain'))} steps",
+                   [("pretrain", pre), ("SFT", sft)]))
     steps = runs.final_step(os.path.join(d, "pretrain"))
     print(f"| {man['entity_scale']} | {man.get('fact_restatements', 0)} | "
           f"{steps} | {man['seed']} | {len(facts)} | "
           f"{sum(mentions) / len(mentions):.1f} | "
           f"{mentions[len(mentions) // 2]} | {pre[5] if pre else '—'} | {acc} "
           f"| {ex} | {_pct(probe)} | {sft_acc} | {qa_s} |")
+  if plot and points:
+    _plot(points, plot)
 
 
 if __name__ == "__main__":
-  main(sys.argv[1])
+  main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None)
