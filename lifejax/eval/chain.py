@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from lifejax.data.jsonl import read_jsonl
-from lifejax.eval import stats
+from lifejax.eval import knowledge, stats
 from lifejax.eval.runs import POLICY_KINDS, Stage, read_json
 from lifejax.run.layout import RunDir
 
@@ -144,10 +144,19 @@ def chain_links(stages: Sequence[Stage],
                              round(m["pair_accuracy"] * n), n, 0.5))
       nf = int(m.get("pairs/wrong_fact", 0))
       if nf:
-        out.append(_share_link(
+        link = _share_link(
             "the reward model sees wrong facts",
             "pair accuracy, wrong-fact pairs",
-            round(m["pair_accuracy/wrong_fact"] * nf), nf, 0.5))
+            round(m["pair_accuracy/wrong_fact"] * nf), nf, 0.5)
+        tasks = sorted(k.rsplit("/", 1)[1] for k in m
+                       if k.startswith("pairs_by_task/wrong_fact/"))
+        if tasks:  # which tasks' wrong facts it sees (fact_qa vs emails)
+          split = ", ".join(
+              f"{t} {round(m[f'pair_accuracy_by_task/wrong_fact/{t}'] * c)}"
+              f"/{c}" for t in tasks
+              for c in [int(m[f"pairs_by_task/wrong_fact/{t}"])])
+          link = dataclasses.replace(link, detail=f"{link.detail}; {split}")
+        out.append(link)
     elif s.kind in POLICY_KINDS and "win_rate_vs_ref" in m:
       out.append(_policy_win(s, m))
       rows = answers(s.run_dir)
@@ -186,17 +195,16 @@ def _knowledge_link(base: Stage) -> Link | None:
   lo, hi = stats.bootstrap_ci(excess[:, None])[0]
   above, below = int(np.sum(excess > 0)), int(np.sum(excess < 0))
   p = stats.sign_test_p(above, below)
-  hits = [h for r in facts.values() for h in r["hits"]]
-  chance = np.mean([1.0 / r["candidates"] for r in facts.values()
-                    for _ in r["hits"]])
+  m = knowledge.ranking_metrics(facts)
   return Link("pretraining stores the world's knowledge",
               f"fact ranking − chance ({base.name}, held-out facts)",
               float(excess.mean()), (float(lo), float(hi)), p,
               bool(excess.mean() > 0 and p < ALPHA), len(excess), kind="pts",
-              detail=f"true value ranked first in {100 * np.mean(hits):.1f}% "
-                     f"of {len(hits)} (fact, phrasing) items, chance "
-                     f"{100 * chance:.1f}%; {above} facts above chance, "
-                     f"{below} below")
+              detail=f"true value ranked first in "
+                     f"{100 * m['fact_rank/accuracy']:.1f}% of "
+                     f"{int(m['fact_rank/items'])} (fact, phrasing) items, "
+                     f"chance {100 * m['fact_rank/chance']:.1f}%; {above} "
+                     f"facts above chance, {below} below")
 
 
 def _forgetting(base: Stage, sft: Stage) -> Link | None:

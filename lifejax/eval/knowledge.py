@@ -22,7 +22,7 @@ log-likelihood.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -54,36 +54,60 @@ def target_logprobs(graphdef: Any, params: Any, tokens_BxT: jax.Array,
   return logp, greedy == targets_BxT
 
 
-def sentence_logprobs(graphdef: Any, params: Any,
-                      rows: Sequence[Sequence[int]], batch_size: int,
-                      vocab_limit: int) -> np.ndarray:
-  """float64 (N,): each row's sum of log p(token | tokens before it) over
-  its tokens after the first (the first is the BOS the text is conditioned
-  on). Rows go in batches of `batch_size`, padded to a few widths."""
-  out = np.zeros(len(rows), np.float64)
+def continuation_logprobs(graphdef: Any, params: Any,
+                          rows: Sequence[tuple[Sequence[int], int]],
+                          batch_size: int, vocab_limit: int,
+                          width_of: Callable[[int], int] | None = None
+                          ) -> list[tuple[float, bool]]:
+  """Per (token ids, n) row: the float64 sum of log p(token | tokens before
+  it) over the row's last n tokens, and whether each of them is the greedy
+  choice. Rows (each >= n + 1 tokens, n >= 1) are grouped by the padded
+  width `width_of(len(row) - 1)` (default: the next of 32, 64, ... 1024, or
+  the length itself) and run in batches of `batch_size` on one jitted
+  function per width (`target_logprobs`)."""
+  out: list[tuple[float, bool]] = [(0.0, True)] * len(rows)
+  if width_of is None:
+    width_of = lambda n: next((w for w in _WIDTHS if w >= n), n)  # noqa: E731
   by_width: dict[int, list[int]] = {}
-  for i, row in enumerate(rows):
-    if len(row) < 2:
-      raise ValueError(f"row {i}: {len(row)} tokens; need the BOS and at "
-                       "least one scored token")
-    n = len(row) - 1
-    width = next((w for w in _WIDTHS if w >= n), n)
-    by_width.setdefault(width, []).append(i)
+  for i, (row, n) in enumerate(rows):
+    if not 1 <= n < len(row):
+      raise ValueError(f"row {i}: {len(row)} tokens, {n} scored; need at "
+                       "least one scored token after the first")
+    by_width.setdefault(width_of(len(row) - 1), []).append(i)
   for width, idx in sorted(by_width.items()):
     tokens = np.zeros((len(idx), width), np.int32)
     targets = np.zeros_like(tokens)
     mask = np.zeros_like(tokens)
     for r, i in enumerate(idx):
-      row = rows[i]
-      n = len(row) - 1
-      tokens[r, :n], targets[r, :n], mask[r, :n] = row[:-1], row[1:], 1
-    logp, _ = batching.map_padded(
+      row = rows[i][0]
+      tokens[r, :len(row) - 1] = row[:-1]
+      targets[r, :len(row) - 1] = row[1:]
+      mask[r, :len(row) - 1] = 1
+    logp, greedy = batching.map_padded(
         lambda c, _: target_logprobs(graphdef, params, c[0], c[1], c[2],
                                      vocab_limit),
         (tokens, targets, mask), batch_size)
-    sums = np.sum(np.where(mask > 0, logp, 0.0), axis=1, dtype=np.float64)
-    out[np.asarray(idx)] = sums
+    for r, i in enumerate(idx):
+      end, n = len(rows[i][0]) - 1, rows[i][1]
+      out[i] = (float(np.sum(logp[r, end - n:end], dtype=np.float64)),
+                bool(np.all(greedy[r, end - n:end])))
   return out
+
+
+def sentence_logprobs(graphdef: Any, params: Any,
+                      rows: Sequence[Sequence[int]], batch_size: int,
+                      vocab_limit: int) -> np.ndarray:
+  """float64 (N,): each row's sum of log p(token | tokens before it) over
+  its tokens after the first (the first is the BOS the text is conditioned
+  on); `continuation_logprobs` with every token but the first scored."""
+  for i, row in enumerate(rows):
+    if len(row) < 2:
+      raise ValueError(f"row {i}: {len(row)} tokens; need the BOS and at "
+                       "least one scored token")
+  scored = continuation_logprobs(graphdef, params,
+                                 [(row, len(row) - 1) for row in rows],
+                                 batch_size, vocab_limit)
+  return np.asarray([s for s, _ in scored], np.float64)
 
 
 def item_hits(graphdef: Any, params: Any, tokenizer: Any,

@@ -227,4 +227,10 @@ def reward_metrics(run_dir: str, test_pairs: Sequence[Record] = (),
   out.update({f"pair_accuracy/{k}": v
               for k, v in t["accuracy_by_flaw"].items()})
   out.update({f"pairs/{k}": float(v) for k, v in t["count_by_flaw"].items()})
+  # Per flaw and task ("pair_accuracy_by_task/wrong_fact/fact_qa");
+  # reward_eval.json files written before the split have none.
+  out.update({f"pair_accuracy_by_task/{k}": v
+              for k, v in t.get("accuracy_by_flaw_task", {}).items()})
+  out.update({f"pairs_by_task/{k}": float(v)
+              for k, v in t.get("count_by_flaw_task", {}).items()})
   return out

@@ -63,7 +63,6 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
 from lifejax import sharding
-from lifejax.data import batching
 from lifejax.eval import generation, knowledge
 from lifejax.model import transformer
 from lifejax.model.config import TransformerConfig
@@ -202,7 +201,7 @@ class LifejaxLM(LM):
     contexts must be non-empty. Rows over max_length + 1 tokens keep their
     end."""
     out: list[tuple[float, bool]] = [(0.0, True)] * len(pairs)
-    by_bucket: dict[int, list[tuple[int, list[int], int]]] = {}
+    scored, rows = [], []
     for i, (ctx, cont) in enumerate(pairs):
       if not cont:
         continue
@@ -211,25 +210,14 @@ class LifejaxLM(LM):
       if len(cont) > self.max_length:
         raise ValueError(f"request {i}: a continuation of {len(cont)} "
                          f"tokens exceeds max_length={self.max_length}")
-      row = (list(ctx) + list(cont))[-(self.max_length + 1):]
-      by_bucket.setdefault(_bucket(len(row) - 1, self.buckets), []).append(
-          (i, row, len(cont)))
-    for length, rows in sorted(by_bucket.items()):
-      tokens = np.zeros((len(rows), length), np.int32)
-      targets = np.zeros_like(tokens)
-      mask = np.zeros_like(tokens)
-      for r, (_, row, _) in enumerate(rows):
-        tokens[r, :len(row) - 1] = row[:-1]
-        targets[r, :len(row) - 1] = row[1:]
-        mask[r, :len(row) - 1] = 1
-      logp, greedy = batching.map_padded(
-          lambda c, _: _target_logprobs(self.graphdef, self.params, c[0],
-                                        c[1], c[2], self.vocab_limit),
-          (tokens, targets, mask), self.batch_size)
-      for r, (i, row, n) in enumerate(rows):
-        end = len(row) - 1
-        out[i] = (float(np.sum(logp[r, end - n:end], dtype=np.float64)),
-                  bool(np.all(greedy[r, end - n:end])))
+      scored.append(i)
+      rows.append(((list(ctx) + list(cont))[-(self.max_length + 1):],
+                   len(cont)))
+    results = knowledge.continuation_logprobs(
+        self.graphdef, self.params, rows, self.batch_size, self.vocab_limit,
+        lambda n: _bucket(n, self.buckets))
+    for i, res in zip(scored, results):
+      out[i] = res
     return out
 
   def loglikelihood(self, requests: Sequence[Any]

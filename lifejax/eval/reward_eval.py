@@ -67,12 +67,16 @@ def calibration(p_chosen: np.ndarray, bins: int = 10
 
 def evaluate_pairs(records: Sequence[Mapping[str, Any]], r_chosen: np.ndarray,
                    r_rejected: np.ndarray) -> dict[str, Any]:
-  """Accuracy overall and per labelled flaw kind, calibration, stats."""
+  """Accuracy overall, per labelled flaw kind and per "flaw/task" (one flaw
+  can be easy on one task and copy-bound on another), calibration, stats."""
   diff = r_chosen - r_rejected
   correct = diff > 0
   by_flaw: dict[str, list[bool]] = collections.defaultdict(list)
+  by_flaw_task: dict[str, list[bool]] = collections.defaultdict(list)
   for rec, ok in zip(records, correct):
-    by_flaw[str(rec.get("flaw", "unknown"))].append(bool(ok))
+    flaw = str(rec.get("flaw", "unknown"))
+    by_flaw[flaw].append(bool(ok))
+    by_flaw_task[f"{flaw}/{rec.get('task', 'unknown')}"].append(bool(ok))
   p = 1.0 / (1.0 + np.exp(-diff))
   ece, table = calibration(p)
   all_r = np.concatenate([r_chosen, r_rejected])
@@ -81,6 +85,10 @@ def evaluate_pairs(records: Sequence[Mapping[str, Any]], r_chosen: np.ndarray,
       "accuracy_by_flaw": {k: float(np.mean(v)) for k, v in
                            sorted(by_flaw.items())},
       "count_by_flaw": {k: len(v) for k, v in sorted(by_flaw.items())},
+      "accuracy_by_flaw_task": {k: float(np.mean(v)) for k, v in
+                                sorted(by_flaw_task.items())},
+      "count_by_flaw_task": {k: len(v) for k, v in
+                             sorted(by_flaw_task.items())},
       "mean_margin": float(diff.mean()),
       "ece": ece,
       "reliability": table,

@@ -91,6 +91,7 @@ def lifecycle(
     world_demo_flaw_share: float = generator.DEMO_FLAW_SHARE,
     world_entity_scale: float = 1.0,
     world_fact_restatements: int = 0,
+    world_answer_style: str = "restate",
     pretrain_sources: Sequence[str] = ("wiki", "support_chat", "records",
                                        "mail", "web"),
     source_weights: dict[str, float] | None = None,
@@ -186,8 +187,14 @@ def lifecycle(
     generator.generate_world(lr.world, seed=world_seed, scale=world_scale,
                              demo_flaw_share=world_demo_flaw_share,
                              entity_scale=world_entity_scale,
-                             fact_restatements=world_fact_restatements)
-  _check_world(lr)
+                             fact_restatements=world_fact_restatements,
+                             answer_style=world_answer_style)
+  world_info = _check_world(lr, {
+      "seed": world_seed, "scale": float(world_scale),
+      "demo_flaw_share": float(world_demo_flaw_share),
+      "entity_scale": float(world_entity_scale),
+      "fact_restatements": world_fact_restatements,
+      "answer_style": world_answer_style})
   if not os.path.exists(lr.curation_report):
     from lifejax.curation import run_curation  # pylint: disable=g-import-not-at-top
     from lifejax.curation.config import embedded_world_config  # pylint: disable=g-import-not-at-top
@@ -207,8 +214,6 @@ def lifecycle(
   facts = read_jsonl(lr.world_eval("fact_questions"))
   # What pretraining stores, and SFT keeps, of the held-out facts (no SFT
   # task states them): multiple-choice ranking of their corpus statements.
-  with open(lr.world_manifest, encoding="utf-8") as f:
-    world_info = json.load(f)
   ranking = wtask.ranking_items(
       world_info["company"],
       read_jsonl(os.path.join(lr.world, "facts", "facts.jsonl")),
@@ -405,16 +410,32 @@ def _pool_flaws(lr: LifecycleRoot) -> dict[str, float]:
           if k.startswith("flaw/")}
 
 
-def _check_world(lr: LifecycleRoot) -> None:
-  """Refuses a world written by an older generator (e.g. a run root reused
-  across versions): its sources and curation would not match this code."""
+def _check_world(lr: LifecycleRoot, wanted: Mapping[str, Any]
+                 ) -> dict[str, Any]:
+  """The root's world manifest, after refusing a world written by an older
+  generator (e.g. a run root reused across versions: its sources and
+  curation would not match this code) or with other settings than
+  `wanted` (manifest key -> the lifecycle.world_* value asked for; keys a
+  default world leaves out read as their default)."""
   with open(lr.world_manifest, encoding="utf-8") as f:
-    version = json.load(f).get("format_version")
+    manifest = json.load(f)
+  version = manifest.get("format_version")
   if version != generator.FORMAT_VERSION:
     raise ValueError(
         f"{lr.world_manifest}: world format {version}, but this lifejax "
         f"writes format {generator.FORMAT_VERSION}; use a new "
         "lifecycle.root (or delete the old one) to rebuild the world")
+  defaults = {"fact_restatements": 0, "answer_style": "restate"}
+  differ = {k: (manifest.get(k, defaults.get(k)), v)
+            for k, v in wanted.items() if manifest.get(k, defaults.get(k)) != v}
+  if differ:
+    said = "; ".join(f"{k}: the world has {have!r}, lifecycle.world_{k} asks "
+                     f"for {want!r}" for k, (have, want) in differ.items())
+    raise ValueError(
+        f"{lr.world_manifest}: this root's world was built with other "
+        f"settings ({said}); use a new lifecycle.root, or the world's "
+        "settings, so that no stage trains on a world it was not asked for")
+  return manifest
 
 
 def _curriculum(lr: LifecycleRoot, report: dict, sources: Sequence[str],

@@ -83,6 +83,7 @@ class World:
   demo_flaw_share: float = 0.0
   entity_scale: float = 1.0
   fact_restatements: int = 0
+  answer_style: str = "restate"
 
   @property
   def sources(self) -> tuple[str, ...]:
@@ -140,6 +141,8 @@ class World:
     }
     if self.fact_restatements:  # absent at 0: default manifests unchanged
       out["fact_restatements"] = self.fact_restatements
+    if self.answer_style != "restate":  # absent by default, likewise
+      out["answer_style"] = self.answer_style
     return out
 
 
@@ -259,12 +262,13 @@ def _demo_flaws(items: list[wi.Item], share: float, seed: int
 
 
 def _tasks(facts: wf.Facts, seed: int, scale: float, heldout: set[str],
-           demo_flaw_share: float
+           demo_flaw_share: float, answer_style: str = "restate"
            ) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
   buckets = wtask.task_items(facts, seed, heldout,
                            (_n("train_instructions_per_task", scale, 8),
                             _n("eval_instructions_per_task", scale, 1)),
-                           _n("preferences_per_task", scale, 10))
+                           _n("preferences_per_task", scale, 10),
+                           answer_style)
   rng = wt.stream(seed, "task_records")
   instructions, preferences = {}, {}
   for split in SPLITS:
@@ -304,8 +308,8 @@ def _task_emails(instructions: dict[str, list[dict]],
 
 def build_world(seed: int = 0, scale: float = 1.0,
                 demo_flaw_share: float = DEMO_FLAW_SHARE,
-                entity_scale: float = 1.0, fact_restatements: int = 0
-                ) -> World:
+                entity_scale: float = 1.0, fact_restatements: int = 0,
+                answer_style: str = "restate") -> World:
   """Builds the whole world in memory; deterministic in its arguments.
 
   demo_flaw_share: the share of SFT training demonstrations that carry one
@@ -315,6 +319,9 @@ def build_world(seed: int = 0, scale: float = 1.0,
     fact is stated more often.
   fact_restatements: statements of every fact in the staff digest, an
     extra corpus source (world/digest.py); 0 writes none.
+  answer_style: how fact_qa answers read (`phrasing.ANSWER_STYLES`):
+    "restate" names the subject, "pronoun" does not. The corpus is the same
+    either way.
   """
   _check_args(seed, scale)
   if not 0.0 <= demo_flaw_share <= 1.0:
@@ -327,10 +334,13 @@ def build_world(seed: int = 0, scale: float = 1.0,
       or not isinstance(fact_restatements, int) or fact_restatements < 0):
     raise ValueError(f"fact_restatements must be an int >= 0, got "
                      f"{fact_restatements!r}")
+  if answer_style not in wp.ANSWER_STYLES:
+    raise ValueError(f"answer_style must be one of "
+                     f"{sorted(wp.ANSWER_STYLES)}, got {answer_style!r}")
   facts = wf.build_facts(seed, scale, entity_scale)
   questions, heldout = wtask.heldout_questions(facts, seed)
   instructions, preferences = _tasks(facts, seed, scale, heldout,
-                                     demo_flaw_share)
+                                     demo_flaw_share, answer_style)
   corpus = _corpus(facts, seed, scale, questions,
                    _task_emails(instructions, preferences), fact_restatements)
   mentions = collections.Counter(f for docs in corpus.values() for d in docs
@@ -350,7 +360,8 @@ def build_world(seed: int = 0, scale: float = 1.0,
                 seed, _n("general_instructions", scale, 10))},
       instructions=instructions, preferences=preferences,
       demo_flaw_share=float(demo_flaw_share),
-      entity_scale=float(entity_scale), fact_restatements=fact_restatements)
+      entity_scale=float(entity_scale), fact_restatements=fact_restatements,
+      answer_style=answer_style)
 
 
 def _dump_jsonl(records: list[dict[str, Any]]) -> bytes:
@@ -360,15 +371,15 @@ def _dump_jsonl(records: list[dict[str, Any]]) -> bytes:
 
 def generate_world(out_dir: str, seed: int = 0, scale: float = 1.0,
                    demo_flaw_share: float = DEMO_FLAW_SHARE,
-                   entity_scale: float = 1.0, fact_restatements: int = 0
-                   ) -> dict:
+                   entity_scale: float = 1.0, fact_restatements: int = 0,
+                   answer_style: str = "restate") -> dict:
   """Builds the world and writes it under `out_dir`; returns the manifest.
 
   Files are byte-identical for the same arguments. Existing world files in
   `out_dir` are overwritten; other files are left alone.
   """
   world = build_world(seed, scale, demo_flaw_share, entity_scale,
-                      fact_restatements)
+                      fact_restatements, answer_style)
   manifest = world.manifest()
   files = {}
   blobs = {path: _dump_jsonl(recs) for path, recs in world.files().items()}
@@ -426,12 +437,13 @@ def load_world(out_dir: str) -> World:
       instructions={s: read(f"instructions/{s}.jsonl") for s in SPLITS},
       preferences={s: read(f"preferences/{s}.jsonl") for s in SPLITS},
       demo_flaw_share=manifest["demo_flaw_share"],
-      entity_scale=manifest["entity_scale"], fact_restatements=restated)
+      entity_scale=manifest["entity_scale"], fact_restatements=restated,
+      answer_style=manifest.get("answer_style", "restate"))
 
 
 def main(argv: list[str] | None = None) -> None:
   """CLI: python -m lifejax.world.generator --out_dir DIR [--seed --scale
-  --demo_flaw_share --entity_scale --fact_restatements]."""
+  --demo_flaw_share --entity_scale --fact_restatements --answer_style]."""
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--out_dir", required=True)
   parser.add_argument("--seed", type=int, default=0)
@@ -439,10 +451,12 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--demo_flaw_share", type=float, default=DEMO_FLAW_SHARE)
   parser.add_argument("--entity_scale", type=float, default=1.0)
   parser.add_argument("--fact_restatements", type=int, default=0)
+  parser.add_argument("--answer_style", default="restate",
+                      choices=sorted(wp.ANSWER_STYLES))
   args = parser.parse_args(argv)
   counts = generate_world(args.out_dir, args.seed, args.scale,
                           args.demo_flaw_share, args.entity_scale,
-                          args.fact_restatements)["counts"]
+                          args.fact_restatements, args.answer_style)["counts"]
   print(json.dumps({k: counts[k] for k in ("corpus", "defects",
                                            "instructions", "preferences")}))
 

@@ -27,7 +27,7 @@ TASK_GROUPS = {"learnable": ("fact_qa", "refuse_pii"),
 _RUDE_OPENERS = ("Obviously,", "Whatever.", "Honestly, this is annoying.")
 _RUDE_BODY = ("Stop bothering me with this.", "Figure it out next time.",
               "Honestly, this is annoying.")
-_LOWER_FIRST = ("The", "A", "An", "Your", "This", "It")
+_LOWER_FIRST = ("The", "A", "An", "Your", "This", "It", "They")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -225,7 +225,39 @@ def question(company: str, fact: wf.Fact, variant: int) -> str:
                                bindings(company, fact)))
 
 
-def answer(company: str, fact: wf.Fact, value: str | None = None) -> str:
-  """The canonical one-sentence answer (optionally stating a wrong `value`)."""
-  return wt.capitalize(wt.fill(ANSWERS[fact.relation],
+# The same answers with the subject as a pronoun: an assistant replying to a
+# question that names the subject need not repeat it, and a small model that
+# cannot copy a name out of its prompt (the copy probe) can still state the
+# value it stored for that subject.
+PRONOUN_ANSWERS: dict[str, str] = {
+    "employee.department": "They work in the {v} department.",
+    "employee.role": "They work as {av}.",
+    "employee.office": "They work in the {v} office.",
+    "employee.start": "They joined {company} in {v}.",
+    "department.head": "It is led by {v}.",
+    "department.building": "It is in {v}.",
+    "department.founded": "It was founded in {v}.",
+    "product.price": "It costs {v}.",
+    "product.launch": "It was launched in {v}.",
+    "product.refund": "It can be returned within {v} for a full refund.",
+    "product.warranty": "It has a warranty of {v}.",
+    "product.vendor": "It is supplied by {v}.",
+    "product.team": "It is owned by the {v} department.",
+    "vendor.city": "It is based in {v}.",
+    "vendor.since": "It has supplied {company} since {v}.",
+}
+ANSWER_STYLES = {"restate": ANSWERS, "pronoun": PRONOUN_ANSWERS}
+
+
+def answer(company: str, fact: wf.Fact, value: str | None = None,
+           style: str = "restate") -> str:
+  """The canonical one-sentence answer (optionally stating a wrong `value`).
+
+  style: "restate" names the subject ("The Aurora Lamp costs $49."),
+  "pronoun" does not ("It costs $49.").
+  """
+  if style not in ANSWER_STYLES:
+    raise ValueError(f"answer style {style!r}: expected one of "
+                     f"{sorted(ANSWER_STYLES)}")
+  return wt.capitalize(wt.fill(ANSWER_STYLES[style][fact.relation],
                                bindings(company, fact, value)))

@@ -65,15 +65,17 @@ def _excerpt(facts: wf.Facts, fact: wf.Fact, rng: random.Random,
 
 
 def fact_qa_item(facts: wf.Facts, fact: wf.Fact, rng: random.Random,
-                 heldout: Set[str] = frozenset()) -> wi.Item:
-  """A closed- or open-book question on `fact`; the answer is one sentence."""
+                 heldout: Set[str] = frozenset(),
+                 answer_style: str = "restate") -> wi.Item:
+  """A closed- or open-book question on `fact`; the answer is one sentence
+  (`phrasing.answer` in `answer_style`)."""
   q = wp.question(facts.company, fact, rng.randrange(2))
   open_book = rng.random() < 0.3
   user = (f"Answer the question using the wiki excerpt.\n\nExcerpt: "
           f"{_excerpt(facts, fact, rng, heldout)}\n\nQuestion: {q}"
           if open_book else q)
   wrong = wf.distractors(facts, fact, rng)
-  gold = wp.answer(facts.company, fact)
+  gold = wp.answer(facts.company, fact, style=answer_style)
   encyclopedic = (f"{fact.subject} is well known at {facts.company}, and many "
                   "people have questions about it.")
   reference = {"answer": fact.value, "fact_id": fact.id,
@@ -82,7 +84,7 @@ def fact_qa_item(facts: wf.Facts, fact: wf.Fact, rng: random.Random,
       "fact_qa", user, gold, reference,
       {"vague": rng.choice(wi.VAGUE + (encyclopedic,)),
        "verbose": f"{gold} {wi.padding(rng, 90)}",
-       "wrong_fact": wp.answer(facts.company, fact, wrong[0]),
+       "wrong_fact": wp.answer(facts.company, fact, wrong[0], answer_style),
        "wrong_format": rng.choice((
            f"- answer: {fact.value}\n- source: company wiki\n- confidence: "
            "high", f'{{"answer": "{fact.value}", "source": "wiki"}}'))})
@@ -167,7 +169,8 @@ def _items(make: Callable[[Any, random.Random], wi.Item], units: list,
 
 
 def task_items(facts: wf.Facts, seed: int, heldout: set[str],
-               n_instr: tuple[int, int], n_pref: int
+               n_instr: tuple[int, int], n_pref: int,
+               answer_style: str = "restate"
                ) -> dict[str, dict[str, list[wi.Item]]]:
   """Per bucket ("instr/train", ..., "pref/test") and task, the items.
 
@@ -175,13 +178,14 @@ def task_items(facts: wf.Facts, seed: int, heldout: set[str],
     per task. The evaluation splits are sized on their own so that every
     judged comparison has enough test prompts (>= 200 over the tasks at
     scale 1) without growing the SFT training set. n_pref: preference pairs
-    per task, split in SPLIT_SHARES.
+    per task, split in SPLIT_SHARES. answer_style: of the fact_qa answers
+    (`phrasing.answer`).
   """
   n_train, n_eval = n_instr
   counts = {"instr": dict(zip(SPLITS, (n_train, n_eval, n_eval))),
             "pref": dict(zip(SPLITS, _shares(n_pref)))}
   def fact_qa(fact: wf.Fact, rng: random.Random) -> wi.Item:
-    return fact_qa_item(facts, fact, rng, heldout)
+    return fact_qa_item(facts, fact, rng, heldout, answer_style)
 
   def refuse_pii(emp: wf.Employee, rng: random.Random) -> wi.Item:
     return refuse_pii_item(facts, emp, rng, heldout)

@@ -68,6 +68,17 @@ def test_reward_accuracy_is_measured_on_the_test_pairs(tiny_lifecycle):
   pairs = read_jsonl(lr.world_preferences("test"))
   assert ev["pair_split"] == "test" and ev["pairs"] == len(pairs)
   assert sum(v for k, v in ev.items() if k.startswith("pairs/")) == len(pairs)
+  # Per flaw and task: the counts add up to each flaw's, and the accuracies
+  # average back to it.
+  for flaw in {p["flaw"] for p in pairs}:
+    cells = {k.rsplit("/", 1)[1]: v for k, v in ev.items()
+             if k.startswith(f"pairs_by_task/{flaw}/")}
+    assert cells == {t: float(sum(p["flaw"] == flaw and p["task"] == t
+                                  for p in pairs)) for t in cells}
+    assert sum(cells.values()) == ev[f"pairs/{flaw}"]
+    assert sum(ev[f"pair_accuracy_by_task/{flaw}/{t}"] * c
+               for t, c in cells.items()) == pytest.approx(
+                   ev[f"pair_accuracy/{flaw}"] * ev[f"pairs/{flaw}"])
   assert 0.0 <= ev["pair_accuracy"] <= 1.0 and "dev_pair_accuracy" in ev
 
 

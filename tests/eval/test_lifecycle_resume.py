@@ -70,6 +70,23 @@ def test_a_world_from_an_older_generator_is_refused(lifecycle_copy,
     run_lifecycle(root)
 
 
+def test_a_world_built_with_other_settings_is_refused(lifecycle_copy,
+                                                      run_lifecycle):
+  """Asking a finished root for another world (here a different
+  lifecycle.world_answer_style or world_seed) stops with the manifest's
+  path and the field, instead of training on the world already there."""
+  root = lifecycle_copy(heavy=False)
+  with pytest.raises(RuntimeError, match=r"answer_style: the world has "
+                     r"'restate', lifecycle.world_answer_style asks for "
+                     r"'pronoun'"):
+    run_lifecycle(root, extra_params=(
+        "lifecycle.world_answer_style='pronoun'",))
+  with pytest.raises(RuntimeError, match=r"manifest.json: this root's world "
+                     r"was built with other settings \(seed: the world has "
+                     r"0, lifecycle.world_seed asks for 5\)"):
+    run_lifecycle(root, extra_params=("lifecycle.world_seed=5",))
+
+
 def test_until_stops_after_the_named_stage(lifecycle_copy, run_lifecycle):
   """lifecycle.until='pretrain' ends the run after pretraining's evaluation,
   with the ledger and report written and no later stage started."""

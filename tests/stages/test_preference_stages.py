@@ -160,6 +160,12 @@ def test_reward_stage_outputs_stats_and_accuracy(tiny_runs, kit):
       {f: correct[flaw_of == f].mean() for f in set(flaw_of)}, abs=1e-9)
   assert ev["count_by_flaw"] == {f: int(np.sum(flaw_of == f))
                                  for f in set(flaw_of)}
+  cell = np.array([f"{r['flaw']}/{r['task']}" for r in records])
+  assert len(set(cell)) > len(set(flaw_of))  # some flaw spans tasks
+  assert ev["accuracy_by_flaw_task"] == pytest.approx(
+      {c: correct[cell == c].mean() for c in set(cell)}, abs=1e-9)
+  assert ev["count_by_flaw_task"] == {c: int(np.sum(cell == c))
+                                      for c in set(cell)}
   assert ev["mean_margin"] == pytest.approx(diff.mean(), rel=1e-3, abs=1e-5)
   both = np.concatenate([r_chosen, r_rejected])
   assert stats["mean"] == pytest.approx(both.mean(), rel=1e-3, abs=1e-5)

@@ -188,3 +188,52 @@ def test_fact_restatements_state_every_fact_that_often(tmp_path):
   assert generator.load_world(str(tmp_path)).corpus == world.corpus
   with pytest.raises(ValueError, match="fact_restatements"):
     generator.build_world(seed=0, scale=SMALL, fact_restatements=-1)
+
+
+def test_pronoun_answer_style_changes_only_fact_qa_answers(tmp_path):
+  """answer_style="pronoun": every fact_qa answer (reference and flawed
+  variants) states the value without naming the subject; prompts, the
+  corpus and every other task stay as in the default world, whose manifest
+  has no answer_style key."""
+  from lifejax.world import judge, phrasing  # pylint: disable=g-import-not-at-top
+  from lifejax.world import facts as facts_lib  # pylint: disable=g-import-not-at-top
+  base = generator.build_world(seed=0, scale=SMALL)
+  world = generator.build_world(seed=0, scale=SMALL, answer_style="pronoun")
+  assert "answer_style" not in base.manifest()
+  assert world.manifest()["answer_style"] == "pronoun"
+  assert world.corpus == base.corpus and world.facts == base.facts
+  by_subject = {f["id"]: f for f in world.facts}
+  n_qa = 0
+  for split in generator.SPLITS:
+    for old, new in zip(base.instructions[split], world.instructions[split],
+                        strict=True):
+      assert old["messages"][:2] == new["messages"][:2]
+      if new["task"] != "fact_qa":
+        assert old == new
+        continue
+      n_qa += 1
+      said, ref = new["messages"][2]["content"], new["reference"]
+      fact = by_subject[ref["fact_id"]]
+      if new.get("flaw") in (None, "rude"):
+        assert fact["subject"] not in said, said
+        assert fact["subject"] in old["messages"][2]["content"]
+      if new.get("flaw") is None:
+        assert said == phrasing.answer(world.company, facts_lib.Fact(*(
+            fact[k] for k in ("id", "entity_type", "entity_id", "subject",
+                              "relation", "value"))), style="pronoun")
+        assert judge.score(new, said).components["correctness"] == 1.0
+      if new.get("flaw") == "rude":
+        assert " they " in said or " it " in said, said
+    for old, new in zip(base.preferences[split], world.preferences[split],
+                        strict=True):
+      assert old["prompt"] == new["prompt"]
+      if new["task"] != "fact_qa":
+        assert old == new
+  assert n_qa > 0
+  generator.generate_world(str(tmp_path), seed=0, scale=SMALL,
+                           answer_style="pronoun")
+  back = generator.load_world(str(tmp_path))
+  assert back.answer_style == "pronoun"
+  assert back.instructions == world.instructions
+  with pytest.raises(ValueError, match="answer_style"):
+    generator.build_world(seed=0, scale=SMALL, answer_style="terse")
