@@ -39,7 +39,6 @@ for arm in $ARMS; do
       --gin_param="LoopConfig.eval_every=$steps" \
       --gin_param="LoopConfig.eval_batches=4" \
       --gin_param="LoopConfig.eval_at_start=False" \
-      --gin_param="CheckpointConfig.best_metric=None" \
       --gin_param="GenerationSpec.max_new_tokens=64" \
       --gin_param="GenerationSpec.batch_size=24"
   fi

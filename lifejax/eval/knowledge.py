@@ -131,6 +131,35 @@ def item_hits(graphdef: Any, params: Any, tokenizer: Any,
   return [bool(scores[a] > np.max(scores[a + 1:a + k])) for a, k in spans]
 
 
+def answer_hits(graphdef: Any, params: Any, tokenizer: Any,
+                render: Callable[[Mapping[str, Any]], tuple[list[int],
+                                                            list[int]]],
+                items: Sequence[Mapping[str, Any]], batch_size: int = 16
+                ) -> list[bool]:
+  """The ranking probe in question-answer form, for a chat model: per item
+  ({"id", "prompt": chat messages, "answers": [true, distractor, ...]},
+  e.g. world.tasks.qa_ranking_items), whether the true answer has the
+  highest log-likelihood as the reply to the prompt (a tie is a miss).
+  render: {"prompt", "response"} -> (prompt ids, response ids), e.g.
+  data.sft.ChatRender; only the response ids are scored."""
+  rows, spans = [], []
+  for it in items:
+    answers = it["answers"]
+    if len(answers) < 2:
+      raise ValueError(f"QA ranking item {it.get('id')}: needs a true answer "
+                       "and at least one distractor")
+    spans.append((len(rows), len(answers)))
+    for a in answers:
+      prompt, response = render({"id": it.get("id"), "prompt": it["prompt"],
+                                 "response": a})
+      rows.append((list(prompt) + list(response), len(response)))
+  if not rows:
+    return []
+  scores = np.asarray([s for s, _ in continuation_logprobs(
+      graphdef, params, rows, batch_size, int(tokenizer.vocab_size))])
+  return [bool(scores[a] > np.max(scores[a + 1:a + k])) for a, k in spans]
+
+
 def per_fact(items: Sequence[Mapping[str, Any]], hits: Sequence[bool]
              ) -> dict[str, dict[str, Any]]:
   """{fact_id: {"relation", "candidates", "hits": [per phrasing]}} (what a

@@ -92,6 +92,7 @@ def lifecycle(
     world_entity_scale: float = 1.0,
     world_fact_restatements: int = 0,
     world_answer_style: str = "restate",
+    world_digest_qa: int = 0,
     pretrain_sources: Sequence[str] = ("wiki", "support_chat", "records",
                                        "mail", "web"),
     source_weights: dict[str, float] | None = None,
@@ -188,13 +189,14 @@ def lifecycle(
                              demo_flaw_share=world_demo_flaw_share,
                              entity_scale=world_entity_scale,
                              fact_restatements=world_fact_restatements,
-                             answer_style=world_answer_style)
+                             answer_style=world_answer_style,
+                             digest_qa=world_digest_qa)
   world_info = _check_world(lr, {
       "seed": world_seed, "scale": float(world_scale),
       "demo_flaw_share": float(world_demo_flaw_share),
       "entity_scale": float(world_entity_scale),
       "fact_restatements": world_fact_restatements,
-      "answer_style": world_answer_style})
+      "answer_style": world_answer_style, "digest_qa": world_digest_qa})
   if not os.path.exists(lr.curation_report):
     from lifejax.curation import run_curation  # pylint: disable=g-import-not-at-top
     from lifejax.curation.config import embedded_world_config  # pylint: disable=g-import-not-at-top
@@ -425,7 +427,8 @@ def _check_world(lr: LifecycleRoot, wanted: Mapping[str, Any]
         f"{lr.world_manifest}: world format {version}, but this lifejax "
         f"writes format {generator.FORMAT_VERSION}; use a new "
         "lifecycle.root (or delete the old one) to rebuild the world")
-  defaults = {"fact_restatements": 0, "answer_style": "restate"}
+  defaults = {"fact_restatements": 0, "answer_style": "restate",
+              "digest_qa": 0}
   differ = {k: (manifest.get(k, defaults.get(k)), v)
             for k, v in wanted.items() if manifest.get(k, defaults.get(k)) != v}
   if differ:

@@ -27,7 +27,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Set
+from collections.abc import Sequence, Set
 from typing import Any
 
 from lifejax.data.jsonl import read_jsonl
@@ -84,11 +84,12 @@ class World:
   entity_scale: float = 1.0
   fact_restatements: int = 0
   answer_style: str = "restate"
+  digest_qa: int = 0
 
   @property
   def sources(self) -> tuple[str, ...]:
     """The corpus sources this world has: SOURCES, plus the digest when
-    fact_restatements > 0."""
+    fact_restatements or digest_qa > 0."""
     return SOURCES + ((wd.SOURCE,) if wd.SOURCE in self.corpus else ())
 
   def files(self) -> dict[str, list[dict[str, Any]]]:
@@ -143,6 +144,8 @@ class World:
       out["fact_restatements"] = self.fact_restatements
     if self.answer_style != "restate":  # absent by default, likewise
       out["answer_style"] = self.answer_style
+    if self.digest_qa:
+      out["digest_qa"] = self.digest_qa
     return out
 
 
@@ -220,8 +223,10 @@ def _drop_repeats(docs: list[wc.Doc], seen: set[str]) -> list[wc.Doc]:
 
 
 def _corpus(facts: wf.Facts, seed: int, scale: float, questions: list[dict],
-            task_emails: Set[str], fact_restatements: int = 0
+            task_emails: Set[str], fact_restatements: int = 0,
+            faq: tuple[Sequence[str], int, str] = ((), 0, "restate")
             ) -> dict[str, list[wc.Doc]]:
+  """faq: (fact ids, repeats, answer style) of the digest's staff FAQ."""
   seen: set[str] = set()
   wiki = _drop_repeats(wc.wiki_pages(facts, seed), seen)
   chats = _drop_repeats(
@@ -240,9 +245,13 @@ def _corpus(facts: wf.Facts, seed: int, scale: float, questions: list[dict],
   web = _web(facts, seed, scale, wiki, questions, seen)
   out = {"wiki": wiki, "support_chat": chats, "records": records,
          "mail": mail, "web": web, "non_english": foreign}
-  if fact_restatements:
-    out[wd.SOURCE] = _drop_repeats(
-        wd.digest_posts(facts, seed, fact_restatements), seen)
+  if fact_restatements or faq[1]:
+    posts = wd.digest_posts(facts, seed, fact_restatements)
+    qa = wd.faq_posts(facts, seed, *faq)
+    if qa:  # FAQ posts among the statements (the statements' order as before)
+      posts += qa
+      wt.stream(seed, wd.SOURCE, "mix").shuffle(posts)
+    out[wd.SOURCE] = _drop_repeats(posts, seen)
   for source, docs in out.items():
     for i, d in enumerate(docs):
       d.id = f"{source}-{i:05d}"
@@ -309,7 +318,7 @@ def _task_emails(instructions: dict[str, list[dict]],
 def build_world(seed: int = 0, scale: float = 1.0,
                 demo_flaw_share: float = DEMO_FLAW_SHARE,
                 entity_scale: float = 1.0, fact_restatements: int = 0,
-                answer_style: str = "restate") -> World:
+                answer_style: str = "restate", digest_qa: int = 0) -> World:
   """Builds the whole world in memory; deterministic in its arguments.
 
   demo_flaw_share: the share of SFT training demonstrations that carry one
@@ -321,7 +330,9 @@ def build_world(seed: int = 0, scale: float = 1.0,
     extra corpus source (world/digest.py); 0 writes none.
   answer_style: how fact_qa answers read (`phrasing.ANSWER_STYLES`):
     "restate" names the subject, "pronoun" does not. The corpus is the same
-    either way.
+    either way (unless digest_qa > 0).
+  digest_qa: times each fact of the SFT training fact_qa tasks is asked and
+    answered in the digest's staff FAQ (world/digest.py); 0 writes none.
   """
   _check_args(seed, scale)
   if not 0.0 <= demo_flaw_share <= 1.0:
@@ -334,6 +345,9 @@ def build_world(seed: int = 0, scale: float = 1.0,
       or not isinstance(fact_restatements, int) or fact_restatements < 0):
     raise ValueError(f"fact_restatements must be an int >= 0, got "
                      f"{fact_restatements!r}")
+  if isinstance(digest_qa, bool) or not isinstance(digest_qa, int) or (
+      digest_qa < 0):
+    raise ValueError(f"digest_qa must be an int >= 0, got {digest_qa!r}")
   if answer_style not in wp.ANSWER_STYLES:
     raise ValueError(f"answer_style must be one of "
                      f"{sorted(wp.ANSWER_STYLES)}, got {answer_style!r}")
@@ -341,8 +355,12 @@ def build_world(seed: int = 0, scale: float = 1.0,
   questions, heldout = wtask.heldout_questions(facts, seed)
   instructions, preferences = _tasks(facts, seed, scale, heldout,
                                      demo_flaw_share, answer_style)
+  # The FAQ asks the SFT training split's fact_qa facts only.
+  faq_facts = sorted({r["reference"]["fact_id"]
+                      for r in instructions["train"] if r["task"] == "fact_qa"})
   corpus = _corpus(facts, seed, scale, questions,
-                   _task_emails(instructions, preferences), fact_restatements)
+                   _task_emails(instructions, preferences), fact_restatements,
+                   (faq_facts, digest_qa, answer_style))
   mentions = collections.Counter(f for docs in corpus.values() for d in docs
                                  for f in d.facts)
   fact_rows = [dict(dataclasses.asdict(f),
@@ -361,7 +379,7 @@ def build_world(seed: int = 0, scale: float = 1.0,
       instructions=instructions, preferences=preferences,
       demo_flaw_share=float(demo_flaw_share),
       entity_scale=float(entity_scale), fact_restatements=fact_restatements,
-      answer_style=answer_style)
+      answer_style=answer_style, digest_qa=digest_qa)
 
 
 def _dump_jsonl(records: list[dict[str, Any]]) -> bytes:
@@ -372,14 +390,14 @@ def _dump_jsonl(records: list[dict[str, Any]]) -> bytes:
 def generate_world(out_dir: str, seed: int = 0, scale: float = 1.0,
                    demo_flaw_share: float = DEMO_FLAW_SHARE,
                    entity_scale: float = 1.0, fact_restatements: int = 0,
-                   answer_style: str = "restate") -> dict:
+                   answer_style: str = "restate", digest_qa: int = 0) -> dict:
   """Builds the world and writes it under `out_dir`; returns the manifest.
 
   Files are byte-identical for the same arguments. Existing world files in
   `out_dir` are overwritten; other files are left alone.
   """
   world = build_world(seed, scale, demo_flaw_share, entity_scale,
-                      fact_restatements, answer_style)
+                      fact_restatements, answer_style, digest_qa)
   manifest = world.manifest()
   files = {}
   blobs = {path: _dump_jsonl(recs) for path, recs in world.files().items()}
@@ -426,7 +444,8 @@ def load_world(out_dir: str) -> World:
             encoding="utf-8") as f:
     entities = json.load(f)
   restated = manifest.get("fact_restatements", 0)
-  sources = SOURCES + ((wd.SOURCE,) if restated else ())
+  asked = manifest.get("digest_qa", 0)
+  sources = SOURCES + ((wd.SOURCE,) if restated or asked else ())
   return World(
       seed=manifest["seed"], scale=manifest["scale"],
       company=manifest["company"], entities=entities,
@@ -438,12 +457,13 @@ def load_world(out_dir: str) -> World:
       preferences={s: read(f"preferences/{s}.jsonl") for s in SPLITS},
       demo_flaw_share=manifest["demo_flaw_share"],
       entity_scale=manifest["entity_scale"], fact_restatements=restated,
-      answer_style=manifest.get("answer_style", "restate"))
+      answer_style=manifest.get("answer_style", "restate"), digest_qa=asked)
 
 
 def main(argv: list[str] | None = None) -> None:
   """CLI: python -m lifejax.world.generator --out_dir DIR [--seed --scale
-  --demo_flaw_share --entity_scale --fact_restatements --answer_style]."""
+  --demo_flaw_share --entity_scale --fact_restatements --answer_style
+  --digest_qa]."""
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--out_dir", required=True)
   parser.add_argument("--seed", type=int, default=0)
@@ -453,10 +473,12 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--fact_restatements", type=int, default=0)
   parser.add_argument("--answer_style", default="restate",
                       choices=sorted(wp.ANSWER_STYLES))
+  parser.add_argument("--digest_qa", type=int, default=0)
   args = parser.parse_args(argv)
   counts = generate_world(args.out_dir, args.seed, args.scale,
                           args.demo_flaw_share, args.entity_scale,
-                          args.fact_restatements, args.answer_style)["counts"]
+                          args.fact_restatements, args.answer_style,
+                          args.digest_qa)["counts"]
   print(json.dumps({k: counts[k] for k in ("corpus", "defects",
                                            "instructions", "preferences")}))
 

@@ -300,3 +300,28 @@ def ranking_items(company: str, fact_rows: Sequence[Mapping[str, Any]],
                                    rng, variant=v)
                       for x in [r["value"]] + wrong]})
   return out
+
+
+def qa_ranking_items(records: Sequence[Mapping[str, Any]]
+                     ) -> list[dict[str, Any]]:
+  """Question-answer ranking items (eval.knowledge.answer_hits) from the
+  fact_qa instruction records among `records`: the prompt (system and user
+  turns), the reference answer and the same answer with each distractor
+  value in place of the true one; "open_book" says whether the prompt
+  carries an excerpt that states the answer."""
+  out = []
+  for r in records:
+    if r.get("task") != "fact_qa":
+      continue
+    ref, gold = r["reference"], r["messages"][-1]["content"]
+    value = str(ref["answer"])
+    if gold.count(value) != 1:
+      raise ValueError(f"fact_qa record {r.get('id')}: its answer {gold!r} "
+                       f"must state the value {value!r} exactly once")
+    wrong = [d for d in dict.fromkeys(ref["distractors"]) if d != value]
+    out.append({"id": r.get("id"), "fact_id": ref["fact_id"],
+                "prompt": r["messages"][:-1],
+                "answers": [gold] + [gold.replace(value, d) for d in wrong],
+                "open_book": bool(ref.get("open_book"))})
+  return out
+

@@ -116,3 +116,41 @@ def test_fact_ranking_reads_the_argmax(model):
     knowledge.per_fact([{"fact_id": "x", "statements": ["a", "b"]},
                         {"fact_id": "x", "statements": ["a", "b", "c"]}],
                        [True, False])
+
+
+def test_answer_hits_score_only_the_reply(model):
+  """QA-form ranking: each answer's log-likelihood after its prompt (the
+  whole row's reference minus the prompt's), the true one first; a prompt
+  that alone favours nothing cannot change the pick."""
+  graphdef, params = model
+  tok = CharTokenizer()
+
+  def render(rec):
+    user = rec["prompt"][-1]["content"]
+    return tok.encode(user, add_bos=True), tok.encode(rec["response"])
+
+  items = [{"id": f"q{i}", "prompt": [{"role": "user", "content": q}],
+            "answers": answers} for i, (q, answers) in enumerate([
+                ("Where does Ada work?", ["In Sales.", "In Legal.",
+                                          "In Design."]),
+                ("Where is Bo based?", ["In Oslo.", "In Rome."]),
+                # The same two answers the other way round: one of the two
+                # items is a hit and the other a miss.
+                ("Where is Bo based?", ["In Rome.", "In Oslo."]),
+                ("What does the lamp cost?", ["It costs $49.",
+                                              "It costs $17.",
+                                              "It costs $980."])])]
+  got = knowledge.answer_hits(graphdef, params, tok, render, items,
+                              batch_size=2)
+  want = []
+  for it in items:
+    prompt = render({"prompt": it["prompt"], "response": ""})[0]
+    full = [prompt + tok.encode(a) for a in it["answers"]]
+    scores = (np.asarray(_reference(graphdef, params, full))
+              - _reference(graphdef, params, [prompt])[0])
+    want.append(bool(scores[0] > scores[1:].max()))
+  assert got == want
+  assert want[1] != want[2]
+  with pytest.raises(ValueError, match="QA ranking item q9"):
+    knowledge.answer_hits(graphdef, params, tok, render, [
+        {"id": "q9", "prompt": items[0]["prompt"], "answers": ["In Sales."]}])

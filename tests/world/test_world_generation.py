@@ -237,3 +237,48 @@ def test_pronoun_answer_style_changes_only_fact_qa_answers(tmp_path):
   assert back.instructions == world.instructions
   with pytest.raises(ValueError, match="answer_style"):
     generator.build_world(seed=0, scale=SMALL, answer_style="terse")
+
+
+def test_digest_qa_asks_only_the_sft_training_facts(tmp_path):
+  """digest_qa=k: the digest's staff FAQ asks each fact of the SFT training
+  fact_qa tasks exactly k times (never twice in a post), answered in the
+  world's answer style, and never a fact that a validation, test or
+  held-out question asks; the statements and other sources stay."""
+  from lifejax.world import phrasing  # pylint: disable=g-import-not-at-top
+  from lifejax.world import facts as facts_lib  # pylint: disable=g-import-not-at-top
+  base = generator.build_world(seed=0, scale=SMALL, fact_restatements=2,
+                               answer_style="pronoun")
+  world = generator.build_world(seed=0, scale=SMALL, fact_restatements=2,
+                                answer_style="pronoun", digest_qa=3)
+  assert "digest_qa" not in base.manifest()
+  assert world.manifest()["digest_qa"] == 3
+  for s in generator.SOURCES:
+    assert world.corpus[s] == base.corpus[s], s
+  faq = [d for d in world.corpus["digest"] if "\nQ: " in d["text"]]
+  statements = [d for d in world.corpus["digest"] if "\nQ: " not in d["text"]]
+  assert sorted(d["text"] for d in statements) == sorted(
+      d["text"] for d in base.corpus["digest"])
+  train = {r["reference"]["fact_id"] for r in world.instructions["train"]
+           if r["task"] == "fact_qa"}
+  asked_elsewhere = {r["reference"]["fact_id"] for s in ("validation", "test")
+                     for r in world.instructions[s] if r["task"] == "fact_qa"}
+  asked_elsewhere |= {q["fact_id"] for q in world.eval["fact_questions"]}
+  assert train and asked_elsewhere and not train & asked_elsewhere
+  counts = collections.Counter()
+  rows = {f["id"]: f for f in world.facts}
+  for d in faq:
+    assert len(d["facts"]) == len(set(d["facts"])), d["id"]
+    counts.update(d["facts"])
+    for fid in d["facts"]:
+      row = rows[fid]
+      fact = facts_lib.Fact(*(row[k] for k in (
+          "id", "entity_type", "entity_id", "subject", "relation", "value")))
+      said = "A: " + phrasing.answer(world.company, fact, style="pronoun")
+      assert said in d["text"] and row["subject"] in d["text"]
+  assert set(counts) == train and set(counts.values()) == {3}
+  generator.generate_world(str(tmp_path), seed=0, scale=SMALL,
+                           answer_style="pronoun", digest_qa=3)
+  back = generator.load_world(str(tmp_path))
+  assert back.digest_qa == 3 and len(back.corpus["digest"]) == len(faq)
+  with pytest.raises(ValueError, match="digest_qa"):
+    generator.build_world(seed=0, scale=SMALL, digest_qa=-1)

@@ -314,3 +314,31 @@ def test_ranking_items_swap_only_the_value(world):
         assert other != row["value"]
   # Deterministic in the seed.
   assert wtask.ranking_items(world.company, world.facts, held, 7) == items
+
+
+def test_qa_ranking_items_swap_only_the_answers_value(world):
+  """One QA ranking item per fact_qa record: its prompt without the reply,
+  the reference answer first, then the same sentence with each distractor
+  value (the judge scores exactly those as wrong facts)."""
+  from lifejax.world import judge  # pylint: disable=g-import-not-at-top
+  from lifejax.world import tasks as wtask  # pylint: disable=g-import-not-at-top
+  recs = world.instructions["test"]
+  qa = [r for r in recs if r["task"] == "fact_qa"]
+  items = wtask.qa_ranking_items(recs)
+  assert [it["id"] for it in items] == [r["id"] for r in qa]
+  for it, r in zip(items, qa, strict=True):
+    true, *wrong = it["answers"]
+    assert it["prompt"] == r["messages"][:2] and true == r["messages"][2][
+        "content"]
+    assert it["open_book"] == r["reference"]["open_book"]
+    assert 1 <= len(wrong) == len(set(wrong))
+    assert judge.score(r, true).components["correctness"] == 1.0
+    for w in wrong:
+      assert judge.score(r, w).components["correctness"] == 0.0
+      assert w.replace(next(d for d in r["reference"]["distractors"]
+                            if d in w), r["reference"]["answer"]) == true
+  assert {it["open_book"] for it in items} == {True, False}
+  bad = dict(qa[0], messages=qa[0]["messages"][:2] + [
+      {"role": "assistant", "content": "I cannot say."}])
+  with pytest.raises(ValueError, match=f"fact_qa record {qa[0]['id']}"):
+    wtask.qa_ranking_items([bad])
