@@ -8,12 +8,14 @@ tuning adds). This probe ranks instead, as lm-eval's multiple-choice tasks
 do: each fact's corpus statement is scored with the true value and with
 distractor values of the same relation, in every corpus phrasing, and the
 model "knows" the fact in a phrasing when the true statement has the highest
-log-likelihood.
+log-likelihood. The same ranking in question-answer form (answer_hits) asks
+whether a chat model can reach the fact from a question.
 
-  target_logprobs    per-token log p(target) of right-padded rows (jitted;
-                     lm_eval_adapter scores with it too)
-  sentence_logprobs  sum of log p over each row's tokens after its first
+  target_logprobs    per-token log p(target) of right-padded rows (jitted)
+  continuation_logprobs  sum of log p over each row's last n tokens, and
+                     whether they are all greedy (lm_eval_adapter's scorer)
   item_hits          per item of world.tasks.ranking_items: true first?
+  answer_hits        per item of world.tasks.qa_ranking_items: true first?
   per_fact, ranking_metrics   those hits per fact; {fact_rank/accuracy,
                      fact_rank/chance, ...} of them
   fact_ranking       both, from a model
@@ -94,20 +96,19 @@ def continuation_logprobs(graphdef: Any, params: Any,
   return out
 
 
-def sentence_logprobs(graphdef: Any, params: Any,
-                      rows: Sequence[Sequence[int]], batch_size: int,
-                      vocab_limit: int) -> np.ndarray:
-  """float64 (N,): each row's sum of log p(token | tokens before it) over
-  its tokens after the first (the first is the BOS the text is conditioned
-  on); `continuation_logprobs` with every token but the first scored."""
-  for i, row in enumerate(rows):
-    if len(row) < 2:
-      raise ValueError(f"row {i}: {len(row)} tokens; need the BOS and at "
-                       "least one scored token")
-  scored = continuation_logprobs(graphdef, params,
-                                 [(row, len(row) - 1) for row in rows],
-                                 batch_size, vocab_limit)
-  return np.asarray([s for s, _ in scored], np.float64)
+def _first_wins(graphdef: Any, params: Any,
+                groups: Sequence[Sequence[tuple[Sequence[int], int]]],
+                batch_size: int, vocab_limit: int) -> list[bool]:
+  """Per group of candidate rows (continuation_logprobs' (ids, n), the true
+  one first): whether it scores strictly highest (a tie is a miss)."""
+  rows = [row for g in groups for row in g]
+  if not rows:
+    return []
+  scores = np.asarray([s for s, _ in continuation_logprobs(
+      graphdef, params, rows, batch_size, vocab_limit)])
+  starts = np.cumsum([0] + [len(g) for g in groups])
+  return [bool(scores[a] > np.max(scores[a + 1:b]))
+          for a, b in zip(starts[:-1], starts[1:])]
 
 
 def item_hits(graphdef: Any, params: Any, tokenizer: Any,
@@ -116,19 +117,19 @@ def item_hits(graphdef: Any, params: Any, tokenizer: Any,
   """Per item of world.tasks.ranking_items ({"fact_id", "statements": [true,
   distractor, ...]}): whether the true statement has the highest
   log-likelihood (a tie is a miss)."""
-  rows, spans = [], []
+  groups = []
   for it in items:
-    cands = it["statements"]
-    if len(cands) < 2:
+    if len(it["statements"]) < 2:
       raise ValueError(f"ranking item for {it.get('fact_id')}: needs a true "
                        "statement and at least one distractor")
-    spans.append((len(rows), len(cands)))
-    rows += [tokenizer.encode(s, add_bos=True) for s in cands]
-  if not rows:
-    return []
-  scores = sentence_logprobs(graphdef, params, rows, batch_size,
-                             int(tokenizer.vocab_size))
-  return [bool(scores[a] > np.max(scores[a + 1:a + k])) for a, k in spans]
+    ids = [tokenizer.encode(s, add_bos=True) for s in it["statements"]]
+    for i, row in enumerate(ids):
+      if len(row) < 2:
+        raise ValueError(f"row {i} of {it.get('fact_id')}: {len(row)} "
+                         "tokens; need the BOS and at least one scored token")
+    groups.append([(row, len(row) - 1) for row in ids])
+  return _first_wins(graphdef, params, groups, batch_size,
+                     int(tokenizer.vocab_size))
 
 
 def answer_hits(graphdef: Any, params: Any, tokenizer: Any,
@@ -142,22 +143,19 @@ def answer_hits(graphdef: Any, params: Any, tokenizer: Any,
   highest log-likelihood as the reply to the prompt (a tie is a miss).
   render: {"prompt", "response"} -> (prompt ids, response ids), e.g.
   data.sft.ChatRender; only the response ids are scored."""
-  rows, spans = [], []
+  groups = []
   for it in items:
-    answers = it["answers"]
-    if len(answers) < 2:
+    if len(it["answers"]) < 2:
       raise ValueError(f"QA ranking item {it.get('id')}: needs a true answer "
                        "and at least one distractor")
-    spans.append((len(rows), len(answers)))
-    for a in answers:
+    group = []
+    for a in it["answers"]:
       prompt, response = render({"id": it.get("id"), "prompt": it["prompt"],
                                  "response": a})
-      rows.append((list(prompt) + list(response), len(response)))
-  if not rows:
-    return []
-  scores = np.asarray([s for s, _ in continuation_logprobs(
-      graphdef, params, rows, batch_size, int(tokenizer.vocab_size))])
-  return [bool(scores[a] > np.max(scores[a + 1:a + k])) for a, k in spans]
+      group.append((list(prompt) + list(response), len(response)))
+    groups.append(group)
+  return _first_wins(graphdef, params, groups, batch_size,
+                     int(tokenizer.vocab_size))
 
 
 def per_fact(items: Sequence[Mapping[str, Any]], hits: Sequence[bool]

@@ -57,17 +57,25 @@ def _reference(graphdef, params, rows):
   return out
 
 
-def test_sentence_logprobs_match_a_float64_reference(model):
+def test_continuation_logprobs_match_a_float64_reference(model):
   graphdef, params = model
   rng = np.random.default_rng(1)
-  # Lengths across two padded widths (32, 64); 7 rows in batches of 3.
+  # Lengths across two padded widths (32, 64); 7 rows in batches of 3; all
+  # tokens after the first scored, then only the last 2 of each row.
   rows = [[0] + list(rng.integers(1, 40, n)) for n in (2, 9, 31, 33, 50, 5,
                                                        63)]
-  got = knowledge.sentence_logprobs(graphdef, params, rows, 3, 40)
+  got = knowledge.continuation_logprobs(
+      graphdef, params, [(r, len(r) - 1) for r in rows], 3, 40)
   want = _reference(graphdef, params, rows)
-  np.testing.assert_allclose(got, want, rtol=2e-5)
-  with pytest.raises(ValueError, match="row 1: 1 tokens"):
-    knowledge.sentence_logprobs(graphdef, params, [[0, 3], [0]], 3, 40)
+  np.testing.assert_allclose([s for s, _ in got], want, rtol=2e-5)
+  tail = knowledge.continuation_logprobs(graphdef, params,
+                                         [(r, 2) for r in rows], 3, 40)
+  head = _reference(graphdef, params, [r[:-2] for r in rows])
+  np.testing.assert_allclose([s for s, _ in tail],
+                             np.subtract(want, head), rtol=2e-4, atol=1e-4)
+  with pytest.raises(ValueError, match="row 1: 1 tokens, 1 scored"):
+    knowledge.continuation_logprobs(graphdef, params, [([0, 3], 1), ([0], 1)],
+                                    3, 40)
 
 
 def test_fact_ranking_reads_the_argmax(model):
