@@ -49,6 +49,10 @@ _LM_INSTRUCT = (
     Column("acc hard (copying) tasks", ("instruct/accuracy_hard",),
            fmt="pct"),
     Column("acc", family="instruct/accuracy/", fmt="pct"),
+    Column("fact QA closed book", ("instruct/fact_qa_closed_book/accuracy",),
+           fmt="pct"),
+    Column("fact QA open book", ("instruct/fact_qa_open_book/accuracy",),
+           fmt="pct"),
     Column("format", ("instruct/format",), fmt="pct"),
     Column("judge", ("instruct/judge",)),
     # Rescaled per task so the base model's dev answers score 0 and a

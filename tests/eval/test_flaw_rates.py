@@ -73,6 +73,11 @@ def test_rates_are_shares_over_the_prompts_each_kind_applies_to(pairs):
 def test_task_groups_are_reported_apart(pairs):
   recs = ([r for r in pairs if r["task"] == "fact_qa"][:3]
           + [r for r in pairs if r["task"] == "summarize"][:2])
+  # Both kinds of fact QA prompt (the flag is bookkeeping; the judge does
+  # not read it).
+  recs[1] = {**recs[1], "reference": {
+      **recs[1]["reference"], "open_book": not recs[0]["reference"][
+          "open_book"]}}
   answers = [recs[0]["chosen"], recs[1]["rejected"], recs[2]["chosen"],
              recs[3]["chosen"], recs[4]["rejected"]]
   got = instruct.judge_responses(recs, answers)
@@ -81,5 +86,11 @@ def test_task_groups_are_reported_apart(pairs):
   assert got["accuracy_learnable"] == pytest.approx(sum(ok[:3]) / 3)
   assert got["accuracy_hard"] == pytest.approx(sum(ok[3:]) / 2)
   assert got["accuracy_learnable"] != got["accuracy_hard"]
+  # Fact QA split by whether the prompt carries the answer's excerpt.
+  for book, is_open in (("closed_book", False), ("open_book", True)):
+    sel = [k for k in range(3) if recs[k]["reference"]["open_book"] == is_open]
+    assert sel and got[f"fact_qa_{book}/prompts"] == len(sel)
+    assert got[f"fact_qa_{book}/accuracy"] == pytest.approx(
+        sum(ok[k] for k in sel) / len(sel))
   assert set(items.TASK_GROUPS["learnable"]) | set(
       items.TASK_GROUPS["hard"]) == set(items.TASKS)
