@@ -8,8 +8,9 @@
 # (the demo's 300, or more, with the cosine schedule stretched to match),
 # stopped after pretrain (or UNTIL=sft). probe.py scores each model's
 # ranking of the held-out facts; summarize.py tabulates.
-#   ARMS="entity_scale:restatements:steps ..."   (default: the arms below;
-#        1.0:0:300 is the demo's own pretraining)
+#   ARMS="entity_scale:restatements:steps[:answer_style[:digest_qa]] ..."
+#        (default: the arms below; 1.0:0:300 is the demo's own pretraining;
+#        answer_style restate|pronoun, digest_qa the staff FAQ's repeats)
 #   UNTIL=pretrain|sft   SEEDS="0 1 2"
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -22,17 +23,24 @@ UNTIL=${UNTIL:-pretrain}
 OUT=${OUT:-runs/fact_density}
 for seed in $SEEDS; do
   for arm in $ARMS; do
-    IFS=: read -r es r steps <<< "$arm"
+    IFS=: read -r es r steps style qa <<< "$arm"
+    style=${style:-restate}
+    qa=${qa:-0}
     sources="['wiki','support_chat','records','mail','web']"
-    if [ "$r" != 0 ]; then
+    if [ "$r" != 0 ] || [ "$qa" != 0 ]; then
       sources="['wiki','support_chat','records','mail','web','digest']"
     fi
     root="$OUT/es${es}_r${r}_s${steps}_seed${seed}"
+    if [ "$style" != restate ] || [ "$qa" != 0 ]; then
+      root="$OUT/es${es}_r${r}_qa${qa}_s${steps}_${style}_seed${seed}"
+    fi
     $PY -m lifejax.main --gin_file=lifecycle/default.gin \
       --gin_param="lifecycle.root='$root'" \
       --gin_param="lifecycle.world_seed=${seed}" \
       --gin_param="lifecycle.world_entity_scale=${es}" \
       --gin_param="lifecycle.world_fact_restatements=${r}" \
+      --gin_param="lifecycle.world_answer_style='${style}'" \
+      --gin_param="lifecycle.world_digest_qa=${qa}" \
       --gin_param="lifecycle.pretrain_sources=${sources}" \
       --gin_param="pretrain/LoopConfig.num_steps=${steps}" \
       --gin_param="pretrain/OptimizerConfig.total_steps=${steps}" \
