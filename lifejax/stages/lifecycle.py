@@ -427,10 +427,9 @@ def _check_world(lr: LifecycleRoot, wanted: Mapping[str, Any]
         f"{lr.world_manifest}: world format {version}, but this lifejax "
         f"writes format {generator.FORMAT_VERSION}; use a new "
         "lifecycle.root (or delete the old one) to rebuild the world")
-  defaults = {"fact_restatements": 0, "answer_style": "restate",
-              "digest_qa": 0}
-  differ = {k: (manifest.get(k, defaults.get(k)), v)
-            for k, v in wanted.items() if manifest.get(k, defaults.get(k)) != v}
+  have = {k: manifest.get(k, generator.OPTIONAL_DEFAULTS.get(k))
+          for k in wanted}
+  differ = {k: (have[k], v) for k, v in wanted.items() if have[k] != v}
   if differ:
     said = "; ".join(f"{k}: the world has {have!r}, lifecycle.world_{k} asks "
                      f"for {want!r}" for k, (have, want) in differ.items())

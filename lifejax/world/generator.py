@@ -68,6 +68,13 @@ BASE_COUNTS = {
 }
 
 
+# World options a manifest records only when they differ from these (so that
+# every default world's manifest and files stay byte-identical).
+OPTIONAL_DEFAULTS: dict[str, Any] = {"fact_restatements": 0,
+                                     "answer_style": "restate",
+                                     "digest_qa": 0}
+
+
 @dataclasses.dataclass(frozen=True)
 class World:
   """Everything the lifecycle needs, as JSON-ready records."""
@@ -140,12 +147,8 @@ class World:
         "demo_flaw_share": self.demo_flaw_share,
         "entity_scale": self.entity_scale,
     }
-    if self.fact_restatements:  # absent at 0: default manifests unchanged
-      out["fact_restatements"] = self.fact_restatements
-    if self.answer_style != "restate":  # absent by default, likewise
-      out["answer_style"] = self.answer_style
-    if self.digest_qa:
-      out["digest_qa"] = self.digest_qa
+    out.update({k: getattr(self, k) for k, v in OPTIONAL_DEFAULTS.items()
+                if getattr(self, k) != v})
     return out
 
 
@@ -443,9 +446,9 @@ def load_world(out_dir: str) -> World:
   with open(os.path.join(out_dir, "facts/entities.json"),
             encoding="utf-8") as f:
     entities = json.load(f)
-  restated = manifest.get("fact_restatements", 0)
-  asked = manifest.get("digest_qa", 0)
-  sources = SOURCES + ((wd.SOURCE,) if restated or asked else ())
+  options = {k: manifest.get(k, v) for k, v in OPTIONAL_DEFAULTS.items()}
+  sources = SOURCES + ((wd.SOURCE,) if options["fact_restatements"]
+                       or options["digest_qa"] else ())
   return World(
       seed=manifest["seed"], scale=manifest["scale"],
       company=manifest["company"], entities=entities,
@@ -456,8 +459,7 @@ def load_world(out_dir: str) -> World:
       instructions={s: read(f"instructions/{s}.jsonl") for s in SPLITS},
       preferences={s: read(f"preferences/{s}.jsonl") for s in SPLITS},
       demo_flaw_share=manifest["demo_flaw_share"],
-      entity_scale=manifest["entity_scale"], fact_restatements=restated,
-      answer_style=manifest.get("answer_style", "restate"), digest_qa=asked)
+      entity_scale=manifest["entity_scale"], **options)
 
 
 def main(argv: list[str] | None = None) -> None:
