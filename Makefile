@@ -10,7 +10,7 @@ SETUP_HASH := $(shell cat setup.py | md5sum | cut -c1-12)
 # setup.py reinstalls.
 CORE_STAMP := $(VENV)/.installed-core-$(SETUP_HASH)
 STAMP := $(VENV)/.installed-test-$(SETUP_HASH)
-GIN ?= gin_configs/lifecycle/default.gin
+GIN ?= gin_configs/lifecycle/fact_world.gin
 PYTEST_ARGS ?=
 # Two test workers: XLA compiles on one thread, and most tests are mostly
 # compilation, so two processes use both cores (tests/conftest.py keeps

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The whole `make demo` lifecycle on 3 seeds, then the chain's table
-# (README.md). Each seed is one demo (~15-20 min on a quiet 2-core CPU);
-# a killed run resumes stage by stage when launched again.
+# (README.md). Each seed is one demo (lifecycle/fact_world.gin: ~75 min on a
+# 2-core AVX2 host); a killed run resumes stage by stage when launched again.
 # Full run:  experiments/lifecycle_seeds/run.sh
 # Seeds:     SEEDS="0 1" experiments/lifecycle_seeds/run.sh
+# Another lifecycle: GIN=lifecycle/default.gin ROOT=runs/lifecycle_seeds_v1
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
@@ -11,11 +12,12 @@ export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
 export GLIBC_TUNABLES=${GLIBC_TUNABLES:-glibc.malloc.hugetlb=1:glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736}
 PY=${PY:-.venv/bin/python}
 ROOT=${ROOT:-runs/lifecycle_seeds}
+GIN=${GIN:-lifecycle/fact_world.gin}
 roots=()
 for seed in ${SEEDS:-0 1 2}; do
   # One seed moves everything random: the world (its text, tokenizer, facts
   # and splits), every stage's initialization and data order.
-  "$PY" -m lifejax.main --gin_file=lifecycle/default.gin \
+  "$PY" -m lifejax.main --gin_file="$GIN" \
     --gin_param="lifecycle.root='$ROOT/seed$seed'" \
     --gin_param="lifecycle.world_seed=$seed" \
     --gin_param="pretrain.seed=$seed" --gin_param="sft.seed=$seed" \

@@ -93,6 +93,7 @@ def lifecycle(
     world_fact_restatements: int = 0,
     world_answer_style: str = "restate",
     world_digest_qa: int = 0,
+    world_heldout_qa: bool = False,
     pretrain_sources: Sequence[str] = ("wiki", "support_chat", "records",
                                        "mail", "web"),
     source_weights: dict[str, float] | None = None,
@@ -190,13 +191,15 @@ def lifecycle(
                              entity_scale=world_entity_scale,
                              fact_restatements=world_fact_restatements,
                              answer_style=world_answer_style,
-                             digest_qa=world_digest_qa)
+                             digest_qa=world_digest_qa,
+                             heldout_qa=world_heldout_qa)
   world_info = _check_world(lr, {
       "seed": world_seed, "scale": float(world_scale),
       "demo_flaw_share": float(world_demo_flaw_share),
       "entity_scale": float(world_entity_scale),
       "fact_restatements": world_fact_restatements,
-      "answer_style": world_answer_style, "digest_qa": world_digest_qa})
+      "answer_style": world_answer_style, "digest_qa": world_digest_qa,
+      "heldout_qa": world_heldout_qa})
   if not os.path.exists(lr.curation_report):
     from lifejax.curation import run_curation  # pylint: disable=g-import-not-at-top
     from lifejax.curation.config import embedded_world_config  # pylint: disable=g-import-not-at-top

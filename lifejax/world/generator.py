@@ -72,7 +72,7 @@ BASE_COUNTS = {
 # every default world's manifest and files stay byte-identical).
 OPTIONAL_DEFAULTS: dict[str, Any] = {"fact_restatements": 0,
                                      "answer_style": "restate",
-                                     "digest_qa": 0}
+                                     "digest_qa": 0, "heldout_qa": False}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +92,7 @@ class World:
   fact_restatements: int = 0
   answer_style: str = "restate"
   digest_qa: int = 0
+  heldout_qa: bool = False
 
   @property
   def sources(self) -> tuple[str, ...]:
@@ -274,13 +275,14 @@ def _demo_flaws(items: list[wi.Item], share: float, seed: int
 
 
 def _tasks(facts: wf.Facts, seed: int, scale: float, heldout: set[str],
-           demo_flaw_share: float, answer_style: str = "restate"
+           demo_flaw_share: float, answer_style: str = "restate",
+           heldout_qa: bool = False
            ) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
   buckets = wtask.task_items(facts, seed, heldout,
                            (_n("train_instructions_per_task", scale, 8),
                             _n("eval_instructions_per_task", scale, 1)),
                            _n("preferences_per_task", scale, 10),
-                           answer_style)
+                           answer_style, heldout_qa)
   rng = wt.stream(seed, "task_records")
   instructions, preferences = {}, {}
   for split in SPLITS:
@@ -321,7 +323,8 @@ def _task_emails(instructions: dict[str, list[dict]],
 def build_world(seed: int = 0, scale: float = 1.0,
                 demo_flaw_share: float = DEMO_FLAW_SHARE,
                 entity_scale: float = 1.0, fact_restatements: int = 0,
-                answer_style: str = "restate", digest_qa: int = 0) -> World:
+                answer_style: str = "restate", digest_qa: int = 0,
+                heldout_qa: bool = False) -> World:
   """Builds the whole world in memory; deterministic in its arguments.
 
   demo_flaw_share: the share of SFT training demonstrations that carry one
@@ -336,6 +339,9 @@ def build_world(seed: int = 0, scale: float = 1.0,
     either way (unless digest_qa > 0).
   digest_qa: times each fact of the SFT training fact_qa tasks is asked and
     answered in the digest's staff FAQ (world/digest.py); 0 writes none.
+  heldout_qa: the validation and test fact_qa prompts also ask the held-out
+    facts (half each; world.tasks.task_items): more distinct facts per
+    evaluation split. Training, preference and corpus files are unchanged.
   """
   _check_args(seed, scale)
   if not 0.0 <= demo_flaw_share <= 1.0:
@@ -351,13 +357,15 @@ def build_world(seed: int = 0, scale: float = 1.0,
   if isinstance(digest_qa, bool) or not isinstance(digest_qa, int) or (
       digest_qa < 0):
     raise ValueError(f"digest_qa must be an int >= 0, got {digest_qa!r}")
+  if not isinstance(heldout_qa, bool):
+    raise ValueError(f"heldout_qa must be a bool, got {heldout_qa!r}")
   if answer_style not in wp.ANSWER_STYLES:
     raise ValueError(f"answer_style must be one of "
                      f"{sorted(wp.ANSWER_STYLES)}, got {answer_style!r}")
   facts = wf.build_facts(seed, scale, entity_scale)
   questions, heldout = wtask.heldout_questions(facts, seed)
   instructions, preferences = _tasks(facts, seed, scale, heldout,
-                                     demo_flaw_share, answer_style)
+                                     demo_flaw_share, answer_style, heldout_qa)
   # The FAQ asks the SFT training split's fact_qa facts only.
   faq_facts = sorted({r["reference"]["fact_id"]
                       for r in instructions["train"] if r["task"] == "fact_qa"})
@@ -382,7 +390,7 @@ def build_world(seed: int = 0, scale: float = 1.0,
       instructions=instructions, preferences=preferences,
       demo_flaw_share=float(demo_flaw_share),
       entity_scale=float(entity_scale), fact_restatements=fact_restatements,
-      answer_style=answer_style, digest_qa=digest_qa)
+      answer_style=answer_style, digest_qa=digest_qa, heldout_qa=heldout_qa)
 
 
 def _dump_jsonl(records: list[dict[str, Any]]) -> bytes:
@@ -393,14 +401,16 @@ def _dump_jsonl(records: list[dict[str, Any]]) -> bytes:
 def generate_world(out_dir: str, seed: int = 0, scale: float = 1.0,
                    demo_flaw_share: float = DEMO_FLAW_SHARE,
                    entity_scale: float = 1.0, fact_restatements: int = 0,
-                   answer_style: str = "restate", digest_qa: int = 0) -> dict:
+                   answer_style: str = "restate", digest_qa: int = 0,
+                   heldout_qa: bool = False) -> dict:
   """Builds the world and writes it under `out_dir`; returns the manifest.
 
   Files are byte-identical for the same arguments. Existing world files in
   `out_dir` are overwritten; other files are left alone.
   """
   world = build_world(seed, scale, demo_flaw_share, entity_scale,
-                      fact_restatements, answer_style, digest_qa)
+                      fact_restatements, answer_style, digest_qa,
+                      heldout_qa)
   manifest = world.manifest()
   files = {}
   blobs = {path: _dump_jsonl(recs) for path, recs in world.files().items()}
@@ -465,7 +475,7 @@ def load_world(out_dir: str) -> World:
 def main(argv: list[str] | None = None) -> None:
   """CLI: python -m lifejax.world.generator --out_dir DIR [--seed --scale
   --demo_flaw_share --entity_scale --fact_restatements --answer_style
-  --digest_qa]."""
+  --digest_qa --heldout_qa]."""
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--out_dir", required=True)
   parser.add_argument("--seed", type=int, default=0)
@@ -476,11 +486,14 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--answer_style", default="restate",
                       choices=sorted(wp.ANSWER_STYLES))
   parser.add_argument("--digest_qa", type=int, default=0)
+  parser.add_argument("--heldout_qa", action="store_true",
+                      help="ask the held-out facts in the validation and "
+                           "test fact_qa prompts too")
   args = parser.parse_args(argv)
   counts = generate_world(args.out_dir, args.seed, args.scale,
                           args.demo_flaw_share, args.entity_scale,
                           args.fact_restatements, args.answer_style,
-                          args.digest_qa)["counts"]
+                          args.digest_qa, args.heldout_qa)["counts"]
   print(json.dumps({k: counts[k] for k in ("corpus", "defects",
                                            "instructions", "preferences")}))
 

@@ -170,7 +170,7 @@ def _items(make: Callable[[Any, random.Random], wi.Item], units: list,
 
 def task_items(facts: wf.Facts, seed: int, heldout: set[str],
                n_instr: tuple[int, int], n_pref: int,
-               answer_style: str = "restate"
+               answer_style: str = "restate", heldout_qa: bool = False
                ) -> dict[str, dict[str, list[wi.Item]]]:
   """Per bucket ("instr/train", ..., "pref/test") and task, the items.
 
@@ -180,6 +180,11 @@ def task_items(facts: wf.Facts, seed: int, heldout: set[str],
     scale 1) without growing the SFT training set. n_pref: preference pairs
     per task, split in SPLIT_SHARES. answer_style: of the fact_qa answers
     (`phrasing.answer`).
+  heldout_qa: the validation and test fact_qa prompts also ask the held-out
+    facts (half each; `heldout_eval_facts`), which no training or preference
+    item asks: at a small entity_scale the split-by-fact partition leaves
+    the evaluation splits only a few facts (4 each at 0.33), so their fact
+    QA would move in whole facts. Every other item is the same either way.
   """
   n_train, n_eval = n_instr
   counts = {"instr": dict(zip(SPLITS, (n_train, n_eval, n_eval))),
@@ -217,7 +222,34 @@ def task_items(facts: wf.Facts, seed: int, heldout: set[str],
       buckets[bucket][task] = [
           wi.with_rude(it, rude_rng) for it in _items(
               make, parts[bucket], counts[kind][split], rng, seen)]
+    if task == "fact_qa":
+      fact_parts = parts
+  if heldout_qa:
+    # Streams of their own, and only the evaluation buckets change: every
+    # training and preference item stays as it was without the option.
+    rng = wt.stream(seed, "tasks", "fact_qa", "heldout_qa")
+    rude_rng = wt.stream(seed, "rude", "fact_qa", "heldout_qa")
+    seen = {it.user for b in ("instr/train", "pref/train", "pref/validation",
+                              "pref/test")
+            for it in buckets[b]["fact_qa"]}
+    for split, extra in heldout_eval_facts(facts, seed, heldout).items():
+      units = fact_parts[f"instr/{split}"] + extra
+      rng.shuffle(units)
+      buckets[f"instr/{split}"]["fact_qa"] = [
+          wi.with_rude(it, rude_rng) for it in _items(
+              fact_qa, units, counts["instr"][split], rng, seen)]
   return buckets
+
+
+def heldout_eval_facts(facts: wf.Facts, seed: int, heldout: Set[str]
+                       ) -> dict[str, list[wf.Fact]]:
+  """The held-out facts dealt into the validation and test fact_qa prompts
+  (world option heldout_qa): a seeded shuffle, half each (test gets the odd
+  one)."""
+  extra = [f for f in facts.facts if f.id in heldout]
+  wt.stream(seed, "heldout_qa", "deal").shuffle(extra)
+  half = len(extra) // 2
+  return {"validation": extra[:half], "test": extra[half:]}
 
 
 def instruction_record(company: str, item: wi.Item, rid: str,

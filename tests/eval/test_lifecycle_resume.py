@@ -85,6 +85,9 @@ def test_a_world_built_with_other_settings_is_refused(lifecycle_copy,
                      r"was built with other settings \(seed: the world has "
                      r"0, lifecycle.world_seed asks for 5\)"):
     run_lifecycle(root, extra_params=("lifecycle.world_seed=5",))
+  with pytest.raises(RuntimeError, match=r"heldout_qa: the world has False, "
+                     r"lifecycle.world_heldout_qa asks for True"):
+    run_lifecycle(root, extra_params=("lifecycle.world_heldout_qa=True",))
 
 
 def test_until_stops_after_the_named_stage(lifecycle_copy, run_lifecycle):

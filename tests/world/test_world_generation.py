@@ -282,3 +282,51 @@ def test_digest_qa_asks_only_the_sft_training_facts(tmp_path):
   assert back.digest_qa == 3 and len(back.corpus["digest"]) == len(faq)
   with pytest.raises(ValueError, match="digest_qa"):
     generator.build_world(seed=0, scale=SMALL, digest_qa=-1)
+
+
+def test_heldout_qa_asks_the_heldout_facts_in_validation_and_test(tmp_path):
+  """heldout_qa=True: the validation and test fact_qa prompts ask the
+  held-out facts too (each in exactly one of the two splits), so each split
+  asks many more distinct facts; no fact is asked in two splits, none of
+  them in training or preference data; every training, preference, corpus
+  and other evaluation record is the default world's."""
+  from lifejax.world import judge  # pylint: disable=g-import-not-at-top
+  kw = dict(seed=0, entity_scale=0.33, fact_restatements=2)
+  base = generator.build_world(**kw)
+  world = generator.build_world(**kw, heldout_qa=True)
+  assert "heldout_qa" not in base.manifest()
+  assert world.manifest()["heldout_qa"] is True
+  assert (world.corpus, world.facts, world.eval) == (base.corpus, base.facts,
+                                                     base.eval)
+  assert world.instructions["train"] == base.instructions["train"]
+  assert world.preferences == base.preferences
+
+  def facts_of(w, split):
+    return collections.Counter(r["reference"]["fact_id"]
+                               for r in w.instructions[split]
+                               if r["task"] == "fact_qa")
+
+  heldout = {f["id"] for f in world.facts if f["heldout"]}
+  trained = set(facts_of(world, "train")) | {
+      r["reference"]["fact_id"] for s in generator.SPLITS
+      for r in world.preferences[s] if r["task"] == "fact_qa"}
+  val, test = facts_of(world, "validation"), facts_of(world, "test")
+  assert not set(val) & set(test) and not (set(val) | set(test)) & trained
+  assert set(val) | set(test) == heldout | set(facts_of(base, "validation")) | (
+      set(facts_of(base, "test")))
+  assert len(test) >= 4 * len(facts_of(base, "test"))
+  for split in ("validation", "test"):
+    old, new = base.instructions[split], world.instructions[split]
+    assert [r["id"] for r in old] == [r["id"] for r in new]
+    assert [r["task"] for r in old] == [r["task"] for r in new]
+    assert len({r["messages"][1]["content"] for r in new}) == len(new)
+    for a, b in zip(old, new):
+      if b["task"] != "fact_qa":
+        assert a == b
+      else:
+        said = b["messages"][2]["content"]
+        assert judge.score(b, said).components["correctness"] == 1.0
+  generator.generate_world(str(tmp_path), **kw, heldout_qa=True)
+  assert generator.load_world(str(tmp_path)).instructions == world.instructions
+  with pytest.raises(ValueError, match="heldout_qa"):
+    generator.build_world(seed=0, scale=SMALL, heldout_qa=1)
