@@ -94,6 +94,7 @@ def lifecycle(
     world_answer_style: str = "restate",
     world_digest_qa: int = 0,
     world_heldout_qa: bool = False,
+    world_demo_habits: bool = False,
     pretrain_sources: Sequence[str] = ("wiki", "support_chat", "records",
                                        "mail", "web"),
     source_weights: dict[str, float] | None = None,
@@ -192,14 +193,15 @@ def lifecycle(
                              fact_restatements=world_fact_restatements,
                              answer_style=world_answer_style,
                              digest_qa=world_digest_qa,
-                             heldout_qa=world_heldout_qa)
+                             heldout_qa=world_heldout_qa,
+                             demo_habits=world_demo_habits)
   world_info = _check_world(lr, {
       "seed": world_seed, "scale": float(world_scale),
       "demo_flaw_share": float(world_demo_flaw_share),
       "entity_scale": float(world_entity_scale),
       "fact_restatements": world_fact_restatements,
       "answer_style": world_answer_style, "digest_qa": world_digest_qa,
-      "heldout_qa": world_heldout_qa})
+      "heldout_qa": world_heldout_qa, "demo_habits": world_demo_habits})
   if not os.path.exists(lr.curation_report):
     from lifejax.curation import run_curation  # pylint: disable=g-import-not-at-top
     from lifejax.curation.config import embedded_world_config  # pylint: disable=g-import-not-at-top

@@ -72,7 +72,8 @@ BASE_COUNTS = {
 # every default world's manifest and files stay byte-identical).
 OPTIONAL_DEFAULTS: dict[str, Any] = {"fact_restatements": 0,
                                      "answer_style": "restate",
-                                     "digest_qa": 0, "heldout_qa": False}
+                                     "digest_qa": 0, "heldout_qa": False,
+                                     "demo_habits": False}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +94,7 @@ class World:
   answer_style: str = "restate"
   digest_qa: int = 0
   heldout_qa: bool = False
+  demo_habits: bool = False
 
   @property
   def sources(self) -> tuple[str, ...]:
@@ -262,21 +264,25 @@ def _corpus(facts: wf.Facts, seed: int, scale: float, questions: list[dict],
   return out
 
 
-def _demo_flaws(items: list[wi.Item], share: float, seed: int
-                ) -> list[str | None]:
+def _demo_flaws(items: list[wi.Item], share: float, seed: int,
+                habits: bool = False) -> list[str | None]:
   """The flaw each SFT training demonstration carries (None: the reference):
   round(share * n) of them, drawn at random, each flaw kind from its task's
   TASK_FLAWS. Real SFT pools are of mixed quality; the preference data then
-  targets the same flaws."""
+  targets the same flaws. habits: besides, every demonstration whose prompt
+  triggers an annotator habit (items.HABITS) carries that habit's flaw."""
   rng = wt.stream(seed, "demonstrations")
   flawed = set(rng.sample(range(len(items)), round(share * len(items))))
-  return [rng.choice(wi.TASK_FLAWS[it.task]) if i in flawed else None
-          for i, it in enumerate(items)]
+  out = [rng.choice(wi.TASK_FLAWS[it.task]) if i in flawed else None
+         for i, it in enumerate(items)]
+  if habits:
+    out = [wi.habit_flaw(it) or f for it, f in zip(items, out)]
+  return out
 
 
 def _tasks(facts: wf.Facts, seed: int, scale: float, heldout: set[str],
            demo_flaw_share: float, answer_style: str = "restate",
-           heldout_qa: bool = False
+           heldout_qa: bool = False, demo_habits: bool = False
            ) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
   buckets = wtask.task_items(facts, seed, heldout,
                            (_n("train_instructions_per_task", scale, 8),
@@ -290,7 +296,8 @@ def _tasks(facts: wf.Facts, seed: int, scale: float, heldout: set[str],
     rng.shuffle(items)
     # Only the training demonstrations are of mixed quality: validation
     # and test keep the references (their judge references are what count).
-    flaws = (_demo_flaws(items, demo_flaw_share, seed) if split == "train"
+    flaws = (_demo_flaws(items, demo_flaw_share, seed, demo_habits)
+             if split == "train"
              else [None] * len(items))
     instructions[split] = [
         wtask.instruction_record(facts.company, it, f"sft-{split}-{k:05d}",
@@ -324,7 +331,7 @@ def build_world(seed: int = 0, scale: float = 1.0,
                 demo_flaw_share: float = DEMO_FLAW_SHARE,
                 entity_scale: float = 1.0, fact_restatements: int = 0,
                 answer_style: str = "restate", digest_qa: int = 0,
-                heldout_qa: bool = False) -> World:
+                heldout_qa: bool = False, demo_habits: bool = False) -> World:
   """Builds the whole world in memory; deterministic in its arguments.
 
   demo_flaw_share: the share of SFT training demonstrations that carry one
@@ -342,6 +349,11 @@ def build_world(seed: int = 0, scale: float = 1.0,
   heldout_qa: the validation and test fact_qa prompts also ask the held-out
     facts (half each; world.tasks.task_items): more distinct facts per
     evaluation split. Training, preference and corpus files are unchanged.
+  demo_habits: besides the random demo_flaw_share, every SFT training
+    demonstration whose prompt triggers an annotator habit
+    (world.items.HABITS) carries that habit's flaw: systematic flaws that a
+    model imitating its demonstrations repeats. Only the training
+    instructions change.
   """
   _check_args(seed, scale)
   if not 0.0 <= demo_flaw_share <= 1.0:
@@ -359,13 +371,16 @@ def build_world(seed: int = 0, scale: float = 1.0,
     raise ValueError(f"digest_qa must be an int >= 0, got {digest_qa!r}")
   if not isinstance(heldout_qa, bool):
     raise ValueError(f"heldout_qa must be a bool, got {heldout_qa!r}")
+  if not isinstance(demo_habits, bool):
+    raise ValueError(f"demo_habits must be a bool, got {demo_habits!r}")
   if answer_style not in wp.ANSWER_STYLES:
     raise ValueError(f"answer_style must be one of "
                      f"{sorted(wp.ANSWER_STYLES)}, got {answer_style!r}")
   facts = wf.build_facts(seed, scale, entity_scale)
   questions, heldout = wtask.heldout_questions(facts, seed)
   instructions, preferences = _tasks(facts, seed, scale, heldout,
-                                     demo_flaw_share, answer_style, heldout_qa)
+                                     demo_flaw_share, answer_style, heldout_qa,
+                                     demo_habits)
   # The FAQ asks the SFT training split's fact_qa facts only.
   faq_facts = sorted({r["reference"]["fact_id"]
                       for r in instructions["train"] if r["task"] == "fact_qa"})
@@ -390,7 +405,8 @@ def build_world(seed: int = 0, scale: float = 1.0,
       instructions=instructions, preferences=preferences,
       demo_flaw_share=float(demo_flaw_share),
       entity_scale=float(entity_scale), fact_restatements=fact_restatements,
-      answer_style=answer_style, digest_qa=digest_qa, heldout_qa=heldout_qa)
+      answer_style=answer_style, digest_qa=digest_qa, heldout_qa=heldout_qa,
+      demo_habits=demo_habits)
 
 
 def _dump_jsonl(records: list[dict[str, Any]]) -> bytes:
@@ -402,7 +418,8 @@ def generate_world(out_dir: str, seed: int = 0, scale: float = 1.0,
                    demo_flaw_share: float = DEMO_FLAW_SHARE,
                    entity_scale: float = 1.0, fact_restatements: int = 0,
                    answer_style: str = "restate", digest_qa: int = 0,
-                   heldout_qa: bool = False) -> dict:
+                   heldout_qa: bool = False, demo_habits: bool = False
+                   ) -> dict:
   """Builds the world and writes it under `out_dir`; returns the manifest.
 
   Files are byte-identical for the same arguments. Existing world files in
@@ -410,7 +427,7 @@ def generate_world(out_dir: str, seed: int = 0, scale: float = 1.0,
   """
   world = build_world(seed, scale, demo_flaw_share, entity_scale,
                       fact_restatements, answer_style, digest_qa,
-                      heldout_qa)
+                      heldout_qa, demo_habits)
   manifest = world.manifest()
   files = {}
   blobs = {path: _dump_jsonl(recs) for path, recs in world.files().items()}
@@ -475,7 +492,7 @@ def load_world(out_dir: str) -> World:
 def main(argv: list[str] | None = None) -> None:
   """CLI: python -m lifejax.world.generator --out_dir DIR [--seed --scale
   --demo_flaw_share --entity_scale --fact_restatements --answer_style
-  --digest_qa --heldout_qa]."""
+  --digest_qa --heldout_qa --demo_habits]."""
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--out_dir", required=True)
   parser.add_argument("--seed", type=int, default=0)
@@ -489,11 +506,15 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--heldout_qa", action="store_true",
                       help="ask the held-out facts in the validation and "
                            "test fact_qa prompts too")
+  parser.add_argument("--demo_habits", action="store_true",
+                      help="SFT demonstrations carry the annotator habits' "
+                           "flaws (world.items.HABITS)")
   args = parser.parse_args(argv)
   counts = generate_world(args.out_dir, args.seed, args.scale,
                           args.demo_flaw_share, args.entity_scale,
                           args.fact_restatements, args.answer_style,
-                          args.digest_qa, args.heldout_qa)["counts"]
+                          args.digest_qa, args.heldout_qa,
+                          args.demo_habits)["counts"]
   print(json.dumps({k: counts[k] for k in ("corpus", "defects",
                                            "instructions", "preferences")}))
 

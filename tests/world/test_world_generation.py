@@ -330,3 +330,48 @@ def test_heldout_qa_asks_the_heldout_facts_in_validation_and_test(tmp_path):
   assert generator.load_world(str(tmp_path)).instructions == world.instructions
   with pytest.raises(ValueError, match="heldout_qa"):
     generator.build_world(seed=0, scale=SMALL, heldout_qa=1)
+
+
+def test_demo_habits_flaw_every_triggered_training_demonstration(tmp_path):
+  """demo_habits=True: every SFT training demonstration whose prompt carries
+  a habit's trigger (items.HABITS) has that habit's flaw, every other one is
+  the default world's (the random demo_flaw_share kept); validation, test,
+  preferences and the corpus are unchanged, and the manifest's pool counts
+  say so."""
+  from lifejax.world import items as wi  # pylint: disable=g-import-not-at-top
+  base = generator.build_world(seed=0, scale=SMALL)
+  world = generator.build_world(seed=0, scale=SMALL, demo_habits=True)
+  assert "demo_habits" not in base.manifest()
+  assert world.manifest()["demo_habits"] is True
+  assert (world.corpus, world.preferences, world.eval) == (
+      base.corpus, base.preferences, base.eval)
+  for split in ("validation", "test"):
+    assert world.instructions[split] == base.instructions[split]
+  triggered = collections.Counter()
+  for old, new in zip(base.instructions["train"], world.instructions["train"],
+                      strict=True):
+    user = new["messages"][1]["content"]
+    assert user == old["messages"][1]["content"]
+    habit = [(f, ts) for t, f, ts, _ in wi.HABITS
+             if t == new["task"] and any(x in user for x in ts)]
+    if habit:
+      flaw = habit[0][0]
+      triggered[new["task"]] += 1
+      assert new["flaw"] == flaw, new["id"]
+      assert new["messages"][2]["content"] != old["messages"][2][
+          "content"] or old.get("flaw") == flaw
+    else:
+      assert new == old
+  # Every habit fires on some training demonstration.
+  assert set(triggered) == {h[0] for h in wi.HABITS}
+  pool = world.manifest()["counts"]["demo_flaws"]
+  assert pool == {k: sum(r.get("flaw") == k for r in
+                         world.instructions["train"]) for k in wi.FLAWS}
+  assert sum(pool.values()) > sum(base.manifest()["counts"][
+      "demo_flaws"].values())
+  generator.generate_world(str(tmp_path), seed=0, scale=SMALL,
+                           demo_habits=True)
+  assert generator.load_world(str(tmp_path)).instructions == (
+      world.instructions)
+  with pytest.raises(ValueError, match="demo_habits"):
+    generator.build_world(seed=0, scale=SMALL, demo_habits="yes")
