@@ -35,7 +35,7 @@ INSTALL_REQUIRES = [
 EXTRAS = {
     "hf": ["transformers>=4.45,<6", "torch==2.13.0"],
     "beam": ["apache-beam>=2.60,<3"],
-    "curation": ["datasketch>=1.6,<3"],
+    "curation": ["datasketch>=1.6,<3", "rensa==0.5.0"],
     "notebook": ["nbclient>=0.10,<1", "nbformat>=5.10,<6", "ipykernel>=6.29,<8"],
     "eval": ["lm-eval==0.4.13"],
 }

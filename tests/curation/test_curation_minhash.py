@@ -1,5 +1,6 @@
 """Vectorized hashing, MinHash accuracy, LSH banding and union-find."""
 
+import dataclasses
 import random
 
 import numpy as np
@@ -43,6 +44,47 @@ def test_word_hashes_independent_of_batching_and_fast_path(monkeypatch):
                                                          "x", "y"]
 
 
+_M64 = (1 << 64) - 1
+
+
+def _fmix_reference(x: int) -> int:
+  """The splitmix64 finalizer in Python integers."""
+  for shift, mult in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB),
+                      (31, None)):
+    x ^= x >> shift
+    if mult is not None:
+      x = (x * mult) & _M64
+  return x
+
+
+def _reference_word_hash(word: str) -> int:
+  """hashing's word hash in Python integers, from the word's UTF-8 bytes:
+  the polynomial sum of byte * BASE^i, salted with the length, then the
+  splitmix64 finalizer."""
+  data = word.encode("utf-8")
+  h = sum(b * pow(int(hashing._BASE), i, 1 << 64) for i, b in enumerate(data))
+  return _fmix_reference((h & _M64)
+                         ^ ((len(data) * int(hashing._LEN_SALT)) & _M64))
+
+
+def test_word_hashes_equal_a_reference_over_canonical_words():
+  """Every text, ASCII or not, hashes to the reference hash of exactly the
+  words canonical_words gives (Unicode punctuation, spaces and symbols
+  separate words; letters, digits and marks of any script do not)."""
+  texts = ["Hello, World! x_y 42", "naïve café — déjà vu…", "ΟΔΥΣΣΕΥΣ σοφός",
+           "Temperature 5\u212a\u00a0and\u2028more", "İstanbul ﬁne straße",
+           "数据 清洗，去重。 ok", "emoji 🙂 split🙂here", "a\u0301b c_d__e",
+           "«quoted» ¿qué? ¡sí!", "tab\tnew\nline\r\nend", "", "———"]
+  rng = random.Random(3)
+  pool = "aZ9_ -.,é€—ß\u00a0\u0301ΣΟ数🙂\t\n"
+  texts += ["".join(rng.choice(pool) for _ in range(rng.randint(0, 40)))
+            for _ in range(200)]
+  hashes, offsets = hashing.word_hashes(texts)
+  for i, text in enumerate(texts):
+    want = [_reference_word_hash(w) for w in hashing.canonical_words(text)]
+    assert hashes[offsets[i]:offsets[i + 1]].tolist() == want, text
+
+
 def test_ngram_hashes_respect_document_boundaries():
   words, offsets = hashing.word_hashes(["a b c", "d e f g", "h"])
   grams, goff = hashing.ngram_hashes(words, offsets, 3)
@@ -72,9 +114,60 @@ def test_signatures_independent_of_batching(monkeypatch):
                            axis=1))
 
 
-def test_minhash_estimates_exact_jaccard():
+def _reference_one_permutation(shingles, cfg):
+  """One permutation hashing with optimal densification in Python integers:
+  a shingle hash's mix picks its bin (top 32 bits times P, top 32 bits of
+  that) and value (low 32 bits); empty bins take the value of the first
+  probed bin a shingle filled."""
+  p = cfg.num_perm
+  key = int(minhash._one_permutation_key(cfg))
+  if not shingles:
+    return [0xFFFFFFFF] * p
+  bins = [None] * p
+  for x in shingles:
+    h = _fmix_reference(int(x) ^ key)
+    j = ((h >> 32) * p) >> 32
+    bins[j] = min(h & 0xFFFFFFFF, bins[j] if bins[j] is not None else 1 << 32)
+  out = list(bins)
+  for j in range(p):
+    attempt = 0
+    while out[j] is None:
+      k = int(minhash.densification_probe(cfg, attempt)[j])
+      out[j] = bins[k]
+      attempt += 1
+  return out
+
+
+def test_one_permutation_signatures_equal_a_reference(monkeypatch):
+  rng = random.Random(4)
+  texts = [" ".join(_doc(rng, rng.randint(1, 300))) for _ in range(30)]
+  texts[3] = ""  # no shingles
+  texts[4] = "one"  # one shingle: every other bin borrows its value
+  cfg = minhash.MinHashConfig(bands=11, rows=3, scheme="one_permutation")
+  sig = minhash.signatures(texts, cfg)
+  shingles, offsets = hashing.text_ngram_hashes(texts, cfg.ngram)
+  for d in range(len(texts)):
+    want = _reference_one_permutation(
+        shingles[offsets[d]:offsets[d + 1]].tolist(), cfg)
+    assert sig[d].tolist() == want, d
+  assert len(set(sig[4].tolist())) == 1
+  # Batching and seeds: per-document results, and a new seed a new sketch.
+  np.testing.assert_array_equal(minhash.signatures(texts[5:9], cfg), sig[5:9])
+  monkeypatch.setattr(minhash, "_GROUP_CHARS", 100)
+  np.testing.assert_array_equal(minhash.signatures(texts, cfg), sig)
+  other = minhash.signatures(texts[5:6], dataclasses.replace(cfg, seed=2))
+  assert np.mean(other[0] == sig[5]) < 0.2
+
+
+def test_scheme_is_checked():
+  with pytest.raises(ValueError, match="MinHashConfig.scheme"):
+    minhash.MinHashConfig(scheme="one_perm")
+
+
+@pytest.mark.parametrize("scheme", minhash.SCHEMES)
+def test_minhash_estimates_exact_jaccard(scheme):
   rng = random.Random(0)
-  cfg = minhash.MinHashConfig()
+  cfg = minhash.MinHashConfig(scheme=scheme)
   errors = []
   for keep in np.linspace(0.1, 0.95, 18):
     a = _doc(rng, 300)
@@ -95,9 +188,10 @@ def _clusters(texts, cfg):
   return dedup.near_groups(sig, active, cfg)
 
 
-def test_near_duplicate_with_5pct_edits_found_unrelated_not():
+@pytest.mark.parametrize("scheme", minhash.SCHEMES)
+def test_near_duplicate_with_5pct_edits_found_unrelated_not(scheme):
   rng = random.Random(1)
-  cfg = minhash.MinHashConfig()  # 14 bands x 8 rows
+  cfg = minhash.MinHashConfig(scheme=scheme)  # 14 bands x 8 rows
   originals = [_doc(rng) for _ in range(10)]
   copies = []
   for words in originals:
@@ -185,3 +279,23 @@ def test_exact_groups_and_cluster_sizes():
   dup_of = dedup.exact_groups(["a", "b", "a", "c", "a", "b"])
   assert dup_of == {2: 0, 4: 0, 5: 1}
   assert dedup.cluster_sizes(dup_of) == {2: 1, 3: 1}
+
+
+def test_signatures_parallel_equal_one_process():
+  """Worker processes (a spawn pool, as the bench and a curation run use)
+  give bitwise the signatures of one process, for both schemes."""
+  import concurrent.futures  # pylint: disable=g-import-not-at-top
+  import multiprocessing  # pylint: disable=g-import-not-at-top
+  rng = random.Random(6)
+  texts = [" ".join(_doc(rng, rng.randint(0, 200))) for _ in range(37)]
+  ctx = multiprocessing.get_context("spawn")
+  with concurrent.futures.ProcessPoolExecutor(2, mp_context=ctx) as pool:
+    for scheme in minhash.SCHEMES:
+      cfg = minhash.MinHashConfig(scheme=scheme)
+      want = minhash.signatures(texts, cfg)
+      for chunks in (1, 3, 50):
+        got = minhash.signatures_parallel(texts, cfg, pool, 2,
+                                          chunks_per_worker=chunks)
+        np.testing.assert_array_equal(got, want)
+    assert minhash.signatures_parallel([], cfg, pool, 2).shape == (
+        0, cfg.num_perm)
