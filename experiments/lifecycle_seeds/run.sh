@@ -5,6 +5,8 @@
 # Full run:  experiments/lifecycle_seeds/run.sh
 # Seeds:     SEEDS="0 1" experiments/lifecycle_seeds/run.sh
 # Another lifecycle: GIN=lifecycle/default.gin ROOT=runs/lifecycle_seeds_v1
+# The summary goes to OUT (default experiments/lifecycle_seeds/<gin name>/,
+# e.g. .../fact_world/results.md), so each configuration keeps its own.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
@@ -13,6 +15,7 @@ export GLIBC_TUNABLES=${GLIBC_TUNABLES:-glibc.malloc.hugetlb=1:glibc.malloc.aren
 PY=${PY:-.venv/bin/python}
 ROOT=${ROOT:-runs/lifecycle_seeds}
 GIN=${GIN:-lifecycle/fact_world.gin}
+OUT=${OUT:-experiments/lifecycle_seeds/$(basename "$GIN" .gin)}
 roots=()
 for seed in ${SEEDS:-0 1 2}; do
   # One seed moves everything random: the world (its text, tokenizer, facts
@@ -25,4 +28,4 @@ for seed in ${SEEDS:-0 1 2}; do
     --gin_param="ppo.seed=$seed"
   roots+=("$ROOT/seed$seed")
 done
-"$PY" experiments/lifecycle_seeds/summarize.py "${roots[@]}"
+"$PY" experiments/lifecycle_seeds/summarize.py --out="$OUT" "${roots[@]}"

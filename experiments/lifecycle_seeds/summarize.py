@@ -9,7 +9,7 @@ release choice (dev) and the pretraining probes (held-out documents and the
 fact probe).
 
   python experiments/lifecycle_seeds/summarize.py ROOT [ROOT ...] \
-      [--out=experiments/lifecycle_seeds]
+      --out=experiments/lifecycle_seeds/fact_world
 
 writes results.md and lifecycle_seeds.png into --out and prints the table.
 """
@@ -333,8 +333,9 @@ def summarize(roots: Sequence[str], out_dir: str, command: str = "") -> str:
 def main(argv: Sequence[str] | None = None) -> str:
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("roots", nargs="+", help="lifecycle roots, one per seed")
-  ap.add_argument("--out", default=os.path.dirname(os.path.abspath(
-      __file__)))
+  ap.add_argument("--out", required=True,
+                  help="folder for results.md and the plot (run.sh: "
+                  "experiments/lifecycle_seeds/<gin name>)")
   args = ap.parse_args(argv)
   command = "python experiments/lifecycle_seeds/summarize.py " + " ".join(
       os.path.relpath(r) for r in args.roots)
