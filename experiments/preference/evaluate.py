@@ -21,9 +21,8 @@ from typing import Any
 import jax
 
 from lifejax import sharding
-from lifejax.data.jsonl import read_jsonl
-from lifejax.eval import instruct, policy_eval
-from lifejax.model import transformer
+from lifejax.data.jsonl import read_jsonl, write_jsonl
+from lifejax.eval import instruct, lifecycle_evals, policy_eval
 from lifejax.run import artifacts
 from lifejax.run.layout import LifecycleRoot
 from lifejax.stages.lifecycle import balanced_subset
@@ -63,6 +62,10 @@ def main() -> None:
   ap.add_argument("--by", default="experiments/preference/run.sh",
                   help="the command named as the table's source")
   ap.add_argument("--out", required=True)
+  ap.add_argument("--answers", action="store_true",
+                  help="also write each run's answers with the judge's "
+                  "tags (instruct.answer_rows, as a stage's eval_answers."
+                  "jsonl) to <run>/<split>_answers.jsonl")
   args = ap.parse_args()
 
   root = LifecycleRoot(args.root)
@@ -72,8 +75,9 @@ def main() -> None:
   mesh = sharding.make_mesh(mesh_cfg)
 
   def lm_params(run_dir: str) -> tuple[Any, Any]:
-    graphdef, params = artifacts.load_params(
-        run_dir, transformer.Transformer, cfg, mesh, mesh_cfg.rules)
+    # An RL run's exported policy (policy/) if it has one, as the lifecycle.
+    graphdef, params = lifecycle_evals.lm_params(run_dir, cfg, mesh,
+                                                 mesh_cfg.rules)
     return graphdef, jax.device_get(params)
 
   graphdef, ref = lm_params(sft_run)
@@ -95,6 +99,9 @@ def main() -> None:
     _, params = lm_params(run_dir)
     m = evaluator(params)
     m["wtl"] = (m["wins"], m["ties"], m["losses"])
+    if args.answers:
+      write_jsonl(os.path.join(run_dir, f"{args.split}_answers.jsonl"),
+                  instruct.answer_rows(records, evaluator.last_answers))
     rows.append((label, run_dir, m))
     print(label, {k: fmt(m[k], kind) for _, k, kind in COLUMNS}, flush=True)
 

@@ -36,3 +36,10 @@ def test_habit_rates_count_the_recorded_flaw_tags(tiny_lifecycle):
     assert cell["control"][0] == sum(bool(a["flaws"].get(flaw))
                                      for a in mine) - cell["triggered"][0]
   assert tool.table(rows, ["sft"]).count("\n| ") == len(wi.HABITS)
+  # Another run's answer rows (same layout) as an extra column: the same
+  # file under a label counts the same.
+  extra = tool.habit_rates(tiny_lifecycle, [], {
+      "copy": RunDir(lr.stage("sft").root).eval_answers})
+  counts = lambda c: (c["triggered"], c["control"])  # noqa: E731 (p may be nan)
+  assert [counts(r["stages"]["copy"]) for r in extra] == [
+      counts(r["stages"]["sft"]) for r in rows]

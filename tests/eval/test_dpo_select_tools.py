@@ -4,6 +4,7 @@ table), and pick.py picks the best dev win rate, refusing rows from test."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -23,11 +24,15 @@ def test_dev_evaluation_and_pick(tiny_lifecycle, tmp_path):
   root = tiny_lifecycle
   lr = LifecycleRoot(root)
   out = tmp_path / "dev.md"
+  # --answers writes into each run: copies keep the shared root unchanged.
+  runs = {}
+  for stage in ("sft", "dpo"):
+    runs[stage] = str(tmp_path / stage)
+    shutil.copytree(lr.stage(stage).root, runs[stage])
   subprocess.run(
       [sys.executable, "experiments/preference/evaluate.py", f"--root={root}",
-       "--split=validation", "--records=10", f"--out={out}",
-       f"--run=SFT itself={lr.stage('sft').root}",
-       f"--run=DPO={lr.stage('dpo').root}"],
+       "--split=validation", "--records=10", f"--out={out}", "--answers",
+       f"--run=SFT itself={runs['sft']}", f"--run=DPO={runs['dpo']}"],
       check=True, cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu",
                                  "XLA_FLAGS": ""}, capture_output=True)
   with open(tmp_path / "dev.json") as f:
@@ -42,6 +47,14 @@ def test_dev_evaluation_and_pick(tiny_lifecycle, tmp_path):
   assert (sft["ties"], sft["win_rate_vs_ref"]) == (len(dev), 0.5)
   assert sft["kl_to_ref"] == pytest.approx(0.0, abs=1e-6)
   assert "(`evaluate.py --split=validation`)" in out.read_text()
+  # --answers: one judged row per dev prompt, in order, whose judge totals
+  # average to the table's judge score.
+  for r in rows:
+    answers = read_jsonl(os.path.join(r["run"], "validation_answers.jsonl"))
+    assert [a["id"] for a in answers] == [d["id"] for d in dev]
+    assert sum(a["judge"] for a in answers) / len(answers) == pytest.approx(
+        r["metrics"]["judge_score"])
+    assert all(isinstance(a["flaws"], dict) for a in answers)
   want = max(rows, key=lambda r: (r["metrics"]["win_rate_vs_ref"],
                                   -rows.index(r)))
   assert pick.pick(rows) is want
