@@ -17,6 +17,8 @@
 # best dev win rate is picked (experiments/dpo_select/pick.py, which refuses
 # rows of another split), and only the pick is judged on the test prompts
 # (-> test.md); habits.py then counts its habit flaws on test.
+# DEV_ONLY=1 stops after the dev table (ablations that select nothing;
+# DEV names the table, default dev.md).
 #   ROOT=runs/demo_habits/seed0  OUT=runs/demo_habits/select
 #   ARMS="ppo:24 online:1e-5:4 online:5e-5:4 ppo:24:64"
 set -euo pipefail
@@ -28,6 +30,7 @@ ROOT=${ROOT:-runs/demo_habits/seed0}
 OUT=${OUT:-runs/demo_habits/select}
 ARMS=${ARMS:-ppo:24 online:1e-5:4 online:5e-5:4 ppo:24:64}
 HERE=experiments/demo_habits
+DEV=${DEV:-$HERE/dev.md}
 COMMON=(--gin_file=lifecycle/fact_world.gin
         --gin_param="lifecycle.world_demo_habits=True")
 runs=()
@@ -87,10 +90,11 @@ for arm in $ARMS; do
   runs+=("--run=$label=$dir")
 done
 $PY experiments/preference/evaluate.py --root="$ROOT" --split=validation \
-  --records=216 --out="$HERE/dev.md" --by="$HERE/select.sh" \
+  --records=216 --out="$DEV" --by="$HERE/select.sh" \
   --title="Preference tuning from $ROOT/sft: dev prompts (selection)" \
   "${runs[@]}"
-picked=$($PY experiments/dpo_select/pick.py "$HERE/dev.md")
+[ -z "${DEV_ONLY:-}" ] || exit 0
+picked=$($PY experiments/dpo_select/pick.py "$DEV")
 echo "picked on dev: $picked"
 $PY experiments/preference/evaluate.py --root="$ROOT" --split=test \
   --records=216 --out="$HERE/test.md" --by="$HERE/select.sh" \
