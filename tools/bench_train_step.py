@@ -232,7 +232,8 @@ def lifejax_runner(cfg: TransformerConfig, precision: str, batch: int,
 
   for _ in range(warmup):
     step()
-  info = {"trace_s": t1 - t0, "compile_s": t2 - t1}
+  info = {"trace_s": t1 - t0, "compile_s": t2 - t1,
+          "hlo_text": compiled.as_text()}  # for tools/profile_train_step.py
   if mem is not None:
     info["xla_mb"] = (mem.argument_size_in_bytes + mem.output_size_in_bytes
                       - mem.alias_size_in_bytes

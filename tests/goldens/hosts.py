@@ -49,6 +49,16 @@ def _cpu_flags_and_vendor() -> tuple[set[str], str]:
   return flags, vendor
 
 
+# AVX-512 extensions that tell CPU generations apart (Skylake-SP has none of
+# them, Cascade Lake VNNI, Ice Lake VBMI/IFMA/..., Sapphire Rapids BF16, FP16
+# and AMX too). XLA:CPU compiles for the host CPU's model, and a Sapphire
+# Rapids host (all of these) summed the golden runs in another order than the
+# hosts of the first AVX-512 record (DPO eval reward 0.64212 vs 0.64181).
+_ISA_EXT = ("avx512_vnni", "avx512vbmi", "avx512_vbmi2", "avx512ifma",
+            "avx512_bitalg", "avx512_vpopcntdq", "avx512_bf16", "avx512_fp16",
+            "amx_tile")
+
+
 def host_spec() -> dict[str, str]:
   """This host's fields that decide XLA:CPU's float results."""
   flags, vendor = _cpu_flags_and_vendor()
@@ -60,13 +70,30 @@ def host_spec() -> dict[str, str]:
     isa = "sve"
   else:
     isa = "baseline"
+  ext = "+".join(f for f in _ISA_EXT if f in flags) or "none"
   return {"machine": platform.machine(), "vendor": vendor, "isa": isa,
-          "jax": jax.__version__, "jaxlib": jaxlib.__version__}
+          "isa_ext": ext, "jax": jax.__version__,
+          "jaxlib": jaxlib.__version__}
 
 
 def matches(recorded: Mapping[str, str], host: Mapping[str, str]) -> bool:
   """Every field the record names equals this host's."""
   return all(host.get(k) == v for k, v in recorded.items())
+
+
+def own_records(records: list, host: Mapping[str, str]) -> list:
+  """The records whose host fields all match this host, the most specific
+  (most fields named) first: a record made on this CPU generation wins over
+  one that names only the ISA."""
+  own = [r for r in records if matches(r["host"], host)]
+  return sorted(own, key=lambda r: -len(r["host"]))
+
+
+def has_own_record(records: list, host: Mapping[str, str]) -> bool:
+  """A record names every field of this host's spec (so adding this host
+  would duplicate it)."""
+  return any(all(r["host"].get(k) == v for k, v in host.items())
+             for r in records)
 
 
 def describe(spec: Mapping[str, str]) -> str:

@@ -40,7 +40,7 @@ def _update(golden_runs: dict, records: list, host: dict) -> list:
     records = [{"host": host, "note": note, "stages": golden_runs}]
     _write(records)
   elif os.environ.get("LIFEJAX_ADD_GOLDEN_HOST"):
-    if any(hosts.matches(r["host"], host) for r in records):
+    if hosts.has_own_record(records, host):
       raise RuntimeError("LIFEJAX_ADD_GOLDEN_HOST: this host already has a "
                          "record in losses.json")
     for r in records:
@@ -65,7 +65,7 @@ def golden(golden_runs):
     records = json.load(f)["records"]
   host = hosts.host_spec()
   records = _update(golden_runs, records, host)
-  own = [r for r in records if hosts.matches(r["host"], host)]
+  own = hosts.own_records(records, host)
   if own:
     return own[:1], True
   warnings.warn(

@@ -131,3 +131,30 @@ def test_eval_step_passes_rows_through_and_evaluate_collects_them():
   np.testing.assert_allclose(
       res["eval/loss"], sum(s for s, _ in rows) / sum(w for _, w in rows),
       rtol=1e-6)
+
+
+def test_target_is_top_matches_argmax_and_counts_ties():
+  """The accuracy's hit test is argmax(logits) == target on untied rows
+  (f32 and bf16 logits), and a target tied for the max is a hit."""
+  from lifejax.losses.lm import target_is_top
+  r = np.random.default_rng(3)
+  logits = r.normal(size=(4, 32, 97)).astype(np.float32)
+  targets = r.integers(0, 97, (4, 32))
+  targets[:, ::3] = logits.argmax(-1)[:, ::3]  # a third are hits
+  for dtype in (jnp.float32, jnp.bfloat16):
+    x = jnp.asarray(logits).astype(dtype)
+    xs = np.asarray(x.astype(jnp.float32))
+    unique = (xs == xs.max(-1, keepdims=True)).sum(-1) == 1
+    want = np.asarray(jnp.argmax(x, -1)) == targets
+    got = np.asarray(target_is_top(x, jnp.asarray(targets)))
+    np.testing.assert_array_equal(got[unique], want[unique])
+    assert unique.mean() > 0.9
+    # Rows with a tied max (bf16 rounding makes a few): hit iff tied.
+    tied_hit = np.take_along_axis(xs, targets[..., None], -1)[..., 0] == (
+        xs.max(-1))
+    np.testing.assert_array_equal(got[~unique], tied_hit[~unique])
+    assert 0.3 < got.mean() < 0.5
+  tied = np.zeros((1, 2, 5), np.float32)
+  tied[0, 1, 2] = 1.0
+  got = target_is_top(jnp.asarray(tied), jnp.asarray([[4, 3]]))
+  np.testing.assert_array_equal(np.asarray(got), [[True, False]])
