@@ -15,9 +15,13 @@ worker threads to one category, read off the optimized HLO:
   * loop control: the self time of while/conditional ops (their bodies'
     ops are counted in their own categories).
 
-Times are thread seconds (self time, nested ops subtracted), so the total can
-exceed the wall time when XLA runs independent ops on both cores at once;
-"idle" is cores x wall minus the busy time. Usage:
+Times are thread seconds (self time, nested ops subtracted) of the op events
+on XLA's worker threads, so the total can exceed the wall time when XLA runs
+independent ops on both cores at once. "outside op events" is cores x wall
+minus that busy time: the runtime, truly idle cores, and the work a helper
+thread does inside another thread's op (a large dot split over both cores
+is timed once, on the thread that started it), so the busy shares are
+shares of attributed time, not of the wall. Usage:
 
   python tools/profile_train_step.py --model=cpu10m --precision=f32,bf16 \
       --malloc=tuned --out=experiments/bench_train_step/profile.md
@@ -199,7 +203,9 @@ def report(args: argparse.Namespace, profiles: list[Profile],
            f"{args.steps} traced steps after {args.warmup} warmup steps, "
            f"{profiles[0].threads} cores, jax {jax.__version__}. Thread ms "
            "per step (self time; ops may run on both cores at once); share "
-           "of the busy time; idle = cores x wall - busy.", ""]
+           "of the busy time; outside op events = cores x wall - busy "
+           "(runtime, idle, and helper-thread work inside another thread's "
+           "op).", ""]
   lines.append("| category | " + " | ".join(
       f"{p.precision} ms | {p.precision} share" for p in profiles) + " |")
   lines.append("|---|" + "---|---|" * len(profiles))
@@ -219,7 +225,7 @@ def report(args: argparse.Namespace, profiles: list[Profile],
     idle = p.threads * p.wall_ms - sum(p.busy_ms.values())
     row += [f"{idle:.0f}", f"{100 * idle / (p.threads * p.wall_ms):.0f}% of "
             "cores x wall"]
-  lines.append("| idle | " + " | ".join(row) + " |")
+  lines.append("| outside op events | " + " | ".join(row) + " |")
   lines.append("| wall ms / step (traced) | " + " | ".join(
       f"{p.wall_ms:.0f} | –" for p in profiles) + " |")
   for p in profiles:
