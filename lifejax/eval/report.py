@@ -379,6 +379,8 @@ def write_report(root: str) -> str:
     rows.append([f"`{s.name}`", s.kind, s.status,
                  MISSING if step is None else step,
                  MISSING if math.isnan(s.seconds) else f"{s.seconds:.1f}",
+                 MISSING if math.isnan(s.compile_seconds)
+                 else f"{s.compile_seconds:.1f}",
                  f"{fmt(n, 'int')} ({fmt(nbytes, 'bytes')})",
                  "; ".join(metric_cells(column_kind(s), m))])
   chain, notes = failure_fix_chain(stages, metrics)
@@ -403,7 +405,8 @@ def write_report(root: str) -> str:
   md += [world, ""] if world else []
   md += ["## Stages", ""]
   md += _table(["stage", "kind", "status", "steps", "seconds",
-                "params (memory)", "stage-specific metrics"], rows)
+                "of which XLA compile", "params (memory)",
+                "stage-specific metrics"], rows)
   md += ["", "## Failure → fix chain (as observed)", "",
          f"**{chain}**" if chain else MISSING, ""]
   md += [f"- {n}" for n in notes] + [""]

@@ -29,6 +29,9 @@ class Stage:
   run_dir: str
   status: str = "done"
   seconds: float = float("nan")
+  # XLA compile time within `seconds` (nan: a ledger from before it was
+  # recorded).
+  compile_seconds: float = float("nan")
 
 
 def read_json(path: str, default: Any = None) -> Any:
@@ -70,10 +73,12 @@ def read_stages(root: str) -> list[Stage]:
       run_dir = os.path.join(root, run_dir)
     prev = by_name.get(e["name"])
     seconds = float(e.get("seconds", float("nan")))
+    compile_s = float(e.get("compile_seconds", float("nan")))
     if prev is not None and e.get("status") == "skipped":
-      seconds = prev.seconds  # the time the work really took
+      # the time the work really took
+      seconds, compile_s = prev.seconds, prev.compile_seconds
     by_name[e["name"]] = Stage(e["name"], e.get("kind", e["name"]), run_dir,
-                               e.get("status", "done"), seconds)
+                               e.get("status", "done"), seconds, compile_s)
   return list(by_name.values())
 
 

@@ -29,6 +29,7 @@ from lifejax.eval import instruct, lifecycle_evals, stage_eval
 from lifejax.model.config import TransformerConfig
 from lifejax.rl import rollout
 from lifejax.run import artifacts, provenance
+from lifejax.run.compile_clock import CompileClock
 from lifejax.run.layout import LifecycleRoot
 from lifejax.stages.dpo import dpo
 from lifejax.stages.pretrain import pretrain
@@ -66,13 +67,18 @@ class _Ledger:
                      timespec="seconds")}
 
   def add(self, name: str, kind: str, run_dir: str, status: str,
-          seconds: float) -> None:
+          seconds: float, compile_seconds: float = 0.0,
+          compiles: int = 0) -> None:
     # Relative to the root, so a copied or moved root stays readable and
-    # the ledger names no machine path.
+    # the ledger names no machine path. compile_seconds / compiles: XLA
+    # backend compilations during the stage (run and evaluation), part of
+    # `seconds`.
     self.data["stages"].append({"name": name, "kind": kind,
                                 "run_dir": os.path.relpath(run_dir,
                                                            self.root),
-                                "status": status, "seconds": seconds})
+                                "status": status, "seconds": seconds,
+                                "compile_seconds": compile_seconds,
+                                "compiles": compiles})
     self.save()
 
   def save(self) -> None:
@@ -165,14 +171,15 @@ def lifecycle(
     label = f"[{k}/{n_stages} {name}]"
     print(f"[lifecycle] {label} {'resuming' if resumed else 'starting'} "
           f"({_elapsed(t_start)} elapsed)", flush=True)
-    with gin.config_scope(name), metrics_lib.progress_label(label):
+    with (gin.config_scope(name), metrics_lib.progress_label(label),
+          CompileClock() as clock):
       run()
       print(f"[lifecycle] {label} evaluating", flush=True)
       metrics = evaluate()
     stage_eval.write_eval(rd.root, metrics)
     results[name] = metrics
     ledger.add(name, kind, rd.root, "resumed" if resumed else "done",
-               time.perf_counter() - t0)
+               time.perf_counter() - t0, clock.seconds, clock.count)
 
   def stopped_after(name: str) -> bool:
     """Whether lifecycle.until ends the run here (its outputs written)."""

@@ -90,6 +90,10 @@ def test_one_row_per_stage_with_the_runs_numbers(tiny_lifecycle):
       steps = json.load(f).get("final_step")
     if steps is not None:
       assert f"| {steps} |" in row
+    # Every stage compiled something (a fresh process per lifecycle), and
+    # the compile time is part of the stage's time and in its row.
+    assert s["compiles"] > 0 and 0 < s["compile_seconds"] < s["seconds"], s
+    assert f"| {s['compile_seconds']:.1f} |" in row, row
   # The lifecycle scores DPO's answers with the reward model too.
   dpo_eval = _eval(next(s["run_dir"] for s in stages if s["name"] == "dpo"))
   assert (f"reward Δ vs SFT {report.fmt(dpo_eval['reward_gain_vs_ref'])}"
