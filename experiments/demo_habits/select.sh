@@ -21,6 +21,8 @@
 # DEV names the table, default dev.md).
 #   ROOT=runs/demo_habits/seed0  OUT=runs/demo_habits/select
 #   ARMS="ppo:24 online:1e-5:4 online:5e-5:4 ppo:24:64"
+#   HABITS=True (False: a root of make demo's own world, e.g.
+#   ROOT=runs/fact_world, whose world has no demo habits)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
@@ -31,8 +33,9 @@ OUT=${OUT:-runs/demo_habits/select}
 ARMS=${ARMS:-ppo:24 online:1e-5:4 online:5e-5:4 ppo:24:64}
 HERE=experiments/demo_habits
 DEV=${DEV:-$HERE/dev.md}
+HABITS=${HABITS:-True}
 COMMON=(--gin_file=lifecycle/fact_world.gin
-        --gin_param="lifecycle.world_demo_habits=True")
+        --gin_param="lifecycle.world_demo_habits=$HABITS")
 runs=()
 for arm in $ARMS; do
   IFS=: read -r kind a b <<< "$arm"
