@@ -292,6 +292,26 @@ def peer_runner(cfg: TransformerConfig, precision: str, batch: int, seq: int,
 # -- report --------------------------------------------------------------------
 
 
+def rerun_with_tuned_malloc(script: str, argv: list[str] | None) -> None:
+  """Re-executes `script` with the same arguments under TUNED_MALLOC unless
+  it already runs under it (glibc reads its tunables at process start)."""
+  if os.environ.get("GLIBC_TUNABLES") == TUNED_MALLOC:
+    return
+  env = dict(os.environ, GLIBC_TUNABLES=TUNED_MALLOC)
+  os.execve(sys.executable, [sys.executable, os.path.abspath(script)]
+            + (sys.argv[1:] if argv is None else argv), env)
+
+
+def emit(text: str, out: str | None) -> None:
+  """Prints the report and, with `out`, writes it there too."""
+  print(text)
+  if out:
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
+      f.write(text)
+
+
+
 def _fmt(x: float | None, spec: str) -> str:
   return "–" if x is None else format(x, spec)
 
@@ -407,13 +427,8 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument("--profile", default=None, metavar="DIR",
                  help="write a jax.profiler trace of 2 lifejax steps here")
   args = p.parse_args(argv)
-  if args.malloc == "tuned" and os.environ.get("GLIBC_TUNABLES") != (
-      TUNED_MALLOC):
-    # Tunables are read when the process starts: run again under them.
-    env = dict(os.environ, GLIBC_TUNABLES=TUNED_MALLOC)
-    argv_full = [sys.executable, os.path.abspath(__file__)] + (
-        sys.argv[1:] if argv is None else argv)
-    os.execve(sys.executable, argv_full, env)
+  if args.malloc == "tuned":
+    rerun_with_tuned_malloc(__file__, argv)
   if args.steps is not None:
     args.rounds, args.steps_per_round = 1, args.steps
   command = "python " + " ".join(
@@ -453,13 +468,8 @@ def main(argv: list[str] | None = None) -> None:
         r.run(args.steps_per_round)
   peaks.append(measure_peaks(args.peak_n, args.peak_reps))
 
-  text = report(args, cfgs, source, runners, peaks, rss_lifejax, threads,
-                command)
-  print(text)
-  if args.out:
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-      f.write(text)
+  emit(report(args, cfgs, source, runners, peaks, rss_lifejax, threads,
+              command), args.out)
 
 
 if __name__ == "__main__":

@@ -249,11 +249,8 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument("--malloc", choices=("default", "tuned"), default="default")
   p.add_argument("--out", default=None)
   args = p.parse_args(argv)
-  if args.malloc == "tuned" and os.environ.get("GLIBC_TUNABLES") != (
-      bench.TUNED_MALLOC):
-    env = dict(os.environ, GLIBC_TUNABLES=bench.TUNED_MALLOC)
-    os.execve(sys.executable, [sys.executable, os.path.abspath(__file__)]
-              + (sys.argv[1:] if argv is None else argv), env)
+  if args.malloc == "tuned":
+    bench.rerun_with_tuned_malloc(__file__, argv)
   command = "python " + " ".join(
       ["tools/profile_train_step.py"] + (sys.argv[1:] if argv is None
                                          else argv))
@@ -264,12 +261,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"unknown precision {prec!r}; one of "
                          f"{sorted(bench.PRECISIONS)}")
       profiles.append(profile_precision(args, prec, tmp))
-  text = report(args, profiles, command)
-  print(text)
-  if args.out:
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-      f.write(text)
+  bench.emit(report(args, profiles, command), args.out)
 
 
 if __name__ == "__main__":
