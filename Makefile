@@ -40,8 +40,14 @@ install: $(STAMP)
 # (experiments/bench_train_step/README.md).
 MALLOC_TUNING := glibc.malloc.hugetlb=1:glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736
 
+# One XLA host device per core: the lifecycle's evals and rollouts generate
+# data parallel over them (GenerationSpec.devices = -1), while training
+# runs on one device whose ops use every core (fact_world.gin's mesh). A
+# device count already in XLA_FLAGS wins (it comes later).
+HOST_DEVICES ?= $(shell $(PYTHON) -c 'import os; print(os.cpu_count() or 1)')
+
 demo: $(CORE_STAMP)
-	GLIBC_TUNABLES=$(MALLOC_TUNING) JAX_PLATFORMS=$${JAX_PLATFORMS:-cpu} $(PY) -m lifejax.main --gin_file=$(GIN)
+	GLIBC_TUNABLES=$(MALLOC_TUNING) JAX_PLATFORMS=$${JAX_PLATFORMS:-cpu} XLA_FLAGS="--xla_force_host_platform_device_count=$(HOST_DEVICES) $${XLA_FLAGS:-}" $(PY) -m lifejax.main --gin_file=$(GIN)
 
 test: $(STAMP)
 	JAX_PLATFORMS=cpu $(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)

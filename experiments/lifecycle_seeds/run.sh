@@ -12,6 +12,9 @@ cd "$(dirname "$0")/../.."
 export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
 # The Makefile's glibc malloc tunables (CPU only), as `make demo` runs.
 export GLIBC_TUNABLES=${GLIBC_TUNABLES:-glibc.malloc.hugetlb=1:glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736}
+# One host device per core, as `make demo` runs (evals and rollouts
+# generate data parallel over them).
+export XLA_FLAGS="--xla_force_host_platform_device_count=$(nproc) ${XLA_FLAGS:-}"
 PY=${PY:-.venv/bin/python}
 ROOT=${ROOT:-runs/lifecycle_seeds}
 GIN=${GIN:-lifecycle/fact_world.gin}

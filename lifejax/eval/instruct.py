@@ -22,15 +22,21 @@ REFUSAL_TASK = "refuse_pii"
 @dataclasses.dataclass(frozen=True)
 class GenerationSpec:
   """How eval answers are generated: prompts left-padded to prompt_len
-  tokens, at most max_new_tokens per answer, batch_size prompts a call."""
+  tokens, at most max_new_tokens per answer, batch_size prompts a call,
+  on `devices` local devices, data parallel (1: the default device; -1:
+  all; `generation.Placement`)."""
 
   prompt_len: int = 192
   max_new_tokens: int = 64
   batch_size: int = 16
+  devices: int = 1
 
   def __post_init__(self):
     for name in ("prompt_len", "max_new_tokens", "batch_size"):
       checks.at_least(f"GenerationSpec.{name}", getattr(self, name), 1)
+    if self.devices == 0 or self.devices < -1:
+      raise ValueError(f"GenerationSpec.devices={self.devices}: use a "
+                       "device count >= 1, or -1 for all local devices")
 
 
 def looks_like_refusal(text: str) -> bool:

@@ -165,7 +165,8 @@ def dev_judge(run_dir: str, model: TransformerConfig, mesh: Any,
   template = artifacts.load_template(sft_run)
   gen = generation.make_generate(
       graphdef, sharding.fetch(params),
-      generation.chat_config(template, tokenizer, spec.max_new_tokens))
+      generation.chat_config(template, tokenizer, spec.max_new_tokens),
+      devices=spec.devices)
   answers = generation.generate_responses(gen, tokenizer, template, dev,
                                           spec)
   return instruct.judge_responses(dev, answers)["judge"]

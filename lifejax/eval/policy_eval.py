@@ -122,7 +122,8 @@ class PolicyEvaluator:
 
   def _answers(self, params) -> list[str]:
     return generation.generate_responses(
-        generation.make_generate(self.graphdef, params, self.sampling),
+        generation.make_generate(self.graphdef, params, self.sampling,
+                                 devices=self.spec.devices),
         self.tokenizer, self.template, self.records, self.spec)
 
   def _kl_rows(self, answers: Sequence[str]

@@ -381,6 +381,8 @@ def write_report(root: str) -> str:
                  MISSING if math.isnan(s.seconds) else f"{s.seconds:.1f}",
                  MISSING if math.isnan(s.compile_seconds)
                  else f"{s.compile_seconds:.1f}",
+                 MISSING if math.isnan(s.eval_seconds)
+                 else f"{s.eval_seconds:.1f}",
                  f"{fmt(n, 'int')} ({fmt(nbytes, 'bytes')})",
                  "; ".join(metric_cells(column_kind(s), m))])
   chain, notes = failure_fix_chain(stages, metrics)
@@ -405,7 +407,8 @@ def write_report(root: str) -> str:
   md += [world, ""] if world else []
   md += ["## Stages", ""]
   md += _table(["stage", "kind", "status", "steps", "seconds",
-                "of which XLA compile", "params (memory)",
+                "of which XLA compile", "of which evaluation",
+                "params (memory)",
                 "stage-specific metrics"], rows)
   md += ["", "## Failure → fix chain (as observed)", "",
          f"**{chain}**" if chain else MISSING, ""]

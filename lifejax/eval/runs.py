@@ -32,6 +32,8 @@ class Stage:
   # XLA compile time within `seconds` (nan: a ledger from before it was
   # recorded).
   compile_seconds: float = float("nan")
+  # The evaluation after the run, within `seconds` (nan: not recorded).
+  eval_seconds: float = float("nan")
 
 
 def read_json(path: str, default: Any = None) -> Any:
@@ -74,11 +76,14 @@ def read_stages(root: str) -> list[Stage]:
     prev = by_name.get(e["name"])
     seconds = float(e.get("seconds", float("nan")))
     compile_s = float(e.get("compile_seconds", float("nan")))
+    eval_s = float(e.get("eval_seconds", float("nan")))
     if prev is not None and e.get("status") == "skipped":
       # the time the work really took
-      seconds, compile_s = prev.seconds, prev.compile_seconds
+      seconds, compile_s, eval_s = (prev.seconds, prev.compile_seconds,
+                                    prev.eval_seconds)
     by_name[e["name"]] = Stage(e["name"], e.get("kind", e["name"]), run_dir,
-                               e.get("status", "done"), seconds, compile_s)
+                               e.get("status", "done"), seconds, compile_s,
+                               eval_s)
   return list(by_name.values())
 
 

@@ -130,13 +130,13 @@ def eval_lm(
       write_json(RunDir(details_dir).fact_rank, {"facts": facts})
   if fact_questions:
     gen = generation.make_generate(graphdef, host, generation.greedy_config(
-        tokenizer, [tokenizer.eos_id], 12))
+        tokenizer, [tokenizer.eos_id], 12), devices=spec.devices)
     out["fact_probe_accuracy"] = fact_probe(gen, tokenizer, fact_questions,
                                             spec)
     out["fact_probe_questions"] = float(len(fact_questions))
   if instruction_records or baseline_records:
     gen = generation.make_generate(graphdef, host, generation.chat_config(
-        template, tokenizer, spec.max_new_tokens))
+        template, tokenizer, spec.max_new_tokens), devices=spec.devices)
   if baseline_records:
     dev_answers = generation.generate_responses(gen, tokenizer, template,
                                                 baseline_records, spec)
@@ -202,7 +202,7 @@ def eval_release(graphdef: Any, params: Any, cfg: TransformerConfig,
   parameter / memory footprint."""
   host = sharding.fetch(params)
   gen = generation.make_generate(graphdef, host, generation.chat_config(
-      template, tokenizer, spec.max_new_tokens))
+      template, tokenizer, spec.max_new_tokens), devices=spec.devices)
   answers = generation.generate_responses(gen, tokenizer, template, golden,
                                           spec)
   scores = [judge_lib.score(r, a) for r, a in zip(golden, answers)]
@@ -214,7 +214,7 @@ def eval_release(graphdef: Any, params: Any, cfg: TransformerConfig,
       prompts.left_pad(rows, spec.prompt_len, tokenizer.pad_id),
       spec.batch_size)
   nostop = generation.make_generate(graphdef, host, generation.greedy_config(
-      tokenizer, [], spec.max_new_tokens))
+      tokenizer, [], spec.max_new_tokens), devices=spec.devices)
   jax.block_until_ready(nostop(ids, mask))
   t0 = time.perf_counter()
   toks, _ = nostop(ids, mask)

@@ -175,7 +175,8 @@ class RLJob:
     self.source = RolloutSource(
         forwards=PolicyForwards(self.layout, self.mesh, self.rules, ref,
                                 self.rollout_cfg.chunk_size, self.generate,
-                                self.rollout_cfg.sampler),
+                                self.rollout_cfg.sampler,
+                                self.rollout_cfg.sampling_devices),
         algorithm=self.algorithm, prompts=self.prompts, codec=self.codec,
         scorer=self.scorer, rollout_cfg=self.rollout_cfg,
         loop_cfg=self.loop_cfg, seed=self.seed, samples_dir=self.samples_dir,

@@ -181,13 +181,16 @@ class PolicyForwards:
   log-probs); "exact": `sampling.generate_exact` on this layout's own
   forward (`lm_logits`, the forward `stats` runs, same mesh and row
   shardings), so the sampler's log-probs are the learner's bit for bit.
+  sampling_devices: where the "kv_cache" sampler runs
+  (`RolloutConfig.sampling_devices`).
   """
 
   def __init__(self, layout: Layout, mesh: Any, rules: sharding.Rules,
                ref_params: Any, chunk_size: int = 0,
                generate: generation.SampleFn | None = None,
-               sampler: str = "kv_cache"):
+               sampler: str = "kv_cache", sampling_devices: int = 1):
     self.layout, self.mesh, self.rules = layout, mesh, rules
+    self.sampling_devices = sampling_devices
     self.ref_params, self.chunk_size = ref_params, chunk_size
     self.sampler_kind = sampler
     if sampler == "exact" and generate is not None:
@@ -275,4 +278,4 @@ class PolicyForwards:
       return self._exact_sampler(params, cfg)
     return generation.make_sampler(self.generate, self.layout.lm_graphdef,
                                    self.layout.lm_params(params), cfg,
-                                   self.chunk_size)
+                                   self.chunk_size, self.sampling_devices)

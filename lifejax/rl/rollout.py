@@ -89,6 +89,10 @@ class RolloutConfig:
   sampler: "kv_cache" (default: prefill + cached decode steps) or "exact"
     (`sampling.generate_exact`: the learner's forward at the learner's row
     shape, N full forwards; its log-probs equal the learner's bit for bit).
+  sampling_devices: the local devices the "kv_cache" sampler runs on, data
+    parallel with the policy's params replicated on each (1: the default
+    device, -1: all; `generation.Placement`). The learner's forwards stay
+    on the training mesh.
   max_turns: assistant turns per sample (> 1: multi-turn rollouts with a
     tool, `rl.multiturn`); observation_len: the most ids one observation
     turn may take (a longer tool result is cut at word boundaries).
@@ -106,6 +110,7 @@ class RolloutConfig:
   chunk_size: int = 0
   ratio_distribution: str = "full"
   sampler: str = "kv_cache"
+  sampling_devices: int = 1
   max_turns: int = 1
   observation_len: int = 96
 
@@ -122,6 +127,10 @@ class RolloutConfig:
     checks.choice("RolloutConfig.ratio_distribution",
                   self.ratio_distribution, RATIO_DISTRIBUTIONS)
     checks.choice("RolloutConfig.sampler", self.sampler, SAMPLERS)
+    if self.sampling_devices == 0 or self.sampling_devices < -1:
+      raise ValueError(f"RolloutConfig.sampling_devices="
+                       f"{self.sampling_devices}: use a device count >= 1, "
+                       "or -1 for all local devices")
     checks.at_least("RolloutConfig.max_turns", self.max_turns, 1)
     checks.at_least("RolloutConfig.observation_len", self.observation_len, 1)
     if self.ratio_distribution == "sampled" and self.temperature == 0:

@@ -283,7 +283,7 @@ def distill(
         iteration_lib.PromptBatches(records, batch_size, seed=seed), codec,
         rollout, lambda params: generation_lib.make_sampler(
             generation_lib.default_sample_fn(), graphdef, params, cfg,
-            rollout.chunk_size), ctx.model_params, seed)
+            rollout.chunk_size, rollout.sampling_devices), ctx.model_params, seed)
 
   def evals(ctx: runner.Context) -> engine.Evals:
     return engine.Evals(sets=lambda: iter(pipeline.lm_eval_dataset(

@@ -68,17 +68,19 @@ class _Ledger:
 
   def add(self, name: str, kind: str, run_dir: str, status: str,
           seconds: float, compile_seconds: float = 0.0,
-          compiles: int = 0) -> None:
+          compiles: int = 0, eval_seconds: float = 0.0) -> None:
     # Relative to the root, so a copied or moved root stays readable and
     # the ledger names no machine path. compile_seconds / compiles: XLA
     # backend compilations during the stage (run and evaluation), part of
-    # `seconds`.
+    # `seconds`; eval_seconds: the evaluation after the run, part of
+    # `seconds` too.
     self.data["stages"].append({"name": name, "kind": kind,
                                 "run_dir": os.path.relpath(run_dir,
                                                            self.root),
                                 "status": status, "seconds": seconds,
                                 "compile_seconds": compile_seconds,
-                                "compiles": compiles})
+                                "compiles": compiles,
+                                "eval_seconds": eval_seconds})
     self.save()
 
   def save(self) -> None:
@@ -174,12 +176,15 @@ def lifecycle(
     with (gin.config_scope(name), metrics_lib.progress_label(label),
           CompileClock() as clock):
       run()
-      print(f"[lifecycle] {label} evaluating", flush=True)
+      print(f"[lifecycle] {label} evaluating ({_elapsed(t_start)} "
+            "elapsed)", flush=True)
+      t_eval = time.perf_counter()
       metrics = evaluate()
+      t_end = time.perf_counter()
     stage_eval.write_eval(rd.root, metrics)
     results[name] = metrics
     ledger.add(name, kind, rd.root, "resumed" if resumed else "done",
-               time.perf_counter() - t0, clock.seconds, clock.count)
+               t_end - t0, clock.seconds, clock.count, t_end - t_eval)
 
   def stopped_after(name: str) -> bool:
     """Whether lifecycle.until ends the run here (its outputs written)."""

@@ -317,7 +317,7 @@ def online_dpo(
     def sampler(params: Any, cfg: Any) -> Callable[..., Any]:
       return generation_lib.make_sampler(
           generation_lib.default_sample_fn(), graphdef, params, cfg,
-          rollout.chunk_size)
+          rollout.chunk_size, rollout.sampling_devices)
 
     def label(params: Any, records: list, rnd: int) -> tuple[list, dict]:
       return rlaif_lib.generate_preferences(

@@ -67,7 +67,7 @@ def rlaif(
       generation.default_sample_fn(), policy.graphdef, policy.params,
       rollout.sampling_config(policy.codec.stop_ids, policy.codec.pad_id,
                               policy.codec.vocab_limit),
-      rollout.chunk_size)
+      rollout.chunk_size, rollout.sampling_devices)
   greedy = None
   if config.include_greedy:
     greedy = generation.make_sampler(
@@ -75,7 +75,7 @@ def rlaif(
         dataclasses.replace(rollout, temperature=0.0).sampling_config(
             policy.codec.stop_ids, policy.codec.pad_id,
             policy.codec.vocab_limit),
-        rollout.chunk_size)
+        rollout.chunk_size, rollout.sampling_devices)
   pairs, report = rlaif_lib.generate_preferences(
       records, codec=policy.codec, rollout_cfg=rollout, sample=sample,
       scorer=scorer, cfg=config, seed=seed, id_prefix=stage_name,

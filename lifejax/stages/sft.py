@@ -168,7 +168,7 @@ def sft(
       responses = generation_lib.generate_responses(
           generation_lib.make_generate(
               ctx.trainer.graphdef, sharding.fetch(ctx.model_params(state)),
-              gen_cfg), tokenizer, tmpl, records, generation)
+              gen_cfg, devices=generation.devices), tokenizer, tmpl, records, generation)
       eval_samples.write_samples(ctx.run.root, step, records, responses)
       return {f"eval/instruct/{k}": v
               for k, v in instruct.judge_responses(records, responses).items()}

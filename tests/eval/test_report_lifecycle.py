@@ -93,7 +93,10 @@ def test_one_row_per_stage_with_the_runs_numbers(tiny_lifecycle):
     # Every stage compiled something (a fresh process per lifecycle), and
     # the compile time is part of the stage's time and in its row.
     assert s["compiles"] > 0 and 0 < s["compile_seconds"] < s["seconds"], s
-    assert f"| {s['compile_seconds']:.1f} |" in row, row
+    # The evaluation after the run is timed on its own, within the stage.
+    assert 0 < s["eval_seconds"] < s["seconds"], s
+    assert (f"| {s['compile_seconds']:.1f} | {s['eval_seconds']:.1f} |"
+            in row), row
   # The lifecycle scores DPO's answers with the reward model too.
   dpo_eval = _eval(next(s["run_dir"] for s in stages if s["name"] == "dpo"))
   assert (f"reward Δ vs SFT {report.fmt(dpo_eval['reward_gain_vs_ref'])}"

@@ -64,7 +64,8 @@ def preferred_share(rollout: rollout_lib.Rollout) -> np.ndarray:
   return (hit.sum(1) / np.maximum(real.sum(1), 1)).astype(np.float32)
 
 
-def build_forwards(algorithm, kind, *, lm_params=None, ref_params=None):
+def build_forwards(algorithm, kind, *, lm_params=None, ref_params=None,
+                   sampling_devices=1):
   """The rollout forwards of a `kind` layout whose trained params start
   from `lm_params`: sampler(cfg), stats(rows), ref_logp(rows)."""
   del algorithm  # the forwards do not depend on the loss
@@ -78,7 +79,8 @@ def build_forwards(algorithm, kind, *, lm_params=None, ref_params=None):
       sharding.named(mesh, specs))
   forwards = layout_lib.PolicyForwards(
       layout, mesh, MESH_CFG.rules,
-      lm_params if ref_params is None else ref_params)
+      lm_params if ref_params is None else ref_params,
+      sampling_devices=sampling_devices)
   return types.SimpleNamespace(
       sampler=lambda cfg: forwards.sampler(params, cfg),
       stats=lambda rows: forwards.stats(params, rows),

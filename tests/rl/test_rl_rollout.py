@@ -202,3 +202,36 @@ def test_judge_config_by_name_or_instance():
   assert rollout_lib.judge_config(custom) is custom
   with pytest.raises(KeyError, match="unknown judge 'nope'"):
     rollout_lib.judge_config("nope")
+
+
+def test_rollouts_sampled_on_all_devices_equal_one_device(toy, monkeypatch):
+  """RolloutConfig.sampling_devices=-1: the policy's params replicated on
+  the 8 devices, the prompts split over them; the rollout (tokens, the
+  sampler's log-probs, the learner's stats) is the one-device rollout."""
+  _, policy = toy.random_lm(seed=0)
+  cfg = rollout_lib.RolloutConfig(prompt_len=8, max_new_tokens=6)
+  records = toy.prompt_records(8)  # 16 rows, 2 per device
+  spread_calls = []
+  run = generation.Placement.run
+
+  def counted(self, fn, *rows):
+    spread_calls.append((len(self.devices), rows[0].shape))
+    return run(self, fn, *rows)
+
+  monkeypatch.setattr(generation.Placement, "run", counted)
+  out = []
+  for devices in (1, -1):
+    learner = toy.build_forwards(ppo.PPO(ppo.PPOConfig()), "separate",
+                                 lm_params=policy, sampling_devices=devices)
+    out.append(rollout_lib.collect(
+        records, codec=toy.codec(), cfg=cfg, group_size=2,
+        sample=learner.sampler(cfg.sampling_config((), 0)),
+        rng=jax.random.PRNGKey(7), stats=learner.stats,
+        ref_logp=learner.ref_logp, scorer=toy.preferred_share))
+  one, spread = out
+  assert spread_calls == [(8, (16, 8))]  # one sampler call, on 8 devices
+  np.testing.assert_array_equal(spread.response_BxN, one.response_BxN)
+  np.testing.assert_array_equal(spread.lengths_B, one.lengths_B)
+  np.testing.assert_allclose(spread.sample_logp, one.sample_logp, atol=1e-5)
+  np.testing.assert_array_equal(spread.score_B, one.score_B)
+  np.testing.assert_allclose(spread.old_logp, one.old_logp, atol=1e-5)
