@@ -53,6 +53,9 @@ class Link:
   target: str = ""
   meets: Callable[[float], bool] | None = None
   kind: str = "pct"  # pct | num | p
+  # A condition on the seed's metrics the target needs too (a two-sided
+  # sign-test p meets "beats SFT" only when the policy won more pairs).
+  also: Callable[[Metrics], bool] | None = None
 
 
 def _get(stage: str, key: str) -> Callable[[Metrics], float | None]:
@@ -79,6 +82,15 @@ def flaw_rate(stage: str) -> Callable[[Metrics], float | None]:
              if k.startswith("instruct/flaw/")]
     return float(np.mean(rates)) if rates else None
   return value
+
+
+def _ahead(policy: str) -> Callable[[Metrics], bool]:
+  """The policy won more of its paired comparisons with SFT than it lost
+  (win rate, ties counting half, above 1/2)."""
+  def ahead(m: Metrics) -> bool:
+    v = m.get(policy, {}).get("win_rate_vs_ref")
+    return v is not None and float(v) > 0.5
+  return ahead
 
 
 def flaw_ratio(policy: str) -> Callable[[Metrics], float | None]:
@@ -131,7 +143,8 @@ def links() -> list[Link]:
         Link(f"{name} removes what SFT got wrong", "win rate vs SFT",
              _get(p, "win_rate_vs_ref"), "≥ 60%", lambda v: v >= 0.60),
         Link(f"{name} removes what SFT got wrong", "sign-test p vs SFT",
-             _get(p, "sign_test_p"), "< 0.01", lambda v: v < 0.01, "p"),
+             _get(p, "sign_test_p"), "< 0.01, ahead of SFT",
+             lambda v: v < 0.01, "p", also=_ahead(p)),
         Link(f"{name} removes what SFT got wrong",
              "mean flaw rate / SFT's", flaw_ratio(p), "≤ 0.5",
              lambda v: v <= 0.5, "num"),
@@ -206,7 +219,9 @@ def table(per_seed: Sequence[Metrics], seeds: Sequence[str]
       row["mean ± sd"] = f"{scale * mean:.3g}{unit} ± {scale * sd:.2g}{unit}"
     else:
       row["mean ± sd"] = _fmt(got[0], ln.kind) if got else "—"
-    met = [ln.meets(v) for v in got] if ln.meets else []
+    met = ([ln.meets(v) and (ln.also is None or ln.also(m))
+            for v, m in zip(vals, per_seed) if v is not None]
+           if ln.meets else [])
     row["target"] = ln.target or "—"
     row["met"] = ("—" if not ln.meets or not got else
                   "every seed" if all(met) and len(got) == len(vals) else

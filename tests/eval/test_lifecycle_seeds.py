@@ -16,10 +16,11 @@ from lifejax.run.layout import LifecycleRoot
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _seeded_copy(src: str, dst: str, seed: int, **sft_updates: float) -> str:
+def _seeded_copy(src: str, dst: str, seed: int, dpo_updates=None,
+                 **sft_updates: float) -> str:
   """A copy of a lifecycle root's ledger, world manifest and stage evals
-  (what the summary reads), with the world seed and some SFT metrics
-  changed."""
+  (what the summary reads), with the world seed and some SFT (and DPO)
+  metrics changed."""
   lr, out = LifecycleRoot(src), LifecycleRoot(dst)
   os.makedirs(os.path.dirname(out.world_manifest), exist_ok=True)
   shutil.copy(lr.ledger, out.ledger)
@@ -35,6 +36,8 @@ def _seeded_copy(src: str, dst: str, seed: int, **sft_updates: float) -> str:
         ev = json.load(f)
       if stage == "sft":
         ev.update(sft_updates)
+      if stage == "dpo":
+        ev.update(dpo_updates or {})
       with open(out.stage(stage).eval, "w") as f:
         json.dump(ev, f)
       for name in ("eval_answers.jsonl", "eval_rows.json"):
@@ -53,10 +56,13 @@ def _row(md: str, measure: str) -> list[str]:
 
 
 def test_the_chain_table_over_seeds(tiny_lifecycle, tmp_path):
+  # DPO significant in both seeds, but ahead of SFT in one only.
   a = _seeded_copy(tiny_lifecycle, str(tmp_path / "s1"), 1,
+                   {"sign_test_p": 0.001, "win_rate_vs_ref": 0.7},
                    **{"instruct/format": 0.95,
                       "instruct/accuracy_learnable": 0.70})
   b = _seeded_copy(tiny_lifecycle, str(tmp_path / "s2"), 2,
+                   {"sign_test_p": 0.001, "win_rate_vs_ref": 0.3},
                    **{"instruct/format": 0.85,
                       "instruct/accuracy_learnable": 0.62})
   md = ls.summarize([a, b], str(tmp_path / "out"), command="cmd")
@@ -72,6 +78,10 @@ def test_the_chain_table_over_seeds(tiny_lifecycle, tmp_path):
   assert fmt[5:] == ["≥ 90%", "1 of 2 seeds"]  # one seed misses 90%
   assert _row(md, "strict accuracy, learnable group (SFT)")[6] == \
       "every seed"
+  # A significant loss to SFT does not meet "beats SFT" (DPO's row first).
+  sign = _row(md, "sign-test p vs SFT")
+  assert sign[0] == "DPO removes what SFT got wrong", sign
+  assert sign[5:] == ["< 0.01, ahead of SFT", "1 of 2 seeds"], sign
 
   # Values the summary did not change come from the roots' own evals.
   with open(LifecycleRoot(tiny_lifecycle).stage("reward").eval) as f:
@@ -91,6 +101,12 @@ def test_the_chain_table_over_seeds(tiny_lifecycle, tmp_path):
   assert "format: SFT − base" in want and "flaws per answer: dpo / SFT" in want
   for measure, k in want.items():
     row = _row(section, measure)
+    if measure == "judge win rate vs SFT (dpo)":
+      # The copies' DPO win rates differ (70% and 30%, both p 0.001):
+      # the link holds only where DPO is ahead.
+      assert row[2].endswith(" ✓") and row[3].endswith(" ✗"), row
+      assert row[-1] == "1 of 2", row
+      continue
     if k.holds is None:
       assert row[-1] == "—", row
     else:
