@@ -205,8 +205,11 @@ def random_batch(batch: int, seq: int, vocab: int, seed: int = 0
 
 
 def lifejax_runner(cfg: TransformerConfig, precision: str, batch: int,
-                   seq: int, warmup: int, run_dir: str) -> Runner:
-  """Builds the trainer on a 1-device mesh, compiles AOT, warms up."""
+                   seq: int, warmup: int, run_dir: str,
+                   keep_hlo: bool = False) -> Runner:
+  """Builds the trainer on a 1-device mesh, compiles AOT, warms up.
+  keep_hlo: keep the optimized HLO text in info["hlo_text"] (for
+  tools/profile_train_step.py; megabytes at larger shapes)."""
   mesh = sharding.make_mesh(sharding.MeshConfig(data=1, fsdp=1, model=1),
                             devices=jax.devices()[:1])
   example = batching.example_lm_batch(batch, seq)
@@ -232,8 +235,9 @@ def lifejax_runner(cfg: TransformerConfig, precision: str, batch: int,
 
   for _ in range(warmup):
     step()
-  info = {"trace_s": t1 - t0, "compile_s": t2 - t1,
-          "hlo_text": compiled.as_text()}  # for tools/profile_train_step.py
+  info = {"trace_s": t1 - t0, "compile_s": t2 - t1}
+  if keep_hlo:
+    info["hlo_text"] = compiled.as_text()
   if mem is not None:
     info["xla_mb"] = (mem.argument_size_in_bytes + mem.output_size_in_bytes
                       - mem.alias_size_in_bytes

@@ -172,7 +172,8 @@ def profile_precision(args: argparse.Namespace, precision: str,
   cfg, _ = bench.model_config(args.model, precision, args.remat,
                               bench._parse_overrides(args.set))
   runner = bench.lifejax_runner(cfg, precision, args.batch, args.seq,
-                                args.warmup, os.path.join(tmp, precision))
+                                args.warmup, os.path.join(tmp, precision),
+                                keep_hlo=True)
   instrs, comp_ops = parse_hlo(runner.info["hlo_text"])
   trace_dir = os.path.join(tmp, f"trace_{precision}")
   with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
