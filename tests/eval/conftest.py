@@ -32,13 +32,17 @@ def run_tiny_lifecycle(root: str, run_ppo: bool = False,
   (a PPO run's own rows are covered by a layout test in
   test_report_lifecycle.py), and it keeps the suite within its time budget.
   """
+  # As `make demo` runs: two host devices, training on the first (one
+  # device is all a 32-wide model needs; the sharded paths have their own
+  # tests), the evaluations' generation data parallel over both
+  # (lifecycle/default.gin's GenerationSpec.devices = -1).
   params = [f"lifecycle.root={root!r}", f"lifecycle.run_ppo={run_ppo}",
-            *extra_params]
+            "MeshConfig.fsdp=1", *extra_params]
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  # One device is all a 32-wide model needs; 8 simulated ones only add
-  # collectives (the sharded paths have their own tests).
-  env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace(
-      "--xla_force_host_platform_device_count=8", "").strip()
+  env["XLA_FLAGS"] = " ".join(
+      [f for f in env.get("XLA_FLAGS", "").split()
+       if not f.startswith("--xla_force_host_platform_device_count")]
+      + ["--xla_force_host_platform_device_count=2"])
   log = os.path.join(os.path.dirname(root), "lifecycle.log")
   with open(log, "w") as f:
     proc = subprocess.run(

@@ -90,10 +90,11 @@ def build_forwards(algorithm, kind, *, lm_params=None, ref_params=None,
 def run_toy(run_dir, algorithm, kind, *, iterations, prompts=16, epochs=4,
             minibatch=8, lr=1e-2, stop=False, seed=0, checkpoint_every=0,
             lora_cfg=None, loss_scale=None, eval_records=(), eval_every=0,
-            early_stop_patience=0):
+            early_stop_patience=0, sampling_devices=1):
   """An RL run on the toy (LoRA with `lora_cfg`); returns (summary,
   fit.RLRun)."""
-  rollout_cfg = rollout_lib.RolloutConfig(prompt_len=8, max_new_tokens=6)
+  rollout_cfg = rollout_lib.RolloutConfig(prompt_len=8, max_new_tokens=6,
+                                          sampling_devices=sampling_devices)
   loop = iteration_lib.RLLoopConfig(
       num_iterations=iterations, prompts_per_iteration=prompts,
       epochs=epochs, minibatch_size=minibatch, samples_every=0,

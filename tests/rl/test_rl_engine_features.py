@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 
+from lifejax.eval import generation
 from lifejax.rl import grpo, iteration, ppo
 from lifejax.run.layout import RunDir
 from lifejax.train.state import LossScaleConfig
@@ -109,3 +110,29 @@ def test_each_process_takes_its_contiguous_rows_of_every_minibatch(toy):
         prompts=iteration.PromptBatches(toy.prompt_records(8), 4),
         codec=toy.codec(), scorer=toy.preferred_share, rollout_cfg=cfg,
         loop_cfg=loop, shard=(0, 3))
+
+
+def test_rollout_sampling_devices_reach_the_sampler(toy, tmp_path,
+                                                    monkeypatch):
+  """RolloutConfig.sampling_devices=-1 in an RL run: every rollout is
+  sampled in one call over the 8 devices, and the run ends with the
+  params of the run sampled on one device (the same draws)."""
+  calls = []
+  run = generation.Placement.run
+
+  def counted(self, fn, *rows):
+    calls.append((len(self.devices), rows[0].shape[0]))
+    return run(self, fn, *rows)
+
+  monkeypatch.setattr(generation.Placement, "run", counted)
+  algo = lambda: grpo.GRPO(grpo.GRPOConfig(group_size=4))  # noqa: E731
+  _, one = toy.run_toy(tmp_path / "one", algo(), "policy", iterations=2,
+                       prompts=4, epochs=1)
+  assert calls == []
+  _, spread = toy.run_toy(tmp_path / "spread", algo(), "policy",
+                          iterations=2, prompts=4, epochs=1,
+                          sampling_devices=-1)
+  assert calls == [(8, 16), (8, 16)], calls  # 4 prompts x group 4, twice
+  for a, b in zip(jax.tree.leaves(jax.device_get(one.policy_params())),
+                  jax.tree.leaves(jax.device_get(spread.policy_params()))):
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-6)
