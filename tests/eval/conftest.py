@@ -15,8 +15,14 @@ import shutil
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
+from flax import nnx
 
+from lifejax.model import transformer
+from lifejax.model.config import TransformerConfig
 from lifejax.run import layout
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
@@ -90,3 +96,22 @@ def lifecycle_copy(tiny_lifecycle, tmp_path):
 def run_lifecycle():
   """run(root): (re)runs the tiny lifecycle into an existing root."""
   return run_tiny_lifecycle
+
+
+@pytest.fixture(scope="session")
+def random_lm():
+  """(graphdef, params) of a 2-layer, 48-token random LM whose init (std
+  0.3) makes the logits peaky: greedy decoding has no near-ties, so two
+  ways of generating must give the same tokens."""
+  cfg = TransformerConfig(vocab_size=48, d_model=32, num_layers=2,
+                          num_heads=4, num_kv_heads=2, mlp_dim=64)
+  graphdef, abstract = nnx.split(transformer.abstract_model(cfg), nnx.Param)
+  rng = np.random.default_rng(0)
+
+  def fill(path, x):
+    if str(path[-1].key) == "scale":
+      return jnp.ones(x.shape, x.dtype)
+    return jnp.asarray(0.3 * rng.standard_normal(x.shape), x.dtype)
+
+  return graphdef, jax.tree_util.tree_map_with_path(
+      fill, nnx.to_pure_dict(abstract))

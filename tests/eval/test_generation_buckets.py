@@ -1,35 +1,15 @@
 """Bucketed prompt widths in evaluation generation: the same answers as
 padding every prompt to prompt_len, in the prompts' order."""
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from lifejax.eval import generation
-from lifejax.model import sampling, transformer
-from lifejax.model.config import TransformerConfig
-
-CFG = TransformerConfig(vocab_size=48, d_model=32, num_layers=2, num_heads=4,
-                        num_kv_heads=2, mlp_dim=64)
+from lifejax.model import sampling
 
 
-def _model():
-  graphdef, abstract = nnx.split(transformer.abstract_model(CFG), nnx.Param)
-  rng = np.random.default_rng(0)
-
-  def fill(path, x):
-    if str(path[-1].key) == "scale":
-      return jnp.ones(x.shape, x.dtype)
-    return jnp.asarray(0.3 * rng.standard_normal(x.shape), x.dtype)
-
-  return graphdef, jax.tree_util.tree_map_with_path(
-      fill, nnx.to_pure_dict(abstract))
-
-
-def test_bucketed_widths_give_the_same_answers_in_order():
-  graphdef, params = _model()
+def test_bucketed_widths_give_the_same_answers_in_order(random_lm):
+  graphdef, params = random_lm
   calls = []
   cfg = sampling.SamplingConfig(max_new_tokens=6, stop_ids=(47,), pad_id=0,
                                 vocab_limit=48)

@@ -3,31 +3,12 @@ RolloutConfig.sampling_devices): the same tokens as one device, computed
 on every device (the tests see 8 simulated CPU devices)."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from lifejax.eval import generation, instruct
-from lifejax.model import sampling, transformer
-from lifejax.model.config import TransformerConfig
+from lifejax.model import sampling
 from lifejax.rl import rollout as rollout_lib
-
-CFG = TransformerConfig(vocab_size=48, d_model=32, num_layers=2, num_heads=4,
-                        num_kv_heads=2, mlp_dim=64)
-
-
-def _model():
-  graphdef, abstract = nnx.split(transformer.abstract_model(CFG), nnx.Param)
-  rng = np.random.default_rng(0)
-
-  def fill(path, x):
-    if str(path[-1].key) == "scale":
-      return jnp.ones(x.shape, x.dtype)
-    return jnp.asarray(0.3 * rng.standard_normal(x.shape), x.dtype)
-
-  return graphdef, jax.tree_util.tree_map_with_path(
-      fill, nnx.to_pure_dict(abstract))
 
 
 def _prompts(n: int, width: int = 12, seed: int = 1):
@@ -41,9 +22,9 @@ def _prompts(n: int, width: int = 12, seed: int = 1):
 
 
 @pytest.mark.parametrize("rows", [8, 5])  # 5: padded to 8 rows, cut back
-def test_greedy_tokens_equal_one_device_and_run_on_all(rows):
+def test_greedy_tokens_equal_one_device_and_run_on_all(random_lm, rows):
   assert len(jax.local_devices()) == 8
-  graphdef, params = _model()
+  graphdef, params = random_lm
   cfg = sampling.SamplingConfig(max_new_tokens=6, stop_ids=(47,), pad_id=0,
                                 vocab_limit=48)
   ids, mask = _prompts(rows)
@@ -62,11 +43,11 @@ def test_greedy_tokens_equal_one_device_and_run_on_all(rows):
   np.testing.assert_array_equal(np.asarray(got3[0]), np.asarray(want_t))
 
 
-def test_sampled_tokens_and_logprobs_equal_one_device():
+def test_sampled_tokens_and_logprobs_equal_one_device(random_lm):
   """Temperature-1 draws with the sampler's log-probs (what an RL rollout
   records): the rows' draws do not depend on how the batch is split (the
   key draws the whole batch's noise)."""
-  graphdef, params = _model()
+  graphdef, params = random_lm
   cfg = sampling.SamplingConfig(max_new_tokens=5, temperature=1.0,
                                 stop_ids=(47,), pad_id=0, vocab_limit=48)
   ids, mask = _prompts(16, seed=2)
@@ -87,8 +68,8 @@ def test_sampled_tokens_and_logprobs_equal_one_device():
   assert not np.array_equal(other[0], want[0])
 
 
-def test_placement_counts_memory_and_bad_counts(monkeypatch):
-  _, params = _model()
+def test_placement_counts_memory_and_bad_counts(random_lm, monkeypatch):
+  _, params = random_lm
   assert generation.Placement.for_params(params, 1) is None
   place = generation.Placement.for_params(params, -1)
   assert len(place.devices) == 8
